@@ -1,0 +1,89 @@
+"""Getting a Dask client: one passed in, an existing scheduler, or an embedded LocalCluster."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+from dpipe.errors import ClusterError
+from dpipe.spec import ClusterSpec
+
+
+def _import_dpipe() -> str:
+    import dpipe
+
+    return dpipe.__version__
+
+
+@contextlib.contextmanager
+def connect(spec: ClusterSpec | None = None, *, client=None, address: str | None = None, log=None) -> Iterator:
+    """Yield a ``distributed.Client``.
+
+    The client is made current (``Client.as_current``) inside the block, as ``xgboost.dask``
+    requires. Precedence: ``client`` (used as is, not closed), then ``address``, ``spec.address`` or
+    ``DASK_SCHEDULER_ADDRESS`` (an existing cluster: dpipe must be installed on its workers),
+    else an embedded ``LocalCluster`` shaped by ``spec`` and closed on exit.
+    """
+    from distributed import Client, LocalCluster
+
+    spec = spec or ClusterSpec()
+    log = log or (lambda msg: None)
+    if client is not None:
+        with client.as_current():
+            yield client
+        return
+    address = address or spec.address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if address:
+        try:
+            remote = Client(address, timeout="10s", set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(
+                f"cluster.address: cannot reach the Dask scheduler at {address!r} ({type(exc).__name__})",
+                hint="start it with `dask scheduler` and `dask worker ADDRESS`, or drop --scheduler to run locally",
+            ) from None
+        try:
+            _check_workers(remote, address)
+            log(f"connected to {address} ({_describe(remote)})" + _dashboard(remote))
+            with remote.as_current():
+                yield remote
+        finally:
+            remote.close()
+        return
+    kwargs = {k: getattr(spec, k) for k in ("n_workers", "threads_per_worker", "memory_limit") if getattr(spec, k) is not None}
+    try:
+        cluster = LocalCluster(processes=spec.processes, dashboard_address=spec.dashboard_address, **kwargs)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ClusterError(f"cluster: cannot start a LocalCluster: {exc}", hint="check the `cluster` section") from None
+    with cluster, Client(cluster, set_as_default=False) as local:
+        log(f"started LocalCluster ({_describe(local)})" + _dashboard(local))
+        with local.as_current():
+            yield local
+
+
+def _check_workers(client, address: str) -> None:
+    try:
+        client.wait_for_workers(1, timeout=30)
+    except TimeoutError:
+        raise ClusterError(
+            f"cluster.address: the scheduler at {address!r} has no workers",
+            hint="start workers with `dask worker ADDRESS`",
+        ) from None
+    try:
+        client.run(_import_dpipe)
+    except ImportError:
+        raise ClusterError(
+            f"cluster.address: dpipe is not installed on the workers of {address!r}",
+            hint="install the same dpipe version (and its dependencies) in every worker's environment",
+        ) from None
+
+
+def _describe(client) -> str:
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    threads = sum(w["nthreads"] for w in workers.values())
+    return f"{len(workers)} workers, {threads} threads"
+
+
+def _dashboard(client) -> str:
+    link = getattr(client, "dashboard_link", None)
+    return f"; dashboard: {link}" if link else ""

@@ -1,0 +1,94 @@
+"""The one place that turns a URI into a filesystem, and storage failures into clear errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from dpipe.errors import StorageError
+
+
+def resolve(uri: str, storage_options: dict[str, Any] | None = None, *, where: str = "uri"):
+    """Return ``(fs, path)`` for any fsspec URL or local path.
+
+    Local paths become absolute, so they mean the same thing on every worker of a cluster.
+    Credentials come from ``storage_options`` or the backend's usual environment variables
+    (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...).
+    """
+    try:
+        fs, path = url_to_fs(uri, **(storage_options or {}))
+    except (ImportError, ValueError) as exc:
+        raise StorageError(
+            f"{where}: cannot open {uri!r}: {exc}",
+            hint="use a local path or a URL such as s3://bucket/prefix/ (install the backend's package if needed)",
+        ) from None
+    except TypeError as exc:
+        keys = sorted(storage_options or {})
+        raise StorageError(
+            f"{where}: storage_options keys {keys} are not accepted for {uri!r}: {exc}",
+            hint="see the filesystem's documentation (s3fs.S3FileSystem for s3://) for its options",
+        ) from None
+    return fs, path
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
+
+
+def full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A URI that names ``path`` unambiguously, for manifests and messages."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+@contextlib.contextmanager
+def storage_errors(where: str, uri: str) -> Iterator[None]:
+    """Translate filesystem exceptions raised inside the block into :class:`StorageError`."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except FileNotFoundError as exc:
+        raise StorageError(
+            f"{where}: {uri!r} does not exist ({_short(exc)})",
+            hint="check the path, bucket name and endpoint",
+        ) from None
+    except PermissionError as exc:
+        raise StorageError(
+            f"{where}: access to {uri!r} was denied ({_short(exc)})",
+            hint="check the credentials: storage_options key/secret or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+        ) from None
+    except (ConnectionError, TimeoutError) as exc:
+        raise StorageError(
+            f"{where}: cannot reach the storage for {uri!r} ({_short(exc)})",
+            hint="check the endpoint (storage_options.client_kwargs.endpoint_url or AWS_ENDPOINT_URL) and network",
+        ) from None
+    except OSError as exc:
+        raise StorageError(f"{where}: cannot access {uri!r}: {_short(exc)}") from None
+    except Exception as exc:
+        # botocore raises its own classes for endpoint and credential failures.
+        name = type(exc).__name__
+        if name in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"):
+            raise StorageError(
+                f"{where}: cannot reach the storage for {uri!r} ({name})",
+                hint="check the endpoint (storage_options.client_kwargs.endpoint_url or AWS_ENDPOINT_URL) and network",
+            ) from None
+        if name in ("NoCredentialsError", "PartialCredentialsError", "ClientError"):
+            raise StorageError(
+                f"{where}: cannot access {uri!r} ({name}: {_short(exc)})",
+                hint="check the credentials: storage_options key/secret or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+            ) from None
+        raise
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -1,0 +1,155 @@
+"""Atomic outputs: everything is written to a hidden staging folder and moved into place last.
+
+On a local disk the move is a rename, so readers see the old output or the new one, never a mix.
+Object stores have no rename: the staged files are copied into place and a marker file
+(``manifest.json`` for bundles, ``_SUCCESS`` for datasets) is copied last, which is what readers
+check. A failed run deletes its staging folder and leaves the destination untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from typing import Any
+
+from dpipe.errors import StorageError
+from dpipe.io.fs import full_uri, is_local, resolve, storage_errors
+
+SUCCESS = "_SUCCESS"
+
+
+class StagedOutput:
+    """A folder at ``uri`` written atomically.
+
+    Parameters
+    ----------
+    uri
+        Destination folder, local or any fsspec URL.
+    storage_options
+        Filesystem options (credentials, endpoint).
+    overwrite
+        Replace an existing destination on commit; otherwise an existing one is an error,
+        raised at construction so a run fails before doing any work.
+    marker
+        File name written last on commit; readers treat the output as complete when it exists.
+
+    Examples
+    --------
+    >>> with StagedOutput("runs/demo") as out:
+    ...     out.write_json("metrics.json", {"auc": 0.9})
+    ...     out.commit()
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        overwrite: bool = True,
+        marker: str = SUCCESS,
+        where: str = "output.uri",
+    ):
+        self.uri = uri
+        self.where = where
+        self.storage_options = dict(storage_options or {})
+        self.marker = marker
+        self.fs, path = resolve(uri, storage_options, where=where)
+        self.path = path.rstrip("/")
+        parent, name = posixpath.split(self.path)
+        if not name:
+            raise StorageError(f"{where}: {uri!r} is not a folder that can be replaced", hint="name a sub-folder")
+        self.parent = parent
+        self.staging = f"{parent}/.{name}.dpipe-staging-{uuid.uuid4().hex[:12]}"
+        self.committed = False
+        with storage_errors(where, uri):
+            exists = self.fs.exists(self.path)
+        if exists and not overwrite:
+            raise StorageError(
+                f"{where}: {uri!r} already exists",
+                hint="choose another location, delete it, or set `output.overwrite: true`",
+            )
+
+    # -- writing -----------------------------------------------------------------------------
+    def __enter__(self) -> StagedOutput:
+        with storage_errors(self.where, self.uri):
+            self.fs.makedirs(self.staging, exist_ok=True)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.committed:
+            self.abort()
+
+    def staged_path(self, relpath: str = "") -> str:
+        return f"{self.staging}/{relpath}" if relpath else self.staging
+
+    def staged_uri(self, relpath: str = "") -> str:
+        """Full URL of a staged path, for writers (Dask) that open their own filesystem."""
+        return full_uri(self.fs, self.staged_path(relpath))
+
+    def write_bytes(self, relpath: str, data: bytes) -> None:
+        path = self.staged_path(relpath)
+        with storage_errors(self.where, self.uri):
+            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            with self.fs.open(path, "wb") as f:
+                f.write(data)
+
+    def write_json(self, relpath: str, obj: Any) -> None:
+        self.write_bytes(relpath, json.dumps(obj, indent=2, sort_keys=False, default=str).encode())
+
+    # -- finishing ---------------------------------------------------------------------------
+    def commit(self) -> str:
+        """Move the staged folder to the destination; returns the destination URI."""
+        with storage_errors(self.where, self.uri):
+            if self.marker and not self.fs.exists(self.staged_path(self.marker)):
+                self.write_bytes(self.marker, b"")
+            if is_local(self.fs):
+                self._commit_local()
+            else:
+                self._commit_object_store()
+        self.committed = True
+        return full_uri(self.fs, self.path)
+
+    def _commit_local(self) -> None:
+        import os
+        import shutil
+
+        old = None
+        if os.path.exists(self.path):
+            old = f"{self.parent}/.{posixpath.basename(self.path)}.dpipe-old-{uuid.uuid4().hex[:12]}"
+            os.rename(self.path, old)
+        os.rename(self.staging, self.path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _commit_object_store(self) -> None:
+        if self.fs.exists(self.path):
+            self.fs.rm(self.path, recursive=True)
+        files = sorted(self.fs.find(self.staging))
+        marker = self.staged_path(self.marker) if self.marker else None
+        for src in [f for f in files if f != marker] + ([marker] if marker in files else []):
+            self.fs.copy(src, self.path + src[len(self.staging) :])
+        self.fs.rm(self.staging, recursive=True)
+
+    def abort(self) -> None:
+        """Delete the staging folder (best effort: the destination is untouched either way)."""
+        try:
+            if self.fs.exists(self.staging):
+                self.fs.rm(self.staging, recursive=True)
+        except Exception:  # noqa: BLE001 - cleanup must not hide the error that caused it
+            pass
+
+
+def write_parquet(frame, out: StagedOutput, relpath: str, *, compute=None) -> None:
+    """Write a Dask DataFrame as ``part-NNNNN.parquet`` files under a staged folder."""
+    uri = out.staged_uri(relpath)
+    with storage_errors(out.where, out.uri):
+        task = frame.to_parquet(
+            uri,
+            storage_options=out.storage_options,
+            write_index=False,
+            write_metadata_file=False,
+            name_function=lambda i: f"part-{i:05d}.parquet",
+            compute=False,
+        )
+        (compute or (lambda t: t.compute()))(task)

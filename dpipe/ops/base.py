@@ -1,0 +1,108 @@
+"""The feature-op contract.
+
+An op is built from its spec model and its location in the spec (``features[2]``), and then:
+
+* ``input_columns`` / ``output_columns`` name what it reads and writes, so the planner knows
+  which ops can be fitted together and columns are checked against the schema before any compute;
+* ``describe(meta)`` maps an empty pandas frame to the frame the op would produce (schema checks);
+* stateful ops return lazy Dask statistics from ``fit(df)``; the pipeline computes the statistics
+  of every ready op in one ``dask.compute`` and hands the results to ``finalize``, which stores
+  plain JSON-able state in attributes ending in ``_``;
+* ``transform(pdf)`` is a pure function of one pandas partition; it never mutates its input.
+
+Stateful ops never add or drop rows: only stateless ops such as ``filter`` may.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pandas as pd
+
+from dpipe.errors import ColumnError
+
+NUMERIC_HINT = "cast or encode the column first, or remove it from the op"
+
+
+class Op:
+    """Base class of feature ops. Subclasses set ``name`` and override what they need."""
+
+    name: ClassVar[str]
+    stateful: ClassVar[bool] = False
+    filters_rows: ClassVar[bool] = False
+
+    def __init__(self, spec, where: str):
+        self.spec = spec
+        self.where = where
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.where})"
+
+    # -- columns -----------------------------------------------------------------------------
+    def input_columns(self) -> set[str]:
+        return set(getattr(self.spec, "columns", []) or [])
+
+    def output_columns(self) -> set[str]:
+        return set(getattr(self.spec, "columns", []) or [])
+
+    def describe(self, meta: pd.DataFrame) -> pd.DataFrame:
+        """The (empty) frame this op produces from ``meta``; raises if columns are wrong."""
+        self.require_columns(meta, self.input_columns())
+        return self.transform(meta) if not self.stateful else meta
+
+    def require_columns(self, meta: pd.DataFrame, columns, *, numeric: bool = False) -> None:
+        missing = sorted(c for c in columns if c not in meta.columns)
+        if missing:
+            import difflib
+
+            close = {m: difflib.get_close_matches(m, list(map(str, meta.columns)), n=1) for m in missing}
+            guesses = [f"{m!r} -> {c[0]!r}" for m, c in close.items() if c]
+            raise ColumnError(
+                f"{self.where} ({self.name}): column(s) {missing} not found; available: {list(meta.columns)}",
+                hint=(f"did you mean {', '.join(guesses)}? " if guesses else "")
+                + f"check `{self.where}` and the columns of `source`",
+            )
+        if numeric:
+            bad = {c: str(meta[c].dtype) for c in columns if not _is_numeric(meta[c])}
+            if bad:
+                raise ColumnError(
+                    f"{self.where} ({self.name}): needs numeric columns, got {bad}",
+                    hint=NUMERIC_HINT,
+                )
+
+    # -- fitting -----------------------------------------------------------------------------
+    def fit(self, df) -> dict[str, Any]:
+        """Lazy statistics (Dask collections) over the training rows. Stateless ops return {}."""
+        return {}
+
+    def finalize(self, stats: dict[str, Any]) -> None:
+        """Store computed statistics as JSON-able state."""
+
+    @property
+    def fitted(self) -> bool:
+        return not self.stateful or self.get_state() is not None
+
+    def get_state(self) -> dict | None:
+        return None
+
+    def set_state(self, state: dict) -> None:
+        raise NotImplementedError
+
+    # -- applying ----------------------------------------------------------------------------
+    def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
+        raise NotImplementedError
+
+
+def _is_numeric(s: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype)
+
+
+def to_builtin(value):
+    """numpy scalars -> Python scalars, NaN -> None, for JSON state."""
+    if value is None:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value

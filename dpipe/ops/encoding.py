@@ -1,0 +1,85 @@
+"""Categorical encoding with vocabularies learned at fit time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dpipe.errors import ColumnError
+from dpipe.ops.base import Op, to_builtin
+from dpipe.ops.stats import value_counts
+
+
+class Categorical(Op):
+    """Map values to a fixed, fitted vocabulary; anything else becomes missing.
+
+    The vocabulary is ordered by decreasing frequency (ties by value), keeps values seen at least
+    ``min_frequency`` times and at most ``max_categories`` of them. The same vocabulary is used at
+    prediction, so codes never shift between training and serving.
+
+    Examples
+    --------
+    ``{op: categorical, columns: [country, device], min_frequency: 5}``
+    """
+
+    name = "categorical"
+    stateful = True
+
+    def __init__(self, spec, where):
+        super().__init__(spec, where)
+        self.categories_: dict | None = None
+
+    def describe(self, meta):
+        self.require_columns(meta, self.spec.columns)
+        bad = {c: str(meta[c].dtype) for c in self.spec.columns if pd.api.types.is_float_dtype(meta[c].dtype)}
+        if bad:
+            raise ColumnError(
+                f"{self.where} ({self.name}): float columns cannot be categories: {bad}",
+                hint="use `standard_scale` for numbers, or cast them to integers or strings first",
+            )
+        if self.categories_ is not None:
+            return self.transform(meta)
+        dtype = "category" if self.spec.encoding == "category" else "float32"
+        return meta.astype({c: dtype for c in self.spec.columns})
+
+    def fit(self, df):
+        return {f"counts:{c}": value_counts(df, c) for c in self.spec.columns}
+
+    def finalize(self, stats):
+        self.categories_ = {}
+        for c in self.spec.columns:
+            counts: pd.Series = stats[f"counts:{c}"]
+            counts = counts[counts >= self.spec.min_frequency]
+            frame = pd.DataFrame({"value": counts.index, "n": counts.to_numpy()})
+            frame["key"] = frame["value"].astype(str)
+            frame = frame.sort_values(["n", "key"], ascending=[False, True], kind="stable")
+            if self.spec.max_categories is not None:
+                frame = frame.head(self.spec.max_categories)
+            self.categories_[c] = [to_builtin(v) for v in frame["value"]]
+
+    def get_state(self):
+        return None if self.categories_ is None else {"categories": self.categories_}
+
+    def set_state(self, state):
+        self.categories_ = {c: list(v) for c, v in state["categories"].items()}
+
+    def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
+        out = {}
+        for c in self.spec.columns:
+            cats = self.categories_[c]
+            values = pdf[c]
+            if isinstance(values.dtype, pd.CategoricalDtype):
+                values = values.astype(values.dtype.categories.dtype)
+            if cats and isinstance(cats[0], str):
+                values = values.astype(pd.StringDtype("pyarrow"))
+                categories = pd.Index(cats, dtype=pd.StringDtype("pyarrow"))
+            else:
+                categories = pd.Index(cats)
+            encoded = pd.Categorical(values, categories=categories)
+            if self.spec.encoding == "category":
+                out[c] = pd.Series(encoded, index=pdf.index)
+            else:
+                codes = encoded.codes.astype("float32")
+                codes[codes < 0] = np.nan
+                out[c] = pd.Series(codes, index=pdf.index)
+        return pdf.assign(**out)

@@ -1,0 +1,60 @@
+"""Row filters and derived columns from safe expressions."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from dpipe.expr import Expression
+from dpipe.ops.base import Op
+
+
+class FilterRows(Op):
+    """Keep rows where ``expr`` is true; rows where it is missing are dropped.
+
+    Examples
+    --------
+    ``{op: filter, expr: "sessions > 0 and country != 'XX'"}``
+    """
+
+    name = "filter"
+    filters_rows = True
+
+    def __init__(self, spec, where):
+        super().__init__(spec, where)
+        self.expr = Expression(spec.expr, where=f"{where}.expr")
+
+    def input_columns(self):
+        return set(self.expr.columns)
+
+    def output_columns(self):
+        return set()
+
+    def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
+        return pdf[self.expr.mask(pdf)]
+
+
+class Derive(Op):
+    """Add or replace column ``name`` with the value of ``expr``.
+
+    Examples
+    --------
+    ``{op: derive, name: income_per_session, expr: "income / (sessions + 1)"}``
+    """
+
+    name = "derive"
+
+    def __init__(self, spec, where):
+        super().__init__(spec, where)
+        self.expr = Expression(spec.expr, where=f"{where}.expr")
+
+    def input_columns(self):
+        return set(self.expr.columns)
+
+    def output_columns(self):
+        return {self.spec.name}
+
+    def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
+        value = self.expr.evaluate(pdf)
+        if isinstance(value, pd.Series) and value.dtype == bool:
+            value = value.astype("int8")
+        return pdf.assign(**{self.spec.name: value})

@@ -1,0 +1,98 @@
+"""Mergeable statistics: computed per partition, merged in a tree, never collecting raw rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def _chunk_moments(pdf: pd.DataFrame) -> pd.DataFrame:
+    values = pdf.astype("float64")
+    n = values.count()
+    mean = values.mean()
+    m2 = ((values - mean) ** 2).sum()
+    return pd.DataFrame({"n": n.astype("float64"), "mean": mean.fillna(0.0), "m2": m2})
+
+
+def _merge_moments(parts: pd.DataFrame) -> pd.DataFrame:
+    # Chan et al.'s parallel variance: numerically stable, unlike sum/sum-of-squares.
+    out = {}
+    for column, group in parts.groupby(level=0, sort=False):
+        n = group["n"].to_numpy()
+        total = n.sum()
+        if total == 0:
+            out[column] = (0.0, np.nan, np.nan)
+            continue
+        mean = float((n * group["mean"].to_numpy()).sum() / total)
+        m2 = float(group["m2"].sum() + (n * (group["mean"].to_numpy() - mean) ** 2).sum())
+        out[column] = (float(total), mean, m2)
+    return pd.DataFrame.from_dict(out, orient="index", columns=["n", "mean", "m2"])
+
+
+def moments(df, columns: list[str]):
+    """Lazy count, mean and sum of squared deviations (``m2``) of numeric columns, nulls skipped.
+
+    The result (a pandas frame indexed by column) gives ``var = m2 / n`` (population variance).
+    """
+    meta = pd.DataFrame({"n": pd.Series(dtype="float64"), "mean": pd.Series(dtype="float64"), "m2": pd.Series(dtype="float64")})
+    return df[list(columns)].reduction(
+        chunk=_chunk_moments,
+        combine=_merge_moments,
+        aggregate=_merge_moments,
+        meta=meta,
+    )
+
+
+def value_counts(df, column: str):
+    """Lazy frequency of every non-null value of ``column``."""
+    return df[column].value_counts(dropna=True, split_out=1)
+
+
+SKETCH_SIZE = 2048
+
+
+def _compress(values: np.ndarray, weights: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Summarise weighted values by ``size`` evenly spaced (by weight) points."""
+    order = np.argsort(values, kind="stable")
+    values, weights = values[order], weights[order]
+    if len(values) <= size:
+        return values, weights
+    cum = np.cumsum(weights)
+    total = cum[-1]
+    targets = (np.arange(size) + 0.5) * total / size
+    idx = np.searchsorted(cum, targets)
+    return values[idx], np.full(size, total / size)
+
+
+def _chunk_sketch(series: pd.Series) -> pd.DataFrame:
+    values = series.dropna().to_numpy(dtype="float64")
+    v, w = _compress(values, np.ones(len(values)), SKETCH_SIZE)
+    return pd.DataFrame({"value": v, "weight": w})
+
+
+def _merge_sketch(parts: pd.DataFrame) -> pd.DataFrame:
+    v, w = _compress(parts["value"].to_numpy(), parts["weight"].to_numpy(), SKETCH_SIZE)
+    return pd.DataFrame({"value": v, "weight": w})
+
+
+def quantile_sketch(df, column: str):
+    """Lazy weighted-sample sketch of ``column`` (at most 2048 points, exact below that).
+
+    Each partition keeps evenly spaced order statistics; merges re-compress, so the rank error
+    stays within about 1/2048 of the data whatever the number of partitions.
+    """
+    meta = pd.DataFrame({"value": pd.Series(dtype="float64"), "weight": pd.Series(dtype="float64")})
+    return df[column].reduction(chunk=_chunk_sketch, combine=_merge_sketch, aggregate=_merge_sketch, meta=meta)
+
+
+def sketch_quantile(sketch: pd.DataFrame, q: float) -> float | None:
+    """The ``q`` quantile of a computed sketch, interpolated like ``numpy.quantile``'s default."""
+    if sketch.empty:
+        return None
+    values = sketch["value"].to_numpy()
+    weights = sketch["weight"].to_numpy()
+    if np.all(weights == 1.0):
+        return float(np.quantile(values, q))
+    # Each point stands for `weight` rows centred on its position in the cumulative weight.
+    centres = (np.cumsum(weights) - weights / 2) / weights.sum()
+    return float(np.interp(q, centres, values))

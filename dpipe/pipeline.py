@@ -1,0 +1,201 @@
+"""The feature pipeline: plan fit phases, fit with one Dask computation per phase, transform.
+
+Planning follows NVTabular: every op whose inputs do not depend on a not-yet-fitted op is fitted
+in the same phase, and all statistics of a phase (plus any extra statistics the caller asks for,
+such as row counts) are computed by a single ``dask.compute``. An op that reads the output of a
+stateful op, directly or through derived columns or row filters, goes to the next phase.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import dask
+import pandas as pd
+
+from dpipe.errors import BundleError, ColumnError
+from dpipe.ops import Op, build_op
+from dpipe.spec import OP_MODELS
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class FitReport:
+    """What fitting did: the planned phases and the extra statistics computed alongside."""
+
+    phases: list[list[str]] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class FeaturePipeline:
+    """An ordered list of feature ops with fit/transform semantics.
+
+    Examples
+    --------
+    >>> pipe = FeaturePipeline.from_specs(job.features)
+    >>> report = pipe.fit(train_df)
+    >>> features = pipe.transform(df)
+    >>> FeaturePipeline.from_json(pipe.to_json()).transform(new_df)
+    """
+
+    def __init__(self, ops: list[Op]):
+        self.ops = list(ops)
+
+    @classmethod
+    def from_specs(cls, specs: list) -> FeaturePipeline:
+        return cls([build_op(spec, f"features[{i}]") for i, spec in enumerate(specs)])
+
+    @property
+    def fitted(self) -> bool:
+        return all(op.fitted for op in self.ops)
+
+    # -- schema ------------------------------------------------------------------------------
+    def describe(self, meta: pd.DataFrame) -> pd.DataFrame:
+        """Propagate an empty frame through every op, checking columns and types on the way."""
+        for op in self.ops:
+            meta = op.describe(meta)
+        return meta
+
+    # -- planning ----------------------------------------------------------------------------
+    def plan(self, extra_inputs: set[str] = frozenset()) -> tuple[list[int], int]:
+        """Phase of each stateful op (-1 for stateless ones), and the phase of the extras.
+
+        A column's *ready* phase is the first phase in which its final value can be computed.
+        Extras (e.g. row counts of the final rows) need every row filter and ``extra_inputs``.
+        """
+        ready: dict[str, int] = {}
+        rows_ready = 0
+        phases = []
+        for op in self.ops:
+            needed = max([ready.get(c, 0) for c in op.input_columns()] + [rows_ready])
+            if op.stateful and not op.fitted:
+                phases.append(needed)
+                for c in op.output_columns():
+                    ready[c] = needed + 1
+            else:
+                phases.append(-1)
+                for c in op.output_columns():
+                    ready[c] = needed
+                if op.filters_rows:
+                    rows_ready = needed
+        extras_phase = max([ready.get(c, 0) for c in extra_inputs] + [rows_ready])
+        return phases, extras_phase
+
+    # -- fitting -----------------------------------------------------------------------------
+    def fit(
+        self,
+        df,
+        *,
+        fit_rows: Callable[[Any], Any] | None = None,
+        extras: Callable[[Any], dict[str, Any]] | None = None,
+        extra_inputs: set[str] = frozenset(),
+        compute: Callable[..., tuple] = dask.compute,
+    ) -> FitReport:
+        """Learn every op's statistics in as few ``compute`` calls as the dependencies allow.
+
+        Parameters
+        ----------
+        df
+            The Dask DataFrame to fit on (before any op).
+        fit_rows
+            Selects the rows statistics are learned from (e.g. the training split) from the frame
+            an op sees. Stateless row filters apply to all rows either way.
+        extras
+            Called with the fully transformed frame; returns further lazy values to compute in
+            the same pass (row counts, label distribution, ...). Stateful ops never change the
+            row set, so the extras' rows are exact even before later phases are fitted.
+        extra_inputs
+            Columns the extras read, so they wait for the ops that produce them.
+        compute
+            The function that computes a phase (``dask.compute`` or ``client.compute``-based);
+            injected so tests can count computations.
+        """
+        fit_rows = fit_rows or (lambda frame: frame)
+        report = FitReport()
+        op_phases, extras_phase = self.plan(set(extra_inputs))
+        n_phases = max([p + 1 for p in op_phases] + [extras_phase + 1 if extras else 0])
+        for phase in range(n_phases):
+            lazy: dict[tuple[int, str], Any] = {}
+            frame = df
+            for i, op in enumerate(self.ops):
+                if op_phases[i] == phase:
+                    for key, value in op.fit(fit_rows(frame)).items():
+                        lazy[(i, key)] = value
+                if op.fitted:
+                    frame = frame.map_partitions(op.transform, meta=op.describe(frame._meta))
+                # Unfitted stateful ops of later phases are skipped: nothing fitted in this phase
+                # reads their output (that is what the plan guarantees) and they keep all rows.
+            if extras and phase == extras_phase:
+                for key, value in extras(frame).items():
+                    lazy[(-1, key)] = value
+            keys = list(lazy)
+            values = compute(*(lazy[k] for k in keys)) if keys else ()
+            results = dict(zip(keys, values))
+            names = []
+            for i, op in enumerate(self.ops):
+                if op_phases[i] == phase:
+                    op.finalize({key: v for (j, key), v in results.items() if j == i})
+                    names.append(op.where)
+            report.extras.update({key: v for (j, key), v in results.items() if j == -1})
+            report.phases.append(names)
+        return report
+
+    # -- applying ----------------------------------------------------------------------------
+    def transform_partition(self, pdf: pd.DataFrame) -> pd.DataFrame:
+        for op in self.ops:
+            pdf = op.transform(pdf)
+        return pdf
+
+    def transform(self, df):
+        """Apply every (fitted) op to a Dask DataFrame in one fused ``map_partitions``."""
+        unfitted = [op.where for op in self.ops if not op.fitted]
+        if unfitted:
+            raise RuntimeError(f"pipeline is not fitted: {unfitted}")
+        if not self.ops:
+            return df
+        return df.map_partitions(self.transform_partition, meta=self.describe(df._meta))
+
+    # -- state -------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "ops": [
+                {"spec": op.spec.model_dump(mode="json"), "where": op.where, "state": op.get_state()}
+                for op in self.ops
+            ],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FeaturePipeline:
+        if data.get("format_version") != FORMAT_VERSION:
+            raise BundleError(
+                f"fitted pipeline has format_version {data.get('format_version')!r}; this dpipe reads {FORMAT_VERSION}",
+                hint="re-train the model with this dpipe version",
+            )
+        ops = []
+        for entry in data["ops"]:
+            spec = OP_MODELS[entry["spec"]["op"]].model_validate(entry["spec"])
+            op = build_op(spec, entry["where"])
+            if entry["state"] is not None:
+                op.set_state(entry["state"])
+            ops.append(op)
+        return cls(ops)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeaturePipeline:
+        return cls.from_dict(json.loads(text))
+
+
+def check_columns_exist(meta: pd.DataFrame, columns, where: str) -> None:
+    missing = [c for c in columns if c not in meta.columns]
+    if missing:
+        raise ColumnError(
+            f"{where}: column(s) {missing} not found; available: {list(meta.columns)}",
+            hint=f"fix `{where}`",
+        )

@@ -1,0 +1,382 @@
+"""Run a job end to end: read -> fit features -> place data -> train -> write the bundle.
+
+Everything that can be checked from the spec and the data's schema is checked before a cluster
+starts or any data is read, so a misspelt column fails in a second, not after an hour.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pandas as pd
+
+from dpipe import cluster as _cluster
+from dpipe.bundle import Bundle, library_versions
+from dpipe.errors import ColumnError, DataError
+from dpipe.io import StagedOutput, read, write_parquet
+from dpipe.io.sources import Source
+from dpipe.pipeline import FeaturePipeline
+from dpipe.spec import JobSpec, redacted
+from dpipe.train import (
+    INTERNAL,
+    LABEL,
+    VALID,
+    Labeler,
+    ModelInput,
+    check_label,
+    predict_frame,
+    spread_partitions,
+    train_booster,
+    xgb_params,
+)
+
+
+# -- progress ---------------------------------------------------------------------------------
+class Reporter:
+    """Per-stage progress lines on stderr, stage timings, and Dask progress bars on a terminal."""
+
+    def __init__(self, *, enabled: bool = True, stream=None):
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.timings: dict[str, float] = {}
+
+    def log(self, message: str) -> None:
+        if self.enabled:
+            print(f"[dpipe] {message}", file=self.stream, flush=True)
+
+    @contextmanager
+    def stage(self, name: str, what: str = ""):
+        self.log(f"{name}: {what}..." if what else f"{name}...")
+        start = time.perf_counter()
+        yield
+        elapsed = time.perf_counter() - start
+        self.timings[name] = round(self.timings.get(name, 0.0) + elapsed, 4)
+        self.log(f"{name}: done in {elapsed:.1f}s")
+
+    def compute(self, client) -> Callable[..., tuple]:
+        """A ``dask.compute`` replacement that runs on ``client`` with a progress bar on a TTY."""
+
+        def compute(*collections):
+            futures = client.compute(list(collections))
+            if self.enabled and getattr(self.stream, "isatty", lambda: False)():
+                from distributed import progress
+
+                progress(futures, notebook=False)
+            return tuple(client.gather(futures))
+
+        return compute
+
+
+# -- results ----------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    """What a run produced. ``bundle_uri`` is where the model bundle was committed."""
+
+    job: str
+    bundle_uri: str
+    metrics: dict
+    rows: dict
+    timings: dict
+    manifest: dict = field(repr=False)
+
+    def summary(self) -> str:
+        valid = ", ".join(f"{k}={v:.4f}" for k, v in self.metrics.get("valid", {}).items() if v is not None)
+        return (
+            f"job {self.job!r}: {self.rows['train']} train / {self.rows['valid']} valid rows, "
+            f"best iteration {self.metrics['best_iteration']}, valid {valid}\n"
+            f"bundle: {self.bundle_uri}"
+        )
+
+
+@dataclass
+class PredictResult:
+    output_uri: str
+    rows: int
+    columns: list[str]
+    timings: dict
+
+
+# -- planning (no cluster, no data read) -------------------------------------------------------
+@dataclass
+class Plan:
+    """A job checked against its source's schema: everything needed to start computing."""
+
+    job: JobSpec
+    source: Source
+    labeler: Labeler
+    pipeline: FeaturePipeline
+    model_input: ModelInput
+    label_inputs: set[str]
+
+
+def plan(job: JobSpec) -> Plan:
+    """Open the source lazily and check every column the job names against its schema."""
+    src = job.source
+    source = read(
+        src.uri,
+        format=src.format,
+        columns=src.columns,
+        filters=src.filters,
+        partitioning=src.partitioning,
+        storage_options=src.storage_options,
+    )
+    meta = source.frame._meta
+    _require(meta, job.id_columns, "id_columns")
+    if job.label.column:
+        _require(meta, [job.label.column], "label.column")
+    split_key = job.split.key or [c for c in meta.columns]
+    _require(meta, split_key, "split.key")
+    reserved = sorted(set(meta.columns) & set(INTERNAL))
+    if reserved:
+        raise ColumnError(f"source: column names {reserved} are reserved by dpipe", hint="rename them")
+    labeler = Labeler(
+        column=job.label.column,
+        expr=job.label.expr,
+        split_key=tuple(split_key),
+        valid_fraction=job.split.valid_fraction,
+        seed=job.split.seed,
+    )
+    _require(meta, sorted(labeler.label_inputs), "label.expr")
+    labeled_meta = labeler(meta)
+    pipeline = FeaturePipeline.from_specs(job.features)
+    final_meta = pipeline.describe(labeled_meta)
+    for c in job.id_columns:
+        if c not in final_meta.columns:
+            raise ColumnError(
+                f"id_columns: {c!r} is dropped or renamed by the feature ops",
+                hint="keep id columns out of the feature ops",
+            )
+    _require(final_meta, job.train.exclude, "train.exclude")
+    exclude = set(job.id_columns) | set(job.train.exclude) | labeler.label_inputs
+    model_input = ModelInput.infer(final_meta, features=job.train.features, exclude=exclude)
+    return Plan(job, source, labeler, pipeline, model_input, labeler.label_inputs)
+
+
+def _require(meta: pd.DataFrame, columns, where: str) -> None:
+    missing = [c for c in columns if c not in meta.columns]
+    if missing:
+        raise ColumnError(
+            f"{where}: column(s) {missing} not found in the source; available: {list(meta.columns)}",
+            hint=f"fix `{where}`",
+        )
+
+
+# -- run --------------------------------------------------------------------------------------
+def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bool = True) -> RunResult:
+    """Run a job and commit its model bundle to ``job.output.uri``.
+
+    Parameters
+    ----------
+    job
+        A validated spec (:func:`dpipe.load_job` or :class:`dpipe.JobSpec`).
+    client
+        A ``distributed.Client`` to run on. Without one, dpipe connects to ``scheduler`` /
+        ``job.cluster.address`` / ``DASK_SCHEDULER_ADDRESS``, or starts (and closes) its own
+        ``LocalCluster``.
+    progress
+        Print per-stage progress lines (and a progress bar on a terminal) to stderr.
+
+    Examples
+    --------
+    >>> result = dpipe.run(dpipe.load_job("jobs/quickstart.yaml"))
+    >>> result.metrics["valid"]["auc"]
+    """
+    reporter = Reporter(enabled=progress)
+    started = dt.datetime.now(dt.timezone.utc)
+    with reporter.stage("plan", "checking the spec against the source schema"):
+        p = plan(job)
+        out = StagedOutput(job.output.uri, job.output.storage_options, overwrite=job.output.overwrite, marker="manifest.json")
+    reporter.log(f"source: {len(p.source.files)} file(s) from {job.source.uri}")
+    with _cluster.connect(job.cluster, client=client, address=scheduler, log=reporter.log) as client, out:
+        compute = reporter.compute(client)
+        labeled = p.source.frame.map_partitions(p.labeler, meta=p.labeler(p.source.frame._meta))
+        raw = p.source.frame
+        classify = job.train.objective.startswith(("binary:", "multi:"))
+
+        def extras(frame) -> dict[str, Any]:
+            train_labels = frame[~frame[VALID]][LABEL]
+            return {
+                "rows_read": raw.map_partitions(len, meta=("rows", "int64")).sum(),
+                "rows_labeled": labeled.map_partitions(len, meta=("rows", "int64")).sum(),
+                "rows_per_partition": frame.map_partitions(len, meta=("rows", "int64")),
+                "valid_rows": frame[VALID].sum(),
+                "train_labels": train_labels.value_counts(split_out=1) if classify else train_labels.count(),
+            }
+
+        with reporter.stage("fit", f"learning feature statistics ({len(p.pipeline.ops)} ops)"):
+            report = p.pipeline.fit(
+                labeled,
+                fit_rows=lambda frame: frame[~frame[VALID]],
+                extras=extras,
+                extra_inputs={LABEL, VALID},
+                compute=compute,
+            )
+        rows = _check_rows(job, report.extras, classify)
+        reporter.log(
+            f"rows: {rows['read']} read, {rows['train']} train, {rows['valid']} valid"
+            f" ({len(report.phases)} fit pass{'es' if len(report.phases) != 1 else ''})"
+        )
+
+        keep = [*job.id_columns, LABEL, VALID]
+        model_frame = p.pipeline.transform(labeled).map_partitions(
+            p.model_input.with_passthrough(keep),
+            meta=p.model_input.with_passthrough(keep)(p.pipeline.describe(labeled._meta)),
+        )
+        with reporter.stage("load", "transforming and placing data on every worker"):
+            placed = spread_partitions(client, model_frame, list(report.extras["rows_per_partition"]))
+        try:
+            train_part = placed[~placed[VALID]]
+            valid_part = placed[placed[VALID]]
+            features = p.model_input.features
+            with reporter.stage("train", f"xgboost.dask, up to {job.train.num_boost_round} rounds"):
+                booster, metrics = train_booster(
+                    client,
+                    xgb_params(job.train),
+                    job.train,
+                    train_part[features],
+                    train_part[LABEL],
+                    valid_part[features],
+                    valid_part[LABEL],
+                )
+            reporter.log(
+                "best iteration {}: {}".format(
+                    metrics["best_iteration"],
+                    ", ".join(f"valid {k}={v:.4f}" for k, v in metrics["valid"].items() if v is not None),
+                )
+            )
+            with reporter.stage("write", f"model bundle to {job.output.uri}"):
+                if job.output.valid_predictions:
+                    preds = predict_frame(booster, valid_part, p.model_input, [*job.id_columns, LABEL])
+                    preds = preds.rename(columns={LABEL: "label"})
+                    write_parquet(preds, out, "valid_predictions", compute=lambda t: compute(t))
+                manifest = {
+                    "dpipe_version": library_versions().get("dpipe"),
+                    "job": job.name,
+                    "started_at": started.isoformat(),
+                    "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                    "spec": redacted(job),
+                    "input": {"uri": job.source.uri, "format": job.source.format, "files": p.source.files},
+                    "rows": rows,
+                    "features": p.model_input.to_dict(),
+                    "fit_phases": report.phases,
+                    "timings": dict(reporter.timings),
+                    "cluster": _cluster_info(client),
+                    "versions": library_versions(),
+                }
+                bundle = Bundle(booster, p.pipeline, p.model_input, list(job.id_columns), metrics, manifest)
+                bundle.write(out)
+                uri = out.commit()
+        finally:
+            client.cancel(placed)
+    reporter.log(f"bundle committed: {uri}")
+    manifest["timings"] = dict(reporter.timings)
+    return RunResult(job=job.name, bundle_uri=uri, metrics=metrics, rows=rows, timings=dict(reporter.timings), manifest=manifest)
+
+
+def _check_rows(job: JobSpec, extras: dict, classify: bool) -> dict:
+    per_partition = [int(x) for x in extras["rows_per_partition"]]
+    total = sum(per_partition)
+    valid = int(extras["valid_rows"])
+    rows = {
+        "read": int(extras["rows_read"]),
+        "dropped_missing_label": int(extras["rows_read"]) - int(extras["rows_labeled"]),
+        "dropped_by_filters": int(extras["rows_labeled"]) - total,
+        "train": total - valid,
+        "valid": valid,
+    }
+    if total == 0:
+        why = "the source filters and the `filter` ops" if job.features else "the source filters"
+        raise DataError(
+            f"no rows left to train on: {rows['read']} read, {rows['dropped_missing_label']} without a label,"
+            f" {rows['dropped_by_filters']} removed by {why}",
+            hint="loosen `source.filters` or the `filter` ops, or check `label`",
+        )
+    if rows["train"] == 0 or valid == 0:
+        raise DataError(
+            f"split: {rows['train']} train and {valid} validation rows; both need rows",
+            hint="adjust `split.valid_fraction` or provide more data",
+        )
+    if classify:
+        check_label(job.train.objective, extras["train_labels"])
+        rows["train_label_counts"] = {str(k): int(v) for k, v in extras["train_labels"].items()}
+    return rows
+
+
+def _cluster_info(client) -> dict:
+    info = client.scheduler_info(n_workers=-1)
+    workers = info["workers"].values()
+    return {
+        "scheduler": info.get("address"),
+        "workers": len(workers),
+        "threads": sum(w["nthreads"] for w in workers),
+    }
+
+
+# -- predict ----------------------------------------------------------------------------------
+def predict(
+    bundle: str,
+    source: str,
+    output: str,
+    *,
+    client=None,
+    scheduler: str | None = None,
+    format: str | None = None,
+    id_columns: list[str] | None = None,
+    storage_options: dict | None = None,
+    overwrite: bool = True,
+    progress: bool = True,
+) -> PredictResult:
+    """Score ``source`` with a bundle and write Parquet predictions to ``output`` atomically.
+
+    Exactly the fitted transforms saved in the bundle are applied; nothing is re-fitted.
+    ``id_columns`` default to the job's ``id_columns``.
+
+    Examples
+    --------
+    >>> dpipe.predict("runs/quickstart", "data/demo/events", "runs/quickstart-scores")
+    """
+    from dpipe.spec.models import SourceSpec
+
+    reporter = Reporter(enabled=progress)
+    with reporter.stage("load bundle", bundle):
+        b = Bundle.load(bundle, storage_options)
+    ids = b.id_columns if id_columns is None else list(id_columns)
+    src_spec = SourceSpec(uri=source, format=format, storage_options=storage_options or {})
+    with reporter.stage("plan", "checking the source against the bundle"):
+        src = read(src_spec.uri, format=src_spec.format, storage_options=storage_options, where="source")
+        meta = b.pipeline.describe(src.frame._meta)
+        _require(src.frame._meta, ids, "id_columns")
+        missing = [c for c in b.model_input.features if c not in meta.columns]
+        if missing:
+            raise ColumnError(
+                f"source: the model needs feature column(s) {missing} that {source!r} does not provide",
+                hint="score data with the same columns the model was trained on",
+            )
+        out = StagedOutput(output, storage_options, overwrite=overwrite, where="output")
+    reporter.log(f"source: {len(src.files)} file(s) from {source}")
+    with _cluster.connect(None, client=client, address=scheduler, log=reporter.log) as client, out:
+        frame = b.pipeline.transform(src.frame)
+        preds = predict_frame(b.booster, frame, b.model_input, ids)
+        with reporter.stage("predict", f"writing predictions to {output}"):
+            compute = reporter.compute(client)
+            write_parquet(preds, out, "", compute=lambda t: compute(t))
+            uri = out.commit()
+    rows = _count_rows(out)
+    reporter.log(f"predictions committed: {uri} ({rows} rows)")
+    return PredictResult(output_uri=uri, rows=rows, columns=list(preds.columns), timings=dict(reporter.timings))
+
+
+def _count_rows(out: StagedOutput) -> int:
+    """Rows written, from the Parquet footers (no second pass over the data)."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for path in sorted(out.fs.glob(f"{out.path}/*.parquet")):
+        with out.fs.open(path, "rb") as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total

@@ -1,0 +1,215 @@
+"""Load a job spec from YAML, apply ``--set`` overrides, and report every problem at once."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from dpipe.errors import SpecError
+from dpipe.spec.features import OP_MODELS, OP_NAMES
+from dpipe.spec.models import JobSpec
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SECRET_SECTIONS = ("storage_options",)
+REDACTED = "***"
+
+
+def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> JobSpec:
+    """Read a YAML job spec, apply ``key.path=value`` overrides, and validate it.
+
+    ``${VAR}`` (or ``${VAR:-default}``) in any string is replaced by the environment variable, so
+    secrets need not live in the file. The job name defaults to the file name.
+
+    Examples
+    --------
+    >>> job = load_job("jobs/quickstart.yaml", overrides=["train.num_boost_round=50"])
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"job spec {str(path)!r} not found", hint="check the path") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{path}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a job spec is a mapping of sections, got {type(data).__name__}")
+    data.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem))
+    return job_from_dict(data, overrides=overrides, origin=str(path))
+
+
+def job_from_dict(data: dict, overrides: list[str] | None = None, origin: str = "<spec>") -> JobSpec:
+    """Validate a spec given as a plain dict (as YAML would load it)."""
+    data = copy.deepcopy(data)
+    for item in overrides or []:
+        apply_override(data, item)
+    data = _interpolate_env(data, origin)
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise spec_error_from(exc, origin) from None
+
+
+def apply_override(data: dict, item: str) -> None:
+    """Set ``a.b[2].c=value`` in ``data``; the value is parsed as YAML (``50``, ``true``, ``[a, b]``)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. train.num_boost_round=50")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    parts = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", key.strip())]
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        where = ".".join(str(p) for p in parts[: i + 1])
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                raise SpecError(f"--set {key}: {where} is not an existing list item")
+            node = node[part]
+        else:
+            if not isinstance(node, dict):
+                raise SpecError(f"--set {key}: {where} is not a section")
+            node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(last, int):
+        if not isinstance(node, list) or last >= len(node):
+            raise SpecError(f"--set {key}: index {last} is not an existing list item")
+    elif not isinstance(node, dict):
+        raise SpecError(f"--set {key}: parent is not a section")
+    node[last] = value
+
+
+def _interpolate_env(value: Any, origin: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate_env(v, origin) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate_env(v, origin) for v in value]
+    if isinstance(value, str) and "${" in value:
+
+        def sub(m: re.Match) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise SpecError(
+                f"{origin}: environment variable {name!r} is not set",
+                hint=f"export {name}=... or write ${{{name}:-default}}",
+            )
+
+        return _ENV.sub(sub, value)
+    return value
+
+
+def format_loc(loc: tuple) -> str:
+    """``('features', 2, 'standard_scale', 'columns')`` -> ``features[2].columns``."""
+    out = ""
+    skip_tag = False
+    for part in loc:
+        if skip_tag:
+            skip_tag = False
+            if part in OP_NAMES:
+                continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+            skip_tag = out.startswith("features")
+        elif str(part).startswith(("function-after", "function-before", "tuple", "list[")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<root>"
+
+
+def spec_error_from(exc: ValidationError, origin: str) -> SpecError:
+    problems: list[tuple[str, str]] = []
+    seen = set()
+    for err in exc.errors(include_url=False):
+        loc = format_loc(err["loc"])
+        etype = err["type"]
+        if etype == "extra_forbidden":
+            msg = _unknown_key_message(err["loc"])
+        elif etype == "union_tag_invalid":
+            given = err.get("ctx", {}).get("tag")
+            close = difflib.get_close_matches(str(given), OP_NAMES, n=1)
+            msg = f"unknown op {given!r}; expected one of {list(OP_NAMES)}"
+            if close:
+                msg += f" (did you mean {close[0]!r}?)"
+        elif etype == "union_tag_not_found":
+            msg = f"each feature needs an `op` key, one of {list(OP_NAMES)}"
+        elif etype == "missing":
+            msg = "required but missing"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if "input" in err and etype not in ("model_type",) and not loc.endswith("storage_options"):
+                shown = err["input"]
+                if not isinstance(shown, (dict, list)) and repr(shown) not in msg and str(shown) not in msg:
+                    msg += f" (got {shown!r})"
+        if (loc, msg) not in seen:
+            seen.add((loc, msg))
+            problems.append((loc, msg))
+    lines = "\n".join(f"  - {loc}: {msg}" for loc, msg in problems)
+    n = len(problems)
+    return SpecError(
+        f"{origin}: invalid job spec ({n} problem{'s' if n > 1 else ''}):\n{lines}",
+        hint="fix the fields named above; `dpipe validate SPEC` re-checks without running",
+        problems=problems,
+    )
+
+
+def _unknown_key_message(raw_loc: tuple) -> str:
+    model = _model_at(raw_loc[:-1])
+    if model is None:
+        return "unknown key"
+    key = str(raw_loc[-1])
+    allowed = sorted(model.model_fields)
+    close = difflib.get_close_matches(key, allowed, n=1)
+    msg = f"unknown key; allowed keys: {allowed}"
+    if close:
+        msg += f" (did you mean {close[0]!r}?)"
+    return msg
+
+
+def _model_at(raw_loc: tuple):
+    """The pydantic model of the section at a raw pydantic location, if it is a model."""
+    if not raw_loc:
+        return JobSpec
+    if raw_loc[0] == "features":
+        return OP_MODELS.get(raw_loc[2]) if len(raw_loc) == 3 else None
+    if len(raw_loc) != 1:
+        return None
+    field = JobSpec.model_fields.get(str(raw_loc[0]))
+    ann = field.annotation if field else None
+    return ann if isinstance(ann, type) and hasattr(ann, "model_fields") else None
+
+
+def redacted(job: JobSpec) -> dict:
+    """The resolved spec as a dict with every ``storage_options`` value replaced by ``***``."""
+    data = job.model_dump(mode="json")
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in _SECRET_SECTIONS and isinstance(value, dict):
+                    node[key] = {k: REDACTED for k in value}
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(data)
+    return data

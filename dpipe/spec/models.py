@@ -1,0 +1,173 @@
+"""The job spec: what to read, which features to build, what to train, where to write.
+
+Every section rejects unknown keys so a misspelt option is an error, never silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from dpipe.expr import check_expression
+from dpipe.spec.base import Strict
+from dpipe.spec.features import OpSpec
+
+FILTER_OPS = ("==", "=", "!=", "<", "<=", ">", ">=", "in", "not in")
+
+Filter = tuple[str, str, Any]
+
+
+def _check_filter(f: Filter) -> Filter:
+    column, op, value = f
+    if op not in FILTER_OPS:
+        raise ValueError(f"filter on {column!r}: operator {op!r} is not one of {list(FILTER_OPS)}")
+    if op in ("in", "not in") and not isinstance(value, (list, tuple)):
+        raise ValueError(f"filter on {column!r}: operator {op!r} needs a list value")
+    return f
+
+
+class SourceSpec(Strict):
+    """Where the data is and how to read it.
+
+    ``filters`` are ``[column, op, value]`` triples ANDed together, or a list of such lists ORed
+    (pyarrow's disjunctive normal form). Filters on Hive partition columns prune whole files
+    before anything is read; others skip row groups by their statistics and then filter rows.
+    """
+
+    uri: str = Field(min_length=1)
+    format: Literal["parquet", "csv", "json"] | None = None
+    columns: list[str] | None = None
+    filters: list[Filter] | list[list[Filter]] | None = None
+    partitioning: Literal["hive", "none"] = "hive"
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("filters")
+    @classmethod
+    def _check_filters(cls, filters):
+        if filters is None:
+            return None
+        if not filters:
+            raise ValueError("`filters` is empty; leave it out to read everything")
+        for item in filters:
+            for f in item if isinstance(item, list) else [item]:
+                _check_filter(f)
+        return filters
+
+    @model_validator(mode="after")
+    def _infer_format(self):
+        if self.format is None:
+            path = self.uri.rstrip("/").lower()
+            for suffix, fmt in ((".csv", "csv"), (".jsonl", "json"), (".json", "json")):
+                if path.endswith(suffix) or path.endswith(suffix + ".gz"):
+                    self.format = fmt
+                    break
+            else:
+                self.format = "parquet"
+        return self
+
+
+class LabelSpec(Strict):
+    """The training target: an existing column, or an expression such as ``arr_delay > 15``.
+
+    Columns the label is computed from are never used as features (that would leak the target).
+    Rows whose label is missing are dropped and counted in the manifest.
+    """
+
+    column: str | None = None
+    expr: str | None = None
+
+    @field_validator("expr")
+    @classmethod
+    def _check_expr(cls, expr):
+        return None if expr is None else check_expression(expr)
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        if (self.column is None) == (self.expr is None):
+            raise ValueError("give exactly one of `column` or `expr`")
+        return self
+
+
+class SplitSpec(Strict):
+    """Deterministic train/validation split.
+
+    A row goes to validation when a hash of its ``key`` columns (default: every source column) and
+    ``seed`` falls below ``valid_fraction``. The same row lands on the same side on every run,
+    whatever the partitioning or order of the files.
+    """
+
+    valid_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+    key: list[str] | None = None
+
+
+class TrainSpec(Strict):
+    """Distributed XGBoost settings. ``params`` go to XGBoost unchanged."""
+
+    objective: str = "binary:logistic"
+    num_boost_round: int = Field(default=100, ge=1)
+    early_stopping_rounds: int | None = Field(default=10, ge=1)
+    eval_metric: list[str] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict)
+    features: list[str] | None = None
+    exclude: list[str] = Field(default_factory=list)
+
+    @field_validator("params")
+    @classmethod
+    def _no_duplicated_settings(cls, params):
+        for key in ("objective", "eval_metric", "num_boost_round", "n_estimators"):
+            if key in params:
+                raise ValueError(f"set `train.{key}` instead of `train.params.{key}`")
+        return params
+
+
+class OutputSpec(Strict):
+    """Where the model bundle goes (any fsspec URL)."""
+
+    uri: str = Field(min_length=1)
+    overwrite: bool = True
+    valid_predictions: bool = False
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ClusterSpec(Strict):
+    """An existing scheduler's ``address``, or the shape of the embedded LocalCluster."""
+
+    address: str | None = None
+    n_workers: int | None = Field(default=None, ge=1)
+    threads_per_worker: int | None = Field(default=None, ge=1)
+    memory_limit: str | int | None = None
+    processes: bool = True
+    dashboard_address: str | None = ":0"
+
+    @model_validator(mode="after")
+    def _address_or_local(self):
+        local = [k for k in ("n_workers", "threads_per_worker", "memory_limit") if getattr(self, k) is not None]
+        if self.address and local:
+            raise ValueError(f"{local} only apply to the embedded LocalCluster, not with `address`")
+        return self
+
+
+class JobSpec(Strict):
+    """A whole job. Build it from YAML with :func:`dpipe.load_job` or directly in Python.
+
+    Examples
+    --------
+    >>> job = JobSpec(
+    ...     name="demo",
+    ...     source={"uri": "data/demo/events"},
+    ...     label={"column": "converted"},
+    ...     output={"uri": "runs/demo"},
+    ... )
+    """
+
+    name: str = Field(default="job", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    source: SourceSpec
+    id_columns: list[str] = Field(default_factory=list)
+    features: list[OpSpec] = Field(default_factory=list)
+    label: LabelSpec
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    output: OutputSpec
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)

@@ -1,0 +1,282 @@
+"""Labels, the deterministic split, model inputs, and distributed XGBoost training."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+
+from dpipe.errors import ColumnError, DataError, TrainingError
+from dpipe.expr import Expression
+
+LABEL = "__dpipe_label__"
+VALID = "__dpipe_valid__"
+INTERNAL = (LABEL, VALID)
+PREDICTION = "prediction"
+
+
+# -- labels and split -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Labeler:
+    """Adds the label and the validation flag to each partition (training only).
+
+    A label expression is missing (and its row dropped) when any column it reads is missing, so
+    ``arr_delay > 15`` does not silently label a row with an unknown delay as 0.
+    """
+
+    column: str | None
+    expr: str | None
+    split_key: tuple[str, ...]
+    valid_fraction: float
+    seed: int
+
+    @property
+    def label_inputs(self) -> set[str]:
+        return {self.column} if self.column else set(Expression(self.expr, where="label.expr").columns)
+
+    def __call__(self, pdf: pd.DataFrame) -> pd.DataFrame:
+        if self.column:
+            y = pdf[self.column]
+            if pd.api.types.is_bool_dtype(y.dtype):
+                y = y.astype("float32")
+            y = pd.to_numeric(y, errors="coerce").astype("float32")
+        else:
+            value = Expression(self.expr, where="label.expr").evaluate(pdf)
+            y = pd.Series(value, index=pdf.index).astype("float32")
+            unknown = pdf[sorted(self.label_inputs)].isna().any(axis=1)
+            y = y.mask(unknown)
+        hashed = pd.util.hash_pandas_object(pdf[list(self.split_key)], index=False, hash_key=_hash_key(self.seed))
+        valid = (hashed.to_numpy() >> np.uint64(11)).astype("float64") / float(1 << 53) < self.valid_fraction
+        out = pdf.assign(**{LABEL: y, VALID: valid})
+        return out[out[LABEL].notna()]
+
+
+def _hash_key(seed: int) -> str:
+    return f"dpipe{seed:011d}"[-16:].rjust(16, "0")
+
+
+# -- model inputs -----------------------------------------------------------------------------
+@dataclass
+class ModelInput:
+    """The exact columns and dtypes the model sees: float32 numbers and pandas categories."""
+
+    features: list[str]
+    categorical: list[str]
+
+    @classmethod
+    def infer(cls, meta: pd.DataFrame, *, features: list[str] | None, exclude: set[str]) -> ModelInput:
+        if features is not None:
+            missing = [c for c in features if c not in meta.columns]
+            if missing:
+                raise ColumnError(
+                    f"train.features: column(s) {missing} not found after the feature ops; available: {list(meta.columns)}",
+                    hint="fix `train.features` (or leave it out to use every column)",
+                )
+            leaked = sorted(set(features) & exclude)
+            if leaked:
+                raise ColumnError(
+                    f"train.features: {leaked} are the label, id columns or excluded, and cannot be features",
+                    hint="remove them from `train.features`",
+                )
+        else:
+            features = [c for c in meta.columns if c not in exclude and c not in INTERNAL]
+        if not features:
+            raise ColumnError("train: no feature columns left", hint="check `train.features` and `train.exclude`")
+        bad = {
+            c: str(meta[c].dtype)
+            for c in features
+            if not (
+                isinstance(meta[c].dtype, pd.CategoricalDtype)
+                or pd.api.types.is_numeric_dtype(meta[c].dtype)
+                or pd.api.types.is_bool_dtype(meta[c].dtype)
+            )
+        }
+        if bad:
+            raise ColumnError(
+                f"train: feature column(s) {bad} are neither numeric nor categorical",
+                hint=f"encode them with a `categorical` op, or list them in `train.exclude`: {sorted(bad)}",
+            )
+        categorical = [c for c in features if isinstance(meta[c].dtype, pd.CategoricalDtype)]
+        return cls(features=list(features), categorical=categorical)
+
+    def __call__(self, pdf: pd.DataFrame) -> pd.DataFrame:
+        cols = {c: pdf[c] if c in self.categorical else pdf[c].astype("float32") for c in self.features}
+        return pd.DataFrame(cols, index=pdf.index)
+
+    def with_passthrough(self, keep: list[str]):
+        """A partition function returning model inputs plus the ``keep`` columns."""
+        return _WithPassthrough(self, tuple(keep))
+
+    def to_dict(self) -> dict:
+        return {"features": self.features, "categorical": self.categorical}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelInput:
+        return cls(features=list(data["features"]), categorical=list(data["categorical"]))
+
+
+@dataclass(frozen=True)
+class _WithPassthrough:
+    model_input: ModelInput
+    keep: tuple[str, ...]
+
+    def __call__(self, pdf: pd.DataFrame) -> pd.DataFrame:
+        out = self.model_input(pdf)
+        for c in self.keep:
+            out[c] = pdf[c]
+        return out
+
+
+# -- placement --------------------------------------------------------------------------------
+def spread_partitions(client, df: dd.DataFrame, rows_per_partition: list[int] | None = None) -> dd.DataFrame:
+    """Compute ``df`` into worker memory so that every worker holds a fair share of it.
+
+    xgboost.dask trains on the partitions where they are and fails with categorical data when a
+    worker holds none, so placement is explicit: largest partitions first, each to the worker with
+    the fewest rows so far. Returns a DataFrame backed by the placed futures.
+    """
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    if not workers:
+        raise TrainingError("the cluster has no workers", hint="start workers or check `cluster.address`")
+    if df.npartitions < len(workers):
+        df = df.repartition(npartitions=len(workers))
+        rows_per_partition = None
+    sizes = rows_per_partition or [1] * df.npartitions
+    load = {w: 0 for w in workers}
+    assignment = {}
+    for i in sorted(range(df.npartitions), key=lambda i: -sizes[i]):
+        target = min(workers, key=lambda w: (load[w], workers.index(w)))
+        assignment[i] = target
+        load[target] += max(sizes[i], 1)
+    parts = df.to_delayed(optimize_graph=True)
+    futures = [
+        client.compute(part, workers=[assignment[i]], allow_other_workers=False) for i, part in enumerate(parts)
+    ]
+    from distributed import wait
+
+    with client.as_current():
+        wait(futures)
+    for f in futures:
+        if f.status == "error":
+            f.result()  # raises the task's own error
+    return dd.from_delayed(futures, meta=df._meta, verify_meta=False)
+
+
+# -- training ---------------------------------------------------------------------------------
+DEFAULT_METRICS = {"binary": ["logloss", "auc"], "reg": ["rmse"], "multi": ["mlogloss"]}
+
+
+def xgb_params(train_spec) -> dict:
+    params = {"tree_method": "hist", "objective": train_spec.objective, **train_spec.params}
+    metrics = train_spec.eval_metric or DEFAULT_METRICS.get(train_spec.objective.split(":")[0], [])
+    if metrics:
+        params["eval_metric"] = list(metrics)
+    return params
+
+
+def check_label(objective: str, counts: pd.Series, where: str = "label") -> None:
+    """Fail early on labels XGBoost would reject or learn nothing from."""
+    values = sorted(float(v) for v in counts.index)
+    if objective.startswith("binary:"):
+        if not set(values) <= {0.0, 1.0}:
+            raise DataError(
+                f"{where}: {objective} needs labels 0 or 1; the training rows have {values[:10]}",
+                hint="use `label.expr` to turn the target into a condition, e.g. `delay > 15`",
+            )
+        if len(values) < 2:
+            raise DataError(
+                f"{where}: every training row has label {values[0] if values else None!r}: one class, nothing to learn",
+                hint="check `label` and the filters; the training data needs both classes",
+            )
+    elif objective.startswith("multi:") and len(values) < 2:
+        raise DataError(f"{where}: only one class in the training rows", hint="check `label` and the filters")
+
+
+def train_booster(client, params: dict, train_spec, X_train, y_train, X_valid, y_valid):
+    """Train with ``DaskQuantileDMatrix`` on the workers; returns ``(booster, metrics)``.
+
+    The booster is cut at the best iteration when early stopping is on, so the saved model is the
+    one that was evaluated. Data is never pulled to the client.
+    """
+    import xgboost as xgb
+    import xgboost.dask  # noqa: F401  (registers xgb.dask)
+
+    try:
+        dtrain = xgb.dask.DaskQuantileDMatrix(client, X_train, y_train, enable_categorical=True)
+        dvalid = xgb.dask.DaskQuantileDMatrix(client, X_valid, y_valid, ref=dtrain, enable_categorical=True)
+        out = xgb.dask.train(
+            client,
+            params,
+            dtrain,
+            num_boost_round=train_spec.num_boost_round,
+            evals=[(dtrain, "train"), (dvalid, "valid")],
+            early_stopping_rounds=train_spec.early_stopping_rounds,
+            verbose_eval=False,
+        )
+    except xgb.core.XGBoostError as exc:
+        raise TrainingError(
+            f"train: XGBoost failed: {str(exc).strip().splitlines()[-1][:500]}",
+            hint="check `train.params` against the XGBoost parameter reference",
+        ) from None
+    booster, history = out["booster"], out["history"]
+    rounds = booster.num_boosted_rounds()
+    best = booster.best_iteration if train_spec.early_stopping_rounds and "best_iteration" in booster.attributes() else rounds - 1
+    if best + 1 < rounds:
+        booster = booster[: best + 1]
+    metrics = {
+        "best_iteration": int(best),
+        "num_boosted_rounds": int(best + 1),
+        "rounds_trained": int(rounds),
+        "train": {m: _finite(v[best]) for m, v in history.get("train", {}).items()},
+        "valid": {m: _finite(v[best]) for m, v in history.get("valid", {}).items()},
+        "history": {s: {m: [_finite(x) for x in v] for m, v in h.items()} for s, h in history.items()},
+    }
+    return booster, metrics
+
+
+def _finite(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+# -- prediction -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Predict:
+    model_input: ModelInput
+    keep: tuple[str, ...]
+
+    def __call__(self, pdf: pd.DataFrame, booster) -> pd.DataFrame:
+        out = pdf[list(self.keep)].copy() if self.keep else pd.DataFrame(index=pdf.index)
+        X = self.model_input(pdf)
+        if len(X):
+            pred = booster.inplace_predict(X, validate_features=True)
+        else:
+            pred = np.zeros((0,) + (() if booster_outputs(booster) == 1 else (booster_outputs(booster),)), "float32")
+        if pred.ndim == 1:
+            out[PREDICTION] = pred.astype("float32")
+        else:
+            for k in range(pred.shape[1]):
+                out[f"{PREDICTION}_{k}"] = pred[:, k].astype("float32")
+        return out
+
+
+def booster_outputs(booster) -> int:
+    import json
+
+    config = json.loads(booster.save_config())
+    n = int(config["learner"]["learner_model_param"].get("num_class", "0") or 0)
+    return n if n > 1 else 1
+
+
+def predict_frame(booster, df: dd.DataFrame, model_input: ModelInput, keep: list[str]) -> dd.DataFrame:
+    """Lazy predictions for every row of ``df`` (after the feature pipeline), with ``keep`` columns.
+
+    The booster travels to the workers once, as a single graph key.
+    """
+    fn = _Predict(model_input, tuple(keep))
+    meta = fn(df._meta, booster)
+    return df.map_partitions(fn, dask.delayed(booster, pure=True), meta=meta, align_dataframes=False)
