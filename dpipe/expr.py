@@ -198,9 +198,11 @@ class Expression:
         if missing:
             from dpipe.errors import ColumnError
 
+            available = [str(c) for c in df.columns if not str(c).startswith("__dpipe")]
             raise ColumnError(
                 f"{self.where}: expression {self.text!r} uses column(s) {missing} that do not exist;"
-                f" available: {list(df.columns)}"
+                f" available: {available}",
+                hint=f"fix `{self.where}`",
             )
         try:
             return self._eval(self._tree.body, df)

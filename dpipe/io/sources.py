@@ -163,8 +163,15 @@ def read(
             hint=f"fix `{where}.columns`",
         )
     expression = _filter_expression(filters, schema, where) if filters else None
-    with storage_errors(f"{where}.uri", uri):
-        fragments = list(dataset.get_fragments(filter=expression))
+    try:
+        with storage_errors(f"{where}.uri", uri):
+            fragments = list(dataset.get_fragments(filter=expression))
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+        types = {c: str(schema.field(c).type) for c in _filter_columns(filters)}
+        raise SpecError(
+            f"{where}.filters: the filter values do not match the column types {types}: {str(exc).splitlines()[0]}",
+            hint=f"compare numbers with numbers and strings with quoted strings in `{where}.filters`",
+        ) from None
     if not fragments:
         raise DataError(
             f"{where}: no file under {uri!r} matches `{where}.filters`",
@@ -191,8 +198,13 @@ def read(
     )
 
 
+def _filter_columns(filters: list) -> list[str]:
+    groups = filters if filters and isinstance(filters[0], list) and isinstance(filters[0][0], (list, tuple)) else [filters]
+    return sorted({f[0] for group in groups for f in group})
+
+
 def _filter_expression(filters: list, schema: pa.Schema, where: str) -> ds.Expression:
-    groups = filters if isinstance(filters[0], list) and filters and isinstance(filters[0][0], (list, tuple)) else [filters]
+    groups = filters if isinstance(filters[0], list) and isinstance(filters[0][0], (list, tuple)) else [filters]
     normalised = []
     for group in groups:
         conj = []

@@ -55,10 +55,11 @@ class Op:
         if missing:
             import difflib
 
-            close = {m: difflib.get_close_matches(m, list(map(str, meta.columns)), n=1) for m in missing}
-            guesses = [f"{m!r} -> {c[0]!r}" for m, c in close.items() if c]
+            available = [str(c) for c in meta.columns if not str(c).startswith("__dpipe")]
+            close = {m: difflib.get_close_matches(m, available, n=1) for m in missing}
+            guesses = [f"{c[0]!r} (for {m!r})" for m, c in close.items() if c]
             raise ColumnError(
-                f"{self.where} ({self.name}): column(s) {missing} not found; available: {list(meta.columns)}",
+                f"{self.where} ({self.name}): column(s) {missing} not found; available: {available}",
                 hint=(f"did you mean {', '.join(guesses)}? " if guesses else "")
                 + f"check `{self.where}` and the columns of `source`",
             )

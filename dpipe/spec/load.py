@@ -74,22 +74,17 @@ def apply_override(data: dict, item: str) -> None:
         value = raw
     parts = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", key.strip())]
     node: Any = data
-    for i, part in enumerate(parts[:-1]):
-        where = ".".join(str(p) for p in parts[: i + 1])
+    for i, part in enumerate(parts):
+        where = format_loc(tuple(parts[: i + 1]))
+        last = i == len(parts) - 1
         if isinstance(part, int):
             if not isinstance(node, list) or part >= len(node):
                 raise SpecError(f"--set {key}: {where} is not an existing list item")
-            node = node[part]
-        else:
-            if not isinstance(node, dict):
-                raise SpecError(f"--set {key}: {where} is not a section")
-            node = node.setdefault(part, {})
+        elif not isinstance(node, dict):
+            raise SpecError(f"--set {key}: {format_loc(tuple(parts[:i]))} is not a section")
+        if not last:
+            node = node[part] if isinstance(part, int) else node.setdefault(part, {})
     last = parts[-1]
-    if isinstance(last, int):
-        if not isinstance(node, list) or last >= len(node):
-            raise SpecError(f"--set {key}: index {last} is not an existing list item")
-    elif not isinstance(node, dict):
-        raise SpecError(f"--set {key}: parent is not a section")
     node[last] = value
 
 

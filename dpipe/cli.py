@@ -1,0 +1,193 @@
+"""The ``dpipe`` command line.
+
+Exit status: 0 on success, 2 for usage and spec errors (including columns the data lacks),
+1 for runtime failures. Errors print one message with a hint; ``--verbose`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+
+from dpipe.errors import DpipeError, SpecError
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dpipe",
+        description="Machine-learning data pipelines on Dask: partitioned data in, XGBoost model out.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a job spec and write its model bundle")
+    p.add_argument("spec", help="job spec (YAML)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask scheduler, e.g. tcp://127.0.0.1:8786")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec value, e.g. train.num_boost_round=50 (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    _add_common(p)
+
+    p = sub.add_parser("validate", help="check a job spec (and the source schema) without starting a cluster")
+    p.add_argument("spec", help="job spec (YAML)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--offline", action="store_true", help="check the spec only; do not open the source")
+    _add_common(p)
+
+    p = sub.add_parser("predict", help="score data with a model bundle and write Parquet predictions")
+    p.add_argument("bundle", help="model bundle (the `output.uri` of a run)")
+    p.add_argument("--source", required=True, help="data to score: path or URL (glob allowed)")
+    p.add_argument("--output", required=True, help="where predictions go (a folder, written atomically)")
+    p.add_argument("--format", choices=["parquet", "csv", "json"], help="source format (default: from the suffix)")
+    p.add_argument("--id-columns", help="comma-separated columns to keep (default: the job's id_columns)")
+    p.add_argument("--storage-options", metavar="JSON", help="fsspec options as JSON (prefer AWS_* environment variables)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask scheduler")
+    p.add_argument("--no-overwrite", action="store_true", help="fail if the output exists")
+    p.add_argument("-q", "--quiet", action="store_true")
+    _add_common(p)
+
+    p = sub.add_parser("show", help="print a model bundle's metrics, features and fitted statistics")
+    p.add_argument("bundle")
+    p.add_argument("--storage-options", metavar="JSON")
+    _add_common(p)
+
+    p = sub.add_parser("demo-data", help="write the deterministic demo dataset the quickstart job reads")
+    p.add_argument("path", nargs="?", default="data/demo", help="destination (default: data/demo)")
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--days", type=int, default=10, help="number of date partitions")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args) or 0
+    except DpipeError as exc:
+        _print_error(str(exc), args)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("dpipe: interrupted; no output was committed", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one message, no traceback
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _print_error(
+            f"unexpected {type(exc).__name__}: {text[:500]}\n\nHint: rerun with --verbose for the traceback;"
+            " no output was committed",
+            args,
+        )
+        return 1
+
+
+def _print_error(message: str, args) -> None:
+    if getattr(args, "verbose", False):
+        traceback.print_exc(file=sys.stderr)
+    print(f"dpipe: error: {message}", file=sys.stderr)
+
+
+def _storage_options(raw: str | None) -> dict | None:
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"--storage-options: not valid JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise SpecError("--storage-options: expected a JSON object")
+    return value
+
+
+def _run(args) -> int:
+    from dpipe.runner import run
+    from dpipe.spec import load_job
+
+    job = load_job(args.spec, overrides=args.overrides)
+    result = run(job, scheduler=args.scheduler, progress=not args.quiet)
+    if args.json:
+        print(json.dumps({"job": result.job, "bundle_uri": result.bundle_uri, "metrics": _short_metrics(result.metrics),
+                          "rows": result.rows, "timings": result.timings}, indent=2))
+    else:
+        print(result.summary())
+    return 0
+
+
+def _short_metrics(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "history"}
+
+
+def _validate(args) -> int:
+    from dpipe.spec import load_job
+
+    job = load_job(args.spec, overrides=args.overrides)
+    if not args.offline:
+        from dpipe.runner import plan
+
+        p = plan(job)
+        print(
+            f"{args.spec}: valid; source has {len(p.source.files)} file(s), "
+            f"{len(p.model_input.features)} features: {', '.join(p.model_input.features)}"
+        )
+    else:
+        print(f"{args.spec}: valid spec (source not checked)")
+    return 0
+
+
+def _predict(args) -> int:
+    from dpipe.runner import predict
+
+    ids = [c.strip() for c in args.id_columns.split(",") if c.strip()] if args.id_columns is not None else None
+    result = predict(
+        args.bundle,
+        args.source,
+        args.output,
+        scheduler=args.scheduler,
+        format=args.format,
+        id_columns=ids,
+        storage_options=_storage_options(args.storage_options),
+        overwrite=not args.no_overwrite,
+        progress=not args.quiet,
+    )
+    print(f"{result.rows} predictions written to {result.output_uri}")
+    return 0
+
+
+def _show(args) -> int:
+    from dpipe.bundle import Bundle
+
+    b = Bundle.load(args.bundle, _storage_options(args.storage_options))
+    m = b.metrics
+    print(f"bundle: {args.bundle}  (job {b.manifest.get('job')!r}, dpipe {b.manifest.get('dpipe_version')})")
+    print(f"best iteration: {m.get('best_iteration')}  rows: {b.manifest.get('rows')}")
+    for split in ("train", "valid"):
+        print(f"{split:>6}: " + ", ".join(f"{k}={v:.5f}" for k, v in m.get(split, {}).items() if v is not None))
+    print(f"features ({len(b.model_input.features)}): {', '.join(b.model_input.features)}")
+    print(f"{'step':<14} {'op':<15} fitted state")
+    for op in b.pipeline.ops:
+        state = op.get_state()
+        text = json.dumps(state, default=str) if state else "-"
+        print(f"{op.where:<14} {op.name:<15} {text if len(text) < 100 else text[:97] + '...'}")
+    return 0
+
+
+def _demo_data(args) -> int:
+    from dpipe.demo import write_demo_data
+
+    if args.rows < 1 or args.days < 1:
+        raise SpecError(f"--rows and --days must be positive integers. Instead got {args.rows} and {args.days}")
+    files = write_demo_data(args.path, rows=args.rows, days=args.days, seed=args.seed)
+    print(f"wrote {args.rows} rows in {len(files)} files under {args.path}/events")
+    return 0
+
+
+_COMMANDS = {"run": _run, "validate": _validate, "predict": _predict, "show": _show, "demo-data": _demo_data}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Shared fixtures: demo data, a process-based LocalCluster, a real moto S3 server, a real remote
+Dask cluster (``dask scheduler`` + ``dask worker`` processes). Everything binds to 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_environment():
+    """Never use the developer's AWS config or a scheduler from the environment."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("AWS_") or k == "DASK_SCHEDULER_ADDRESS"}
+    os.environ["AWS_CONFIG_FILE"] = os.devnull
+    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    yield
+    for k in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_EC2_METADATA_DISABLED"):
+        os.environ.pop(k, None)
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """Demo data (20k rows, 4 date partitions) shared read-only by the tests."""
+    from dpipe.demo import write_demo_data
+
+    root = tmp_path_factory.mktemp("demo")
+    write_demo_data(str(root), rows=20_000, days=4, seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="2GiB"
+    ) as cluster, Client(cluster, set_as_default=False) as c:
+        yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(predicate, timeout: float, what: str, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server in its own process on 127.0.0.1 (as s3fs's own tests run it)."""
+    import requests
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def up():
+        try:
+            return requests.get(endpoint, timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    try:
+        _wait_for(up, 30, "moto server", proc)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def s3(s3_server):
+    """A fresh bucket on the moto server, with the storage_options that reach it."""
+    import requests
+    import s3fs
+
+    requests.post(f"{s3_server}/moto-api/reset", timeout=5)
+    s3fs.S3FileSystem.clear_instance_cache()
+    options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_server}}
+    fs = s3fs.S3FileSystem(**options)
+    bucket = f"dpipe-{uuid.uuid4().hex[:10]}"
+    fs.mkdir(bucket)
+    fs.invalidate_cache()
+    return {"fs": fs, "bucket": bucket, "storage_options": options, "endpoint": s3_server}
+
+
+@pytest.fixture(scope="session")
+def remote_scheduler(tmp_path_factory):
+    """A real `dask scheduler` and two `dask worker` processes; yields the scheduler address."""
+    from distributed import Client
+
+    tmp = tmp_path_factory.mktemp("remote")
+    scheduler_file = tmp / "scheduler.json"
+    scheduler = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+         "--dashboard-address", ":0", "--scheduler-file", str(scheduler_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp,
+    )
+    procs = [scheduler]
+    try:
+        _wait_for(scheduler_file.exists, 60, "dask scheduler", scheduler)
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file),
+                 "--nthreads", "1", "--memory-limit", "2GiB", "--no-dashboard", "--host", "127.0.0.1"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp,
+            ))
+        import json
+
+        address = json.loads(scheduler_file.read_text())["address"]
+        with Client(address, set_as_default=False, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def job_dict(demo_root: Path, out: Path, **sections) -> dict:
+    """A small, fast version of the quickstart job over the test demo data."""
+    base = {
+        "name": "test",
+        "source": {"uri": str(demo_root / "events")},
+        "id_columns": ["event_id"],
+        "features": [
+            {"op": "fill_missing", "columns": ["age", "tenure_days"], "strategy": "median"},
+            {"op": "fill_missing", "columns": ["income"], "strategy": "mean"},
+            {"op": "derive", "name": "log_income", "expr": "log1p(income)"},
+            {"op": "standard_scale", "columns": ["pages_per_session"]},
+            {"op": "categorical", "columns": ["country", "device", "plan"]},
+        ],
+        "label": {"column": "converted"},
+        "split": {"valid_fraction": 0.25, "seed": 3, "key": ["event_id"]},
+        "train": {"num_boost_round": 30, "early_stopping_rounds": 5, "params": {"max_depth": 4, "eta": 0.3},
+                  "exclude": ["date"]},
+        "output": {"uri": str(out)},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return base

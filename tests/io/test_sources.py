@@ -1,0 +1,131 @@
+import json
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+
+from dpipe.errors import ColumnError, DataError, SpecError, StorageError
+from dpipe.io import read
+
+
+class CountingFileSystem(LocalFileSystem):
+    """The local disk under the protocol ``counting://``, recording every file opened for reading."""
+
+    protocol = ("counting",)
+    opened: list[str] = []
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return super()._strip_protocol(str(path).removeprefix("counting://"))
+
+    def _open(self, path, mode="rb", **kwargs):
+        if "r" in mode:
+            type(self).opened.append(path)
+        return super()._open(path, mode=mode, **kwargs)
+
+
+fsspec.register_implementation("counting", CountingFileSystem, clobber=True)
+
+
+def test_reads_hive_partitioned_parquet_with_projection(demo_root):
+    src = read(str(demo_root / "events"), columns=["event_id", "age", "date"])
+    assert len(src.files) == 4 and src.frame.npartitions == 4
+    assert src.partition_columns == ["date"]
+    df = src.frame.compute(scheduler="sync")
+    assert list(df.columns) == ["event_id", "age", "date"]
+    assert len(df) == 20_000
+    assert str(df["date"].dtype) == "string"
+    expected = pq.read_table(demo_root / "events" / "date=2024-01-02").column("event_id").to_pylist()
+    assert sorted(df.loc[df["date"] == "2024-01-02", "event_id"]) == sorted(expected)
+
+
+def test_partition_filter_prunes_files_before_reading(demo_root):
+    uri = f"counting://{demo_root / 'events'}"
+
+    def files_read_by_compute(**kwargs):
+        src = read(uri, **kwargs)  # discovery reads one footer for the schema: not counted
+        CountingFileSystem.opened.clear()
+        df = src.frame.compute(scheduler="sync")
+        return src, df, {p for p in CountingFileSystem.opened if p.endswith(".parquet")}
+
+    everything, _, read_all = files_read_by_compute()
+    pruned, df, read_pruned = files_read_by_compute(filters=[["date", ">=", "2024-01-03"]])
+
+    assert len(everything.files) == len(read_all) == 4
+    assert len(pruned.files) == len(read_pruned) == 2
+    assert all("date=2024-01-03" in p or "date=2024-01-04" in p for p in read_pruned)
+    assert set(df["date"]) == {"2024-01-03", "2024-01-04"}
+
+
+def test_row_filters_and_or_groups(demo_root):
+    uri = str(demo_root / "events")
+    df = read(uri, filters=[["age", ">", 60], ["device", "in", ["tablet"]]]).frame.compute(scheduler="sync")
+    assert len(df) > 0 and (df["age"] > 60).all() and (df["device"] == "tablet").all()
+    either = read(uri, filters=[[["age", ">", 80]], [["plan", "==", "team"]]]).frame.compute(scheduler="sync")
+    assert ((either["age"] > 80) | (either["plan"] == "team")).all()
+    full = pd.read_parquet(demo_root / "events")
+    assert len(either) == int(((full["age"] > 80) | (full["plan"] == "team")).sum())
+
+
+def test_yaml_dates_compare_with_string_partition_keys(demo_root):
+    import datetime as dt
+
+    src = read(str(demo_root / "events"), filters=[["date", "<", dt.date(2024, 1, 2)]])
+    assert len(src.files) == 1
+
+
+def test_glob_uri(demo_root):
+    src = read(str(demo_root / "events" / "date=2024-01-0[12]" / "*.parquet"))
+    assert len(src.files) == 2
+    assert set(src.frame.compute(scheduler="sync")["date"]) == {"2024-01-01", "2024-01-02"}
+
+
+def test_csv_and_json_lines(tmp_path):
+    for day in (1, 2):
+        d = tmp_path / "csv" / f"day={day}"
+        d.mkdir(parents=True)
+        pd.DataFrame({"x": [day, day * 10], "s": ["a", "b"]}).to_csv(d / "part.csv", index=False)
+        j = tmp_path / "json" / f"day={day}"
+        j.mkdir(parents=True)
+        (j / "part.jsonl").write_text("\n".join(json.dumps({"x": day * i, "s": "q"}) for i in range(3)))
+    csv = read(str(tmp_path / "csv"), format="csv", filters=[["day", "==", 2]]).frame.compute(scheduler="sync")
+    assert csv.to_dict("list") == {"x": [2, 20], "s": ["a", "b"], "day": [2, 2]}
+    js = read(str(tmp_path / "json"), format="json").frame.compute(scheduler="sync")
+    assert sorted(js["x"]) == [0, 0, 1, 2, 2, 4]
+
+
+def test_missing_path_is_a_storage_error(tmp_path):
+    with pytest.raises(StorageError, match=r"source.uri: '.*nope' does not exist") as info:
+        read(str(tmp_path / "nope"))
+    assert "Hint: check the path" in str(info.value)
+
+
+def test_unknown_columns_name_what_exists(demo_root):
+    with pytest.raises(ColumnError, match=r"source.columns: column\(s\) \['agee'\] not found.*available: \['event_id'"):
+        read(str(demo_root / "events"), columns=["agee"])
+    with pytest.raises(ColumnError, match=r"source.filters: column 'dat' not found"):
+        read(str(demo_root / "events"), filters=[["dat", "==", "x"]])
+
+
+def test_filters_that_match_no_partition(demo_root):
+    with pytest.raises(DataError, match="no file under .* matches `source.filters`"):
+        read(str(demo_root / "events"), filters=[["date", ">", "2099-01-01"]])
+
+
+def test_bad_filter_value_type(demo_root):
+    with pytest.raises(SpecError, match=r"source.filters: the filter values do not match the column types \{'age': 'double'\}"):
+        read(str(demo_root / "events"), filters=[["age", ">", "old"]])
+
+
+def test_corrupt_file_is_named(tmp_path):
+    root = tmp_path / "t"
+    for day in (1, 2):
+        (root / f"day={day}").mkdir(parents=True)
+        pq.write_table(pa.table({"x": [1, 2]}), root / f"day={day}" / "part.parquet")
+    bad = root / "day=2" / "part.parquet"
+    bad.write_bytes(b"PAR1" + b"\x00garbage" * 10)
+    with pytest.raises(DataError, match=r"cannot read .*day=2/part.parquet"):
+        read(str(root)).frame.compute(scheduler="sync")
