@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import platform
 from dataclasses import dataclass, field
-from importlib import metadata
+import importlib
 
-from dpipe.errors import BundleError, StorageError
+from dpipe.errors import BundleError
 from dpipe.io.fs import resolve, storage_errors
 from dpipe.io.sinks import StagedOutput
 from dpipe.pipeline import FeaturePipeline
@@ -30,15 +30,16 @@ PIPELINE = "pipeline.json"
 METRICS = "metrics.json"
 MANIFEST = "manifest.json"
 
-_LIBRARIES = ("dpipe", "dask", "distributed", "xgboost", "xgboost-cpu", "pandas", "pyarrow", "numpy", "fsspec", "s3fs")
+_LIBRARIES = ("dpipe", "dask", "distributed", "xgboost", "pandas", "pyarrow", "numpy", "fsspec", "s3fs")
 
 
 def library_versions() -> dict[str, str]:
+    """Versions of Python and the libraries that decide a bundle's results."""
     versions = {"python": platform.python_version()}
     for name in _LIBRARIES:
         try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
+            versions[name] = importlib.import_module(name).__version__
+        except (ImportError, AttributeError):
             pass
     return versions
 
@@ -99,5 +100,3 @@ class Bundle:
             manifest=json.loads(raw[MANIFEST]),
         )
 
-
-__all__ = ["Bundle", "StorageError", "library_versions"]

@@ -66,11 +66,18 @@ class FeaturePipeline:
         A column's *ready* phase is the first phase in which its final value can be computed.
         Extras (e.g. row counts of the final rows) need every row filter and ``extra_inputs``.
         """
+        _, phases, extras_phase = self._schedule(extra_inputs)
+        return phases, extras_phase
+
+    def _schedule(self, extra_inputs: set[str]) -> tuple[list[int], list[int], int]:
+        """:meth:`plan`, plus the first phase in which each op's input (and rows) are final."""
         ready: dict[str, int] = {}
         rows_ready = 0
         phases = []
+        needs = []
         for op in self.ops:
             needed = max([ready.get(c, 0) for c in op.input_columns()] + [rows_ready])
+            needs.append(needed)
             if op.stateful and not op.fitted:
                 phases.append(needed)
                 for c in op.output_columns():
@@ -82,7 +89,7 @@ class FeaturePipeline:
                 if op.filters_rows:
                     rows_ready = needed
         extras_phase = max([ready.get(c, 0) for c in extra_inputs] + [rows_ready])
-        return phases, extras_phase
+        return needs, phases, extras_phase
 
     # -- fitting -----------------------------------------------------------------------------
     def fit(
@@ -115,19 +122,23 @@ class FeaturePipeline:
         """
         fit_rows = fit_rows or (lambda frame: frame)
         report = FitReport()
-        op_phases, extras_phase = self.plan(set(extra_inputs))
+        needs, op_phases, extras_phase = self._schedule(set(extra_inputs))
         n_phases = max([p + 1 for p in op_phases] + [extras_phase + 1 if extras else 0])
         for phase in range(n_phases):
             lazy: dict[tuple[int, str], Any] = {}
             frame = df
             for i, op in enumerate(self.ops):
+                if needs[i] > phase:
+                    # Ops whose input is not final yet are skipped: nothing fitted in this phase
+                    # reads their output (that is what the plan guarantees), and applied to
+                    # not-yet-encoded input a derive could even fail (`c * 2` on raw strings).
+                    # After a skipped filter, every op is skipped too (rows are not final).
+                    continue
                 if op_phases[i] == phase:
                     for key, value in op.fit(fit_rows(frame)).items():
                         lazy[(i, key)] = value
                 if op.fitted:
                     frame = frame.map_partitions(op.transform, meta=op.describe(frame._meta))
-                # Unfitted stateful ops of later phases are skipped: nothing fitted in this phase
-                # reads their output (that is what the plan guarantees) and they keep all rows.
             if extras and phase == extras_phase:
                 for key, value in extras(frame).items():
                     lazy[(-1, key)] = value

@@ -166,7 +166,7 @@ def job_dict(demo_root: Path, out: Path, **sections) -> dict:
         "output": {"uri": str(out)},
     }
     for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "label":
             base[key] = {**base[key], **value}
         else:
             base[key] = value

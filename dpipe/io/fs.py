@@ -69,6 +69,15 @@ def storage_errors(where: str, uri: str) -> Iterator[None]:
         ) from None
     except OSError as exc:
         raise StorageError(f"{where}: cannot access {uri!r}: {_short(exc)}") from None
+    except TypeError as exc:
+        # s3fs builds its client on first use, so a misspelt storage option surfaces here rather
+        # than in `resolve`. The message names the key, never a value.
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise StorageError(
+            f"{where}: storage_options are not accepted for {uri!r}: {_short(exc)}",
+            hint="see the filesystem's documentation (s3fs.S3FileSystem for s3://) for its options",
+        ) from None
     except Exception as exc:
         # botocore raises its own classes for endpoint and credential failures.
         name = type(exc).__name__

@@ -51,4 +51,8 @@ class FillMissing(Op):
     def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
         # A column with no value seen at fit time (all missing) stays missing.
         fill = {c: v for c, v in self.values_.items() if v is not None}
+        if self.stateful:
+            # The mean or median of integers need not be one, and a nullable integer column
+            # (Int64, int64[pyarrow]) refuses 2.5: round, so every column keeps its dtype.
+            fill = {c: round(v) if pd.api.types.is_integer_dtype(pdf[c].dtype) else v for c, v in fill.items()}
         return pdf.fillna(fill) if fill else pdf

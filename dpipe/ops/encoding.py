@@ -51,7 +51,11 @@ class Categorical(Op):
             counts: pd.Series = stats[f"counts:{c}"]
             counts = counts[counts >= self.spec.min_frequency]
             frame = pd.DataFrame({"value": counts.index, "n": counts.to_numpy()})
-            frame["key"] = frame["value"].astype(str)
+            key = frame["value"]
+            if isinstance(key.dtype, pd.CategoricalDtype):
+                key = key.astype(key.dtype.categories.dtype)
+            # Ties go by value (2 before 10); only a mixed-type object column falls back to text.
+            frame["key"] = key.astype(str) if key.dtype == object else key
             frame = frame.sort_values(["n", "key"], ascending=[False, True], kind="stable")
             if self.spec.max_categories is not None:
                 frame = frame.head(self.spec.max_categories)
@@ -75,11 +79,14 @@ class Categorical(Op):
                 categories = pd.Index(cats, dtype=pd.StringDtype("pyarrow"))
             else:
                 categories = pd.Index(cats)
-            encoded = pd.Categorical(values, categories=categories)
+            # Codes by lookup: `pd.Categorical(values, categories=...)` warns on unseen values
+            # under pandas 3 (Pandas4Warning) and will raise under pandas 4.
+            codes = categories.get_indexer(values)
             if self.spec.encoding == "category":
+                encoded = pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(categories))
                 out[c] = pd.Series(encoded, index=pdf.index)
             else:
-                codes = encoded.codes.astype("float32")
+                codes = codes.astype("float32")
                 codes[codes < 0] = np.nan
                 out[c] = pd.Series(codes, index=pdf.index)
         return pdf.assign(**out)

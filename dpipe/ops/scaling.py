@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from dpipe.ops.base import Op, to_builtin
 from dpipe.ops.stats import moments
+
+EPS = float(np.finfo(np.float64).eps)
 
 
 class StandardScale(Op):
@@ -40,9 +43,14 @@ class StandardScale(Op):
         self.mean_, self.scale_ = {}, {}
         for c in self.spec.columns:
             n, mean, m2 = m.loc[c, "n"], m.loc[c, "mean"], m.loc[c, "m2"]
-            std = math.sqrt(m2 / n) if n > 0 else float("nan")
+            var = m2 / n if n > 0 else float("nan")
+            # A constant column's variance is rounding noise, not 0 (the merged mean of 0.1s is
+            # not exactly 0.1); dividing by it would blow the noise up to ~1. Same bound as
+            # scikit-learn's `_is_constant_feature`.
+            constant = n > 0 and var <= n * EPS * var + (n * mean * EPS) ** 2
             self.mean_[c] = to_builtin(mean) if self.spec.with_mean else 0.0
-            self.scale_[c] = (std if std > 0 else 1.0) if self.spec.with_std and n > 0 else 1.0
+            use_std = self.spec.with_std and n > 0 and not constant
+            self.scale_[c] = math.sqrt(var) if use_std else 1.0
 
     def get_state(self):
         return None if self.mean_ is None else {"mean": self.mean_, "scale": self.scale_}

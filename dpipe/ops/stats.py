@@ -18,6 +18,9 @@ def _merge_moments(parts: pd.DataFrame) -> pd.DataFrame:
     # Chan et al.'s parallel variance: numerically stable, unlike sum/sum-of-squares.
     out = {}
     for column, group in parts.groupby(level=0, sort=False):
+        # Empty parts carry mean NaN once merged (a combine over all-null partitions); 0 * NaN
+        # would poison the total, so only parts that saw values take part.
+        group = group[group["n"] > 0]
         n = group["n"].to_numpy()
         total = n.sum()
         if total == 0:

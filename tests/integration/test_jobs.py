@@ -1,0 +1,249 @@
+"""End to end: example jobs, train/serve parity, model quality, and bad input through the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import dpipe
+from dpipe.errors import ColumnError, DataError, StorageError, TrainingError
+from tests.conftest import ROOT, job_dict
+
+JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
+
+
+def cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dpipe.cli", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, env=env, timeout=600,
+    )
+
+
+def leftovers(parent: Path) -> list[str]:
+    return [p.name for p in parent.iterdir() if ".dpipe-" in p.name] if parent.exists() else []
+
+
+@pytest.mark.parametrize("spec", JOBS, ids=[p.stem for p in JOBS])
+def test_example_job_validates_and_runs(spec, demo_root, tmp_path):
+    overrides = [
+        "--set", f"source.uri={demo_root / 'events'}",
+        "--set", f"output.uri={tmp_path / 'bundle'}",
+        "--set", "train.num_boost_round=15",
+        "--set", "cluster.n_workers=2", "--set", "cluster.threads_per_worker=1",
+    ]
+    checked = cli("validate", spec, *overrides)
+    assert checked.returncode == 0, checked.stderr
+    assert "valid; source has 4 file(s)" in checked.stdout
+
+    ran = cli("run", spec, *overrides, "--json")
+    assert ran.returncode == 0, ran.stderr
+    result = json.loads(ran.stdout)
+    bundle = tmp_path / "bundle"
+    assert {"model.ubj", "pipeline.json", "metrics.json", "manifest.json"} <= {p.name for p in bundle.iterdir()}
+    assert result["rows"]["read"] == 20_000
+    assert result["metrics"]["num_boosted_rounds"] <= 15
+    assert set(result["timings"]) >= {"plan", "fit", "load", "train", "write"}
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["spec"]["train"]["num_boost_round"] == 15
+    assert len(manifest["input"]["files"]) == 4
+    assert manifest["versions"]["xgboost"].startswith("3.2")
+    assert "started LocalCluster (2 workers, 2 threads); dashboard: http://" in ran.stderr
+    assert leftovers(tmp_path) == []
+
+    shown = cli("show", bundle)
+    assert shown.returncode == 0 and "best iteration" in shown.stdout
+
+
+@pytest.fixture(scope="module")
+def trained(demo_root, client, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "bundle"
+    job = dpipe.job_from_dict(job_dict(demo_root, out, output={"uri": str(out), "valid_predictions": True},
+                                       train={"num_boost_round": 40, "early_stopping_rounds": 5}))
+    return job, dpipe.run(job, client=client, progress=False)
+
+
+def test_result_reports_metrics_rows_timings_and_bundle(trained):
+    job, result = trained
+    assert result.rows["read"] == 20_000
+    assert result.rows["train"] + result.rows["valid"] == 20_000
+    assert 0.2 < result.rows["valid"] / 20_000 < 0.3
+    assert 0.7 < result.metrics["valid"]["auc"] <= 1.0
+    assert result.metrics["best_iteration"] < result.metrics["rounds_trained"]
+    assert Path(result.bundle_uri) == Path(job.output.uri)
+    # Every stateful op reads raw columns only: one pass over the data fits them all.
+    assert result.manifest["fit_phases"] == [["features[0]", "features[1]", "features[3]", "features[4]"]]
+
+
+def test_split_is_deterministic_across_runs(trained, demo_root, client, tmp_path):
+    job, result = trained
+    again = job.model_copy(update={"output": job.output.model_copy(update={"uri": str(tmp_path / "again")})})
+    second = dpipe.run(again, client=client, progress=False)
+    first_ids = set(pd.read_parquet(Path(result.bundle_uri) / "valid_predictions")["event_id"])
+    second_ids = set(pd.read_parquet(tmp_path / "again" / "valid_predictions")["event_id"])
+    assert first_ids == second_ids
+    assert second.metrics["valid"] == result.metrics["valid"]
+
+
+def test_predict_reproduces_in_run_validation_predictions(trained, demo_root, client, tmp_path):
+    job, result = trained
+    scores = tmp_path / "scores"
+    out = dpipe.predict(result.bundle_uri, str(demo_root / "events"), str(scores), client=client, progress=False)
+    assert out.rows == 20_000
+    assert (scores / "_SUCCESS").exists()
+    predicted = pd.read_parquet(scores)
+    assert list(predicted.columns) == ["event_id", "prediction"]
+    in_run = pd.read_parquet(Path(result.bundle_uri) / "valid_predictions")
+    merged = in_run.merge(predicted, on="event_id", suffixes=("_run", "_predict"))
+    assert len(merged) == len(in_run) == result.rows["valid"]
+    np.testing.assert_allclose(merged["prediction_run"], merged["prediction_predict"], rtol=0, atol=1e-6)
+
+    from sklearn.metrics import roc_auc_score
+
+    auc = roc_auc_score(in_run["label"], in_run["prediction"])
+    assert auc == pytest.approx(result.metrics["valid"]["auc"], abs=1e-4)
+
+
+def test_distributed_auc_matches_single_process_xgboost(trained, demo_root):
+    """The distributed model is as good as xgboost.train on the same rows, features and split."""
+    import xgboost as xgb
+    from sklearn.metrics import roc_auc_score
+
+    from dpipe.bundle import Bundle
+    from dpipe.runner import plan
+    from dpipe.train import LABEL, VALID
+
+    job, result = trained
+    bundle = Bundle.load(result.bundle_uri)
+    p = plan(job)
+    raw = pd.read_parquet(demo_root / "events")[p.source.columns]
+    labeled = p.labeler(raw)
+    frame = bundle.pipeline.transform_partition(labeled)
+    X = bundle.model_input(frame)
+    train, valid = ~frame[VALID].to_numpy(), frame[VALID].to_numpy()
+    assert train.sum() == result.rows["train"] and valid.sum() == result.rows["valid"]
+    from dpipe.train import xgb_params
+
+    params = {**xgb_params(job.train), "nthread": 2}
+    dtrain = xgb.DMatrix(X[train], frame[LABEL][train], enable_categorical=True)
+    dvalid = xgb.DMatrix(X[valid], frame[LABEL][valid], enable_categorical=True)
+    single = xgb.train(params, dtrain, num_boost_round=result.metrics["num_boosted_rounds"])
+    single_auc = roc_auc_score(frame[LABEL][valid], single.predict(dvalid))
+    assert abs(result.metrics["valid"]["auc"] - single_auc) <= 0.01
+
+
+def test_overwrite_false_fails_before_any_work(trained, client):
+    job, result = trained
+    job = job.model_copy(update={"output": job.output.model_copy(update={"overwrite": False})})
+    with pytest.raises(StorageError, match=r"output.uri: .* already exists"):
+        dpipe.run(job, client=client, progress=False)
+
+
+def test_failed_run_keeps_the_previous_bundle(trained, client):
+    job, result = trained
+    bundle = Path(result.bundle_uri)
+    before = {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file()}
+    broken = job.model_copy(update={"train": job.train.model_copy(update={"params": {"max_depth": -3}})})
+    with pytest.raises(TrainingError, match="train: XGBoost failed"):
+        dpipe.run(broken, client=client, progress=False)
+    assert {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file()} == before
+    assert leftovers(bundle.parent) == []
+
+
+def test_empty_after_filtering(demo_root, client, tmp_path):
+    spec = job_dict(demo_root, tmp_path / "out")
+    spec["features"] = [*spec["features"], {"op": "filter", "expr": "age > 500"}]
+    with pytest.raises(DataError, match=r"no rows left to train on: 20000 read, 0 without a label, 20000 removed"):
+        dpipe.run(dpipe.job_from_dict(spec), client=client, progress=False)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_label_with_one_class(demo_root, client, tmp_path):
+    spec = job_dict(demo_root, tmp_path / "out", label={"expr": "age > 500"})
+    with pytest.raises(DataError, match=r"label: every training row has label 0.0: one class, nothing to learn"):
+        dpipe.run(dpipe.job_from_dict(spec), client=client, progress=False)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_label_expression_leaves_its_inputs_out_of_the_features(demo_root, client, tmp_path):
+    spec = job_dict(demo_root, tmp_path / "out", label={"expr": "sessions > 6"})
+    spec["train"]["num_boost_round"] = 5
+    result = dpipe.run(dpipe.job_from_dict(spec), client=client, progress=False)
+    features = result.manifest["features"]["features"]
+    assert "sessions" not in features and "converted" in features
+
+
+def test_non_numeric_feature_is_caught_before_compute(demo_root, tmp_path):
+    spec = job_dict(demo_root, tmp_path / "out")
+    spec["features"] = [f for f in spec["features"] if f["op"] != "categorical"]
+    with pytest.raises(ColumnError, match=r"(?s)neither numeric nor categorical.*Hint: encode them with a `categorical` op"):
+        dpipe.run(dpipe.job_from_dict(spec), progress=False)  # no client: fails before starting a cluster
+
+
+# -- the CLI's contract for bad input: one message, exit 2 (spec) or 1 (runtime), nothing written ------
+def _write(tmp_path, spec) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "message"),
+    [
+        (lambda s: s["features"].append({"op": "standardize", "columns": ["age"]}), 2, r"features\[5\]: unknown op 'standardize'"),
+        (lambda s: s["train"].update(rounds=3), 2, r"train.rounds: unknown key; allowed keys: .*num_boost_round"),
+        (lambda s: s["split"].update(valid_fraction="half"), 2, r"split.valid_fraction: Input should be a valid number"),
+        (lambda s: s["features"].append({"op": "derive", "name": "x", "expr": "age +* 2"}), 2, r"features\[5\].expr: cannot parse"),
+        (lambda s: s["features"].append({"op": "standard_scale", "columns": ["incme"]}), 2,
+         r"features\[5\] \(standard_scale\): column\(s\) \['incme'\] not found.*did you mean 'income'"),
+        (lambda s: s["label"].update(column="convertd"), 2, r"label.column: column\(s\) \['convertd'\] not found"),
+        (lambda s: s["source"].update(uri="/nonexistent/events"), 1, r"source.uri: '/nonexistent/events' does not exist"),
+        (lambda s: s["source"].update(filters=[["date", ">", "2030-01-01"]]), 1, r"no file under .* matches `source.filters`"),
+    ],
+    ids=["unknown-op", "unknown-key", "wrong-type", "bad-expression", "missing-column", "missing-label",
+         "missing-path", "filters-match-nothing"],
+)
+def test_cli_bad_input(demo_root, tmp_path, change, code, message):
+    spec = job_dict(demo_root, tmp_path / "out")
+    change(spec)
+    done = cli("run", _write(tmp_path, spec))
+    assert done.returncode == code, done.stderr
+    assert done.stderr.count("dpipe: error:") == 1
+    assert "Traceback" not in done.stderr
+    assert "started LocalCluster" not in done.stderr  # caught before any cluster or compute
+    import re
+
+    assert re.search(message, done.stderr, re.S), done.stderr
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_cli_runtime_failure_exit_code_and_verbose_traceback(demo_root, tmp_path):
+    spec = job_dict(demo_root, tmp_path / "out", label={"expr": "age > 500"})
+    path = _write(tmp_path, spec)
+    done = cli("run", path, "--set", "cluster.n_workers=1")
+    assert done.returncode == 1
+    assert "dpipe: error: label: every training row has label 0.0" in done.stderr
+    assert "Traceback" not in done.stderr
+    verbose = cli("run", path, "--set", "cluster.n_workers=1", "--verbose", "--quiet")
+    assert verbose.returncode == 1 and "Traceback" in verbose.stderr
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_cli_predict_and_demo_data(tmp_path, trained):
+    _, result = trained
+    made = cli("demo-data", tmp_path / "demo", "--rows", "3000", "--days", "2")
+    assert made.returncode == 0 and "wrote 3000 rows in 2 files" in made.stdout
+    done = cli("predict", result.bundle_uri, "--source", tmp_path / "demo" / "events", "--output", tmp_path / "scores",
+               "--id-columns", "event_id,date", "--quiet")
+    assert done.returncode == 0, done.stderr
+    scores = pd.read_parquet(tmp_path / "scores")
+    assert list(scores.columns) == ["event_id", "date", "prediction"] and len(scores) == 3000
+    assert scores["prediction"].between(0, 1).all()
+    missing = cli("predict", tmp_path / "nope", "--source", tmp_path / "demo" / "events", "--output", tmp_path / "s2")
+    assert missing.returncode == 1 and "bundle: " in missing.stderr and "does not exist" in missing.stderr
