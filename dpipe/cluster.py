@@ -36,7 +36,12 @@ def connect(spec: ClusterSpec | None = None, *, client=None, address: str | None
     address = address or spec.address or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         try:
-            remote = Client(address, timeout="10s", set_as_default=False)
+            remote = Client(address, timeout=spec.timeout, set_as_default=False)
+        except ValueError as exc:
+            raise ClusterError(
+                f"cluster.address: {address!r} is not a valid scheduler address ({exc})",
+                hint="write it as tcp://HOST:PORT, e.g. tcp://127.0.0.1:8786",
+            ) from None
         except (OSError, TimeoutError) as exc:
             raise ClusterError(
                 f"cluster.address: cannot reach the Dask scheduler at {address!r} ({type(exc).__name__})",

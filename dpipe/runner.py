@@ -229,50 +229,48 @@ def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bo
         )
         with reporter.stage("load", "transforming and placing data on every worker"):
             placed = spread_partitions(client, model_frame, list(report.extras["rows_per_partition"]))
-        try:
-            train_part = placed[~placed[VALID]]
-            valid_part = placed[placed[VALID]]
-            features = p.model_input.features
-            with reporter.stage("train", f"xgboost.dask, up to {job.train.num_boost_round} rounds"):
-                booster, metrics = train_booster(
-                    client,
-                    xgb_params(job.train),
-                    job.train,
-                    train_part[features],
-                    train_part[LABEL],
-                    valid_part[features],
-                    valid_part[LABEL],
-                )
-            reporter.log(
-                "best iteration {}: {}".format(
-                    metrics["best_iteration"],
-                    ", ".join(f"valid {k}={v:.4f}" for k, v in metrics["valid"].items() if v is not None),
-                )
+        # The placed partitions live as long as `placed` references their futures.
+        train_part = placed[~placed[VALID]]
+        valid_part = placed[placed[VALID]]
+        features = p.model_input.features
+        with reporter.stage("train", f"xgboost.dask, up to {job.train.num_boost_round} rounds"):
+            booster, metrics = train_booster(
+                client,
+                xgb_params(job.train),
+                job.train,
+                train_part[features],
+                train_part[LABEL],
+                valid_part[features],
+                valid_part[LABEL],
             )
-            with reporter.stage("write", f"model bundle to {job.output.uri}"):
-                if job.output.valid_predictions:
-                    preds = predict_frame(booster, valid_part, p.model_input, [*job.id_columns, LABEL])
-                    preds = preds.rename(columns={LABEL: "label"})
-                    write_parquet(preds, out, "valid_predictions", compute=lambda t: compute(t))
-                manifest = {
-                    "dpipe_version": library_versions().get("dpipe"),
-                    "job": job.name,
-                    "started_at": started.isoformat(),
-                    "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-                    "spec": redacted(job),
-                    "input": {"uri": job.source.uri, "format": job.source.format, "files": p.source.files},
-                    "rows": rows,
-                    "features": p.model_input.to_dict(),
-                    "fit_phases": report.phases,
-                    "timings": dict(reporter.timings),
-                    "cluster": _cluster_info(client),
-                    "versions": library_versions(),
-                }
-                bundle = Bundle(booster, p.pipeline, p.model_input, list(job.id_columns), metrics, manifest)
-                bundle.write(out)
-                uri = out.commit()
-        finally:
-            client.cancel(placed)
+        reporter.log(
+            "best iteration {}: {}".format(
+                metrics["best_iteration"],
+                ", ".join(f"valid {k}={v:.4f}" for k, v in metrics["valid"].items() if v is not None),
+            )
+        )
+        with reporter.stage("write", f"model bundle to {job.output.uri}"):
+            if job.output.valid_predictions:
+                preds = predict_frame(booster, valid_part, p.model_input, [*job.id_columns, LABEL])
+                preds = preds.rename(columns={LABEL: "label"})
+                write_parquet(preds, out, "valid_predictions", compute=lambda t: compute(t))
+            manifest = {
+                "dpipe_version": library_versions().get("dpipe"),
+                "job": job.name,
+                "started_at": started.isoformat(),
+                "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "spec": redacted(job),
+                "input": {"uri": job.source.uri, "format": job.source.format, "files": p.source.files},
+                "rows": rows,
+                "features": p.model_input.to_dict(),
+                "fit_phases": report.phases,
+                "timings": dict(reporter.timings),
+                "cluster": _cluster_info(client),
+                "versions": library_versions(),
+            }
+            bundle = Bundle(booster, p.pipeline, p.model_input, list(job.id_columns), metrics, manifest)
+            bundle.write(out)
+            uri = out.commit()
     reporter.log(f"bundle committed: {uri}")
     manifest["timings"] = dict(reporter.timings)
     return RunResult(job=job.name, bundle_uri=uri, metrics=metrics, rows=rows, timings=dict(reporter.timings), manifest=manifest)

@@ -135,6 +135,7 @@ class ClusterSpec(Strict):
     """An existing scheduler's ``address``, or the shape of the embedded LocalCluster."""
 
     address: str | None = None
+    timeout: float = Field(default=10.0, gt=0, description="seconds to wait for the scheduler at `address`")
     n_workers: int | None = Field(default=None, ge=1)
     threads_per_worker: int | None = Field(default=None, ge=1)
     memory_limit: str | int | None = None

@@ -89,7 +89,7 @@ def test_scheduler_argument_wins_over_environment(remote_scheduler, demo_root, t
 def test_unreachable_scheduler_is_a_cluster_error(demo_root, tmp_path):
     address = f"tcp://127.0.0.1:{free_port()}"
     out = tmp_path / "m1"
-    job = dpipe.job_from_dict(job_dict(demo_root, out, train=FAST_TRAIN))
+    job = dpipe.job_from_dict(job_dict(demo_root, out, train=FAST_TRAIN, cluster={"timeout": 2}))
 
     with pytest.raises(dpipe.ClusterError, match=rf"(?s)cannot reach the Dask scheduler at '{re.escape(address)}'.*Hint:"):
         dpipe.run(job, scheduler=address, progress=False)
@@ -97,10 +97,16 @@ def test_unreachable_scheduler_is_a_cluster_error(demo_root, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_malformed_scheduler_address_is_a_cluster_error(demo_root, tmp_path):
+    job = dpipe.job_from_dict(job_dict(demo_root, tmp_path / "m1", train=FAST_TRAIN))
+    with pytest.raises(dpipe.ClusterError, match=r"'tcp://127.0.0.1:notaport' is not a valid scheduler address"):
+        dpipe.run(job, scheduler="tcp://127.0.0.1:notaport", progress=False)
+
+
 def test_cli_unreachable_scheduler_prints_one_error_line(demo_root, tmp_path):
     address = f"tcp://127.0.0.1:{free_port()}"
     spec = tmp_path / "job.yaml"
-    spec.write_text(yaml.safe_dump(job_dict(demo_root, tmp_path / "m1", train=FAST_TRAIN)))
+    spec.write_text(yaml.safe_dump(job_dict(demo_root, tmp_path / "m1", train=FAST_TRAIN, cluster={"timeout": 2})))
 
     proc = dpipe_cli("run", str(spec), "--scheduler", address, "-q")
 
