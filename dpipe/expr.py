@@ -89,9 +89,31 @@ def _as_bool(x):
 
     if isinstance(x, pd.Series):
         if x.dtype != bool:
-            x = x.fillna(False).astype(bool)
+            x = _logical(x).fillna(False).astype(bool)
         return x
     return x
+
+
+def _logical(x):
+    """Three-valued logic (pandas' nullable ``boolean``): missing stays missing through and/or/not."""
+    import pandas as pd
+
+    if isinstance(x, pd.Series) and x.dtype != "boolean":
+        if not (pd.api.types.is_bool_dtype(x.dtype) or x.dtype == object or x.isna().all()):
+            raise TypeError(f"expected a condition, got values of type {x.dtype}")
+        return x.astype("boolean")
+    return x
+
+
+def _missing(*operands):
+    """Rows where any operand is missing (None when no operand is a Series)."""
+    import pandas as pd
+
+    out = None
+    for x in operands:
+        if isinstance(x, pd.Series):
+            out = x.isna() if out is None else (out | x.isna())
+    return out
 
 
 class Expression:
@@ -204,8 +226,11 @@ class Expression:
                 f" available: {available}",
                 hint=f"fix `{self.where}`",
             )
+        import numpy as np
+
         try:
-            return self._eval(self._tree.body, df)
+            with np.errstate(all="ignore"):  # log(0) is -inf and log(-1) NaN, as in numpy
+                return self._eval(self._tree.body, df)
         except ExpressionError:
             raise
         except (TypeError, ValueError, ArithmeticError) as exc:
@@ -221,7 +246,13 @@ class Expression:
         out = self.evaluate(df)
         if not isinstance(out, pd.Series):
             return pd.Series(bool(out), index=df.index)
-        return _as_bool(out)
+        try:
+            return _as_bool(out)
+        except TypeError as exc:
+            raise ExpressionError(
+                f"{self.where}: expression {self.text!r} is not a condition: {exc}",
+                hint="a filter needs a comparison, e.g. `n > 0` rather than `n`",
+            ) from None
 
     def _eval(self, node: ast.AST, df) -> Any:
         if isinstance(node, ast.Constant):
@@ -235,17 +266,18 @@ class Expression:
         if isinstance(node, ast.UnaryOp):
             value = self._eval(node.operand, df)
             if isinstance(node.op, ast.Not):
-                return ~_as_bool(value) if hasattr(value, "fillna") else not value
+                return ~_logical(value) if hasattr(value, "fillna") else not value
             if isinstance(node.op, ast.Invert):
                 return ~value
             return -value if isinstance(node.op, ast.USub) else +value
         if isinstance(node, ast.BoolOp):
-            values = [_as_bool(self._eval(v, df)) for v in node.values]
+            values = [_logical(self._eval(v, df)) for v in node.values]
             out = values[0]
             for v in values[1:]:
                 out = (out & v) if isinstance(node.op, ast.And) else (out | v)
             return out
         if isinstance(node, ast.Compare):
+            # SQL semantics: a comparison with a missing value is missing (false in a filter).
             left = self._eval(node.left, df)
             result = None
             for op, right_node in zip(node.ops, node.comparators):
@@ -254,9 +286,13 @@ class Expression:
                     part = left.isin(right) if hasattr(left, "isin") else left in right
                     if isinstance(op, ast.NotIn):
                         part = ~part if hasattr(part, "__invert__") and not isinstance(part, bool) else not part
+                    missing = _missing(left)
                 else:
                     part = _CMPOPS[type(op)](left, right)
-                result = part if result is None else (_as_bool(result) & _as_bool(part))
+                    missing = _missing(left, right)
+                if missing is not None:
+                    part = _logical(part).mask(missing)
+                result = part if result is None else (_logical(result) & _logical(part))
                 left = right
             return result
         if isinstance(node, ast.IfExp):

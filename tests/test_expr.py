@@ -23,16 +23,20 @@ def df():
         ("a > 1", [False, False, True, True]),
         ("a > 1 and b == 'x'", [False, False, False, True]),
         ("a > 1 or b == 'y'", [False, True, True, True]),
-        ("not (a > 1)", [True, True, False, False]),
+        ("not (a > 1)", [True, False, False, False]),
+        ("a != 1", [False, False, True, True]),
+        ("b != 'x'", [False, True, False, False]),
+        ("a > 1 or isnull(a)", [False, True, True, True]),
+        ("not (a > 1 and b == 'x')", [True, True, False, False]),  # Kleene: False and NA is False
         ("b in ['x', 'y']", [True, True, False, True]),
-        ("b not in ['x']", [False, True, True, False]),
+        ("b not in ['x']", [False, True, False, False]),
         ("isnull(a)", [False, True, False, False]),
         ("notnull(b)", [True, True, False, True]),
         ("`dep time` >= 700", [False, True, True, True]),
         ("1 < a < 4", [False, False, True, False]),
     ],
 )
-def test_masks_treat_missing_as_false(df, text, expected):
+def test_comparisons_with_missing_values_are_missing_and_filters_drop_them(df, text, expected):
     assert Expression(text).mask(df).tolist() == expected
 
 
@@ -70,6 +74,16 @@ def test_unsafe_or_invalid_expressions_are_rejected(text, message):
 def test_missing_column_names_the_location(df):
     with pytest.raises(ColumnError, match=r"features\[4\].expr: expression 'c > 1' uses column\(s\) \['c'\]"):
         Expression("c > 1", where="features[4].expr").evaluate(df)
+
+
+def test_derived_conditions_keep_missing(df):
+    out = Expression("a > 1").evaluate(df)
+    assert out.isna().tolist() == [False, True, False, False]
+
+
+def test_a_filter_must_be_a_condition(df):
+    with pytest.raises(ExpressionError, match="expression 'a \\* 2' is not a condition"):
+        Expression("a * 2").mask(df)
 
 
 def test_type_errors_are_expression_errors(df):

@@ -55,6 +55,7 @@ class Derive(Op):
 
     def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
         value = self.expr.evaluate(pdf)
-        if isinstance(value, pd.Series) and value.dtype == bool:
-            value = value.astype("int8")
+        if isinstance(value, pd.Series) and pd.api.types.is_bool_dtype(value.dtype):
+            # Conditions become 1.0 / 0.0, and NaN where an input was missing: one dtype always.
+            value = value.astype("float32")
         return pdf.assign(**{self.spec.name: value})

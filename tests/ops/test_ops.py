@@ -346,7 +346,8 @@ FILTERS = [
     ("country != 'XX'", lambda d: (d["country"] != "XX").fillna(False)),
     ("country == 'NL' or a >= 3", lambda d: (d["country"] == "NL").fillna(False) | (d["a"] >= 3)),
     ("country in ['NL', 'DE']", lambda d: d["country"].isin(["NL", "DE"])),
-    ("`dep time` > 600 and not (a < 2)", lambda d: (d["dep time"] > 600) & ~(d["a"] < 2)),
+    # SQL semantics: not (NaN < 2) is missing, so the row is dropped (numpy's ~ would keep it).
+    ("`dep time` > 600 and not (a < 2)", lambda d: (d["dep time"] > 600) & (d["a"] >= 2)),
     ("n >= 2", lambda d: (d["n"] >= 2).fillna(False)),
     ("isnull(a) or a > 4", lambda d: d["a"].isna() | (d["a"] > 4)),
     ("0 < `dep time` - 600 <= 50", lambda d: ((d["dep time"] - 600) > 0) & ((d["dep time"] - 600) <= 50)),
@@ -363,10 +364,11 @@ def test_filter_matches_pandas_and_drops_missing(mixed, expr, reference):
 DERIVES = [
     ("a * 2 + `dep time`", lambda d: d["a"] * 2 + d["dep time"]),
     ("log1p(`dep time`) / (abs(a) + 1)", lambda d: np.log1p(d["dep time"]) / (d["a"].abs() + 1)),
-    ("a > 1", lambda d: (d["a"] > 1).astype("int8")),
+    # conditions become float32 1/0, NaN where an input is missing
+    ("a > 1", lambda d: (d["a"] > 1).astype("float32").mask(d["a"].isna())),
     ("where(a > 1, a, 0)", lambda d: pd.Series(np.where(d["a"] > 1, d["a"], 0), index=d.index)),
     ("clip(`dep time`, 600, 800)", lambda d: d["dep time"].clip(600, 800)),
-    ("country == 'NL'", lambda d: d["country"] == "NL"),
+    ("country == 'NL'", lambda d: (d["country"] == "NL").astype("float32")),
     ("n * 2", lambda d: d["n"] * 2),
 ]
 
