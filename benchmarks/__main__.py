@@ -36,6 +36,7 @@ def dpipe_job(data: Path, out: Path) -> dict:
         "label": {"column": "converted"},
         "split": {"valid_fraction": 0.2, "seed": 0, "key": ["event_id"]},
         "train": {"num_boost_round": ROUNDS, "early_stopping_rounds": None, "eval_metric": ["auc"],
+                  "eval_train": False,  # the baseline evaluates the validation rows only
                   "params": {"max_depth": DEPTH, "eta": ETA}},
         "output": {"uri": str(out)},
     }
@@ -74,7 +75,7 @@ def run_handwritten(client, data: Path) -> dict:
         for c in ("pages_per_session", "sessions"):
             pdf[c] = (pdf[c] - means[c]) / stds[c]
         for c in CATEGORICAL:
-            pdf[c] = pd.Categorical(pdf[c].astype(str), categories=cats[c])
+            pdf[c] = pdf[c].astype(pd.CategoricalDtype(cats[c]))
         return pdf.astype({c: "float32" for c in NUMERIC})
 
     t = time.perf_counter()

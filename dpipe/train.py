@@ -213,7 +213,7 @@ def train_booster(client, params: dict, train_spec, X_train, y_train, X_valid, y
             params,
             dtrain,
             num_boost_round=train_spec.num_boost_round,
-            evals=[(dtrain, "train"), (dvalid, "valid")],
+            evals=[(dtrain, "train"), (dvalid, "valid")] if train_spec.eval_train else [(dvalid, "valid")],
             early_stopping_rounds=train_spec.early_stopping_rounds,
             verbose_eval=False,
         )

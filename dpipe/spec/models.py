@@ -103,12 +103,18 @@ class SplitSpec(Strict):
 
 
 class TrainSpec(Strict):
-    """Distributed XGBoost settings. ``params`` go to XGBoost unchanged."""
+    """Distributed XGBoost settings. ``params`` go to XGBoost unchanged.
+
+    ``eval_metric`` is evaluated on the validation rows every round (the last metric drives early
+    stopping) and, with ``eval_train`` (the default), on the training rows too, which gives the
+    full learning curve but costs time on large data (AUC sorts every round).
+    """
 
     objective: str = "binary:logistic"
     num_boost_round: int = Field(default=100, ge=1)
     early_stopping_rounds: int | None = Field(default=10, ge=1)
     eval_metric: list[str] = Field(default_factory=list)
+    eval_train: bool = True
     params: dict[str, Any] = Field(default_factory=dict)
     features: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
