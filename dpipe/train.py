@@ -49,14 +49,18 @@ class Labeler:
             y = pd.Series(value, index=pdf.index).astype("float32")
             unknown = pdf[sorted(self.label_inputs)].isna().any(axis=1)
             y = y.mask(unknown)
-        hashed = pd.util.hash_pandas_object(pdf[list(self.split_key)], index=False, hash_key=_hash_key(self.seed))
-        valid = (hashed.to_numpy() >> np.uint64(11)).astype("float64") / float(1 << 53) < self.valid_fraction
+        hashed = pd.util.hash_pandas_object(pdf[list(self.split_key)], index=False).to_numpy()
+        valid = (_mix(hashed, self.seed) >> np.uint64(11)).astype("float64") / float(1 << 53) < self.valid_fraction
         out = pdf.assign(**{LABEL: y, VALID: valid})
         return out[out[LABEL].notna()]
 
 
-def _hash_key(seed: int) -> str:
-    return f"dpipe{seed:011d}"[-16:].rjust(16, "0")
+def _mix(h: np.ndarray, seed: int) -> np.ndarray:
+    """SplitMix64 finaliser over ``hash + seed``: pandas' row hash ignores its key for numbers."""
+    z = h + np.uint64((seed * 0x9E3779B97F4A7C15) % (1 << 64))
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 # -- model inputs -----------------------------------------------------------------------------

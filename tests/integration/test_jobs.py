@@ -247,3 +247,16 @@ def test_cli_predict_and_demo_data(tmp_path, trained):
     assert scores["prediction"].between(0, 1).all()
     missing = cli("predict", tmp_path / "nope", "--source", tmp_path / "demo" / "events", "--output", tmp_path / "s2")
     assert missing.returncode == 1 and "bundle: " in missing.stderr and "does not exist" in missing.stderr
+
+
+def test_corrupt_file_in_a_distributed_run_is_named(demo_root, client, tmp_path):
+    import shutil
+
+    data = tmp_path / "events"
+    shutil.copytree(demo_root / "events", data)
+    bad = data / "date=2024-01-03" / "part-0.parquet"
+    bad.write_bytes(b"PAR1" + b"\0not parquet" * 64 + b"PAR1")
+    spec = job_dict(demo_root, tmp_path / "out", source={"uri": str(data)})
+    with pytest.raises(DataError, match=r"(?s)source: cannot read file '.*date=2024-01-03/part-0.parquet'.*Hint:"):
+        dpipe.run(dpipe.job_from_dict(spec), client=client, progress=False)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
