@@ -15,7 +15,7 @@ from typing import Any, Callable
 import dask
 import pandas as pd
 
-from dpipe.errors import BundleError, ColumnError
+from dpipe.errors import BundleError
 from dpipe.ops import Op, build_op
 from dpipe.spec import OP_MODELS
 
@@ -201,12 +201,3 @@ class FeaturePipeline:
     @classmethod
     def from_json(cls, text: str) -> FeaturePipeline:
         return cls.from_dict(json.loads(text))
-
-
-def check_columns_exist(meta: pd.DataFrame, columns, where: str) -> None:
-    missing = [c for c in columns if c not in meta.columns]
-    if missing:
-        raise ColumnError(
-            f"{where}: column(s) {missing} not found; available: {list(meta.columns)}",
-            hint=f"fix `{where}`",
-        )

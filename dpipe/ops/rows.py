@@ -8,7 +8,18 @@ from dpipe.expr import Expression
 from dpipe.ops.base import Op
 
 
-class FilterRows(Op):
+class _ExpressionOp(Op):
+    """An op driven by one safe expression, ``spec.expr``."""
+
+    def __init__(self, spec, where):
+        super().__init__(spec, where)
+        self.expr = Expression(spec.expr, where=f"{where}.expr")
+
+    def input_columns(self):
+        return set(self.expr.columns)
+
+
+class FilterRows(_ExpressionOp):
     """Keep rows where ``expr`` is true; rows where it is missing are dropped.
 
     Examples
@@ -19,13 +30,6 @@ class FilterRows(Op):
     name = "filter"
     filters_rows = True
 
-    def __init__(self, spec, where):
-        super().__init__(spec, where)
-        self.expr = Expression(spec.expr, where=f"{where}.expr")
-
-    def input_columns(self):
-        return set(self.expr.columns)
-
     def output_columns(self):
         return set()
 
@@ -33,7 +37,7 @@ class FilterRows(Op):
         return pdf[self.expr.mask(pdf)]
 
 
-class Derive(Op):
+class Derive(_ExpressionOp):
     """Add or replace column ``name`` with the value of ``expr``.
 
     Examples
@@ -42,13 +46,6 @@ class Derive(Op):
     """
 
     name = "derive"
-
-    def __init__(self, spec, where):
-        super().__init__(spec, where)
-        self.expr = Expression(spec.expr, where=f"{where}.expr")
-
-    def input_columns(self):
-        return set(self.expr.columns)
 
     def output_columns(self):
         return {self.spec.name}
