@@ -89,14 +89,21 @@ class Bundle:
             pipeline_data = json.loads(raw[PIPELINE])
             booster = xgb.Booster()
             booster.load_model(bytearray(raw[MODEL]))
-        except (ValueError, xgb.core.XGBoostError) as exc:
-            raise BundleError(f"bundle: {uri!r} is corrupt: {str(exc)[:300]}") from None
-        return cls(
-            booster=booster,
-            pipeline=FeaturePipeline.from_dict(pipeline_data),
-            model_input=ModelInput.from_dict(pipeline_data["model_input"]),
-            id_columns=list(pipeline_data.get("id_columns", [])),
-            metrics=json.loads(raw[METRICS]),
-            manifest=json.loads(raw[MANIFEST]),
-        )
+            return cls(
+                booster=booster,
+                pipeline=FeaturePipeline.from_dict(pipeline_data),
+                model_input=ModelInput.from_dict(pipeline_data["model_input"]),
+                id_columns=list(pipeline_data.get("id_columns", [])),
+                metrics=json.loads(raw[METRICS]),
+                manifest=json.loads(raw[MANIFEST]),
+            )
+        except BundleError:
+            raise
+        except (ValueError, KeyError, TypeError, xgb.core.XGBoostError) as exc:
+            text = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
+            what = f"missing key {exc}" if isinstance(exc, KeyError) else text
+            raise BundleError(
+                f"bundle: {uri!r} is corrupt: {what}",
+                hint="write it again with `dpipe run`; do not edit the files of a bundle",
+            ) from None
 

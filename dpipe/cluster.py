@@ -75,12 +75,20 @@ def _check_workers(client, address: str) -> None:
             hint="start workers with `dask worker ADDRESS`",
         ) from None
     try:
-        client.run(_import_dpipe)
+        versions = client.run(_import_dpipe)
     except ImportError:
         raise ClusterError(
             f"cluster.address: dpipe is not installed on the workers of {address!r}",
             hint="install the same dpipe version (and its dependencies) in every worker's environment",
         ) from None
+    # Another version may compute another split or other features than the bundle records.
+    here = _import_dpipe()
+    other = sorted({v for v in versions.values() if v != here})
+    if other:
+        raise ClusterError(
+            f"cluster.address: the workers of {address!r} run dpipe {other}; this client runs {here}",
+            hint="install the same dpipe version (and its dependencies) on the client and every worker",
+        )
 
 
 def _describe(client) -> str:

@@ -51,9 +51,19 @@ def _where(cond, a, b):
 
     np = _np()
     cond = _as_bool(cond)
-    out = np.where(cond, a, b)
     index = next((x.index for x in (cond, a, b) if isinstance(x, pd.Series)), None)
+    out = np.where(cond, _numpy(a), _numpy(b))
     return pd.Series(out, index=index) if index is not None else out
+
+
+def _numpy(x):
+    """Nullable numbers and booleans (``Int64``, ``boolean``) as float64 with NaN for missing:
+    numpy would turn them into an object array holding ``pd.NA``."""
+    import pandas as pd
+
+    dtype = getattr(x, "dtype", None)
+    nullable = isinstance(dtype, pd.api.extensions.ExtensionDtype) and pd.api.types.is_numeric_dtype(dtype)
+    return x.to_numpy(dtype="float64", na_value=_np().nan) if nullable else x
 
 
 def _isnull(x):

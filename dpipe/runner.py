@@ -30,7 +30,7 @@ from dpipe.train import (
     ModelInput,
     check_label,
     predict_frame,
-    spread_partitions,
+    spread_train_valid,
     train_booster,
     xgb_params,
 )
@@ -222,16 +222,18 @@ def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bo
             f" ({len(report.phases)} fit pass{'es' if len(report.phases) != 1 else ''})"
         )
 
+        fitted_meta = p.pipeline.describe(labeled._meta)
+        p.model_input.require_categories(fitted_meta)
         keep = [*job.id_columns, LABEL, VALID]
         model_frame = p.pipeline.transform(labeled).map_partitions(
             p.model_input.with_passthrough(keep),
-            meta=p.model_input.with_passthrough(keep)(p.pipeline.describe(labeled._meta)),
+            meta=p.model_input.with_passthrough(keep)(fitted_meta),
         )
         with reporter.stage("load", "transforming and placing data on every worker"):
-            placed = spread_partitions(client, model_frame, list(report.extras["rows_per_partition"]))
-        # The placed partitions live as long as `placed` references their futures.
-        train_part = placed[~placed[VALID]]
-        valid_part = placed[placed[VALID]]
+            # The placed partitions live as long as these frames reference their futures.
+            train_part, valid_part = spread_train_valid(
+                client, model_frame, list(report.extras["rows_per_partition"])
+            )
         features = p.model_input.features
         with reporter.stage("train", f"xgboost.dask, up to {job.train.num_boost_round} rounds"):
             booster, metrics = train_booster(
@@ -354,6 +356,14 @@ def predict(
             raise ColumnError(
                 f"source: the model needs feature column(s) {missing} that {source!r} does not provide",
                 hint="score data with the same columns the model was trained on",
+            )
+        # Checked here, not when a worker fails to turn the text into float32 for XGBoost.
+        numbers = [c for c in b.model_input.features if c not in b.model_input.categorical]
+        bad = {c: str(meta[c].dtype) for c in numbers if not pd.api.types.is_numeric_dtype(meta[c].dtype)}
+        if bad:
+            raise ColumnError(
+                f"source: feature column(s) {bad} of {source!r} are not numeric; the model was trained on numbers",
+                hint="score data with the same column types the model was trained on",
             )
         out = StagedOutput(output, storage_options, overwrite=overwrite, where="output")
     reporter.log(f"source: {len(src.files)} file(s) from {source}")

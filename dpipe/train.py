@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import dask
@@ -49,7 +50,11 @@ class Labeler:
             y = pd.Series(value, index=pdf.index).astype("float32")
             unknown = pdf[sorted(self.label_inputs)].isna().any(axis=1)
             y = y.mask(unknown)
-        hashed = pd.util.hash_pandas_object(pdf[list(self.split_key)], index=False).to_numpy()
+        key = pdf[list(self.split_key)]
+        # pandas hashes the bits of a value, so 5 (int64) and 5.0 (float64) differ; pyarrow gives an
+        # integer column float64 in a file where it has a missing value. Hash numbers as float64.
+        key = key.astype({c: "float64" for c in key.columns if pd.api.types.is_numeric_dtype(key[c].dtype)})
+        hashed = pd.util.hash_pandas_object(key, index=False).to_numpy()
         valid = (_mix(hashed, self.seed) >> np.uint64(11)).astype("float64") / float(1 << 53) < self.valid_fraction
         out = pdf.assign(**{LABEL: y, VALID: valid})
         return out[out[LABEL].notna()]
@@ -111,6 +116,16 @@ class ModelInput:
         cols = {c: pdf[c] if c in self.categorical else pdf[c].astype("float32") for c in self.features}
         return pd.DataFrame(cols, index=pdf.index)
 
+    def require_categories(self, meta: pd.DataFrame) -> None:
+        """Fail on a categorical feature whose fitted vocabulary is empty: XGBoost cannot use it."""
+        empty = [c for c in self.categorical if len(meta[c].dtype.categories) == 0]
+        if empty:
+            raise DataError(
+                f"train: categorical feature(s) {empty} have no category: no value is frequent enough in the"
+                " training rows",
+                hint="lower `min_frequency` of their `categorical` op, or list them in `train.exclude`",
+            )
+
     def with_passthrough(self, keep: list[str]):
         """A partition function returning model inputs plus the ``keep`` columns."""
         return _WithPassthrough(self, tuple(keep))
@@ -143,6 +158,61 @@ def spread_partitions(client, df: dd.DataFrame, rows_per_partition: list[int] | 
     worker holds none, so placement is explicit: largest partitions first, each to the worker with
     the fewest rows so far. Returns a DataFrame backed by the placed futures.
     """
+    futures, _, _ = _place(client, df, rows_per_partition)
+    return dd.from_delayed(futures, meta=df._meta, verify_meta=False)
+
+
+def spread_train_valid(
+    client, df: dd.DataFrame, rows_per_partition: list[int] | None = None
+) -> tuple[dd.DataFrame, dd.DataFrame]:
+    """Place ``df`` as :func:`spread_partitions` does, then split it into its training and
+    validation rows (the ``VALID`` column) where each partition lies.
+
+    Every worker must hold rows of both matrices (see above), which a fair share of ``df`` does not
+    guarantee: a ``split.key`` on a partition column puts whole files on one side, and a row filter
+    can empty whole files. A worker left without rows of one side gets part of the largest piece of
+    that side, so only those rows move between workers.
+    """
+    placed, where, workers = _place(client, df, rows_per_partition)
+    out = []
+    for valid in (False, True):
+        pieces = [
+            client.submit(_side, f, valid, workers=[w], allow_other_workers=False) for f, w in zip(placed, where)
+        ]
+        counts, holders = list(client.gather(client.map(len, pieces))), list(where)
+        share = max(sum(counts) // len(workers), 1)
+        while True:
+            load = {w: 0 for w in workers}
+            for n, w in zip(counts, holders):
+                load[w] += n
+            empty = [w for w in workers if load[w] == 0]
+            j = max(range(len(pieces)), key=lambda j: (counts[j], load[holders[j]]))
+            if not empty or counts[j] < 2:
+                break  # fewer rows than workers: XGBoost says what it needs
+            moved = min(counts[j] // 2, share)
+            start = counts[j] - moved
+            # Cut where the piece is, then copy only the cut to the empty worker.
+            rest = client.submit(_rows, pieces[j], 0, start, workers=[holders[j]], allow_other_workers=False)
+            part = client.submit(_rows, pieces[j], start, counts[j], workers=[holders[j]], allow_other_workers=False)
+            part = client.submit(_rows, part, 0, moved, workers=[empty[0]], allow_other_workers=False)
+            pieces[j], counts[j] = rest, start
+            pieces.append(part)
+            counts.append(moved)
+            holders.append(empty[0])
+        out.append(dd.from_delayed(pieces, meta=df._meta, verify_meta=False))
+    return out[0], out[1]
+
+
+def _side(pdf: pd.DataFrame, valid: bool) -> pd.DataFrame:
+    return pdf[pdf[VALID]] if valid else pdf[~pdf[VALID]]
+
+
+def _rows(pdf: pd.DataFrame, start: int, stop: int) -> pd.DataFrame:
+    return pdf.iloc[start:stop]
+
+
+def _place(client, df: dd.DataFrame, rows_per_partition: list[int] | None):
+    """The futures of ``df``'s partitions, the worker each was computed on, and all workers."""
     workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
     if not workers:
         raise TrainingError("the cluster has no workers", hint="start workers or check `cluster.address`")
@@ -167,7 +237,7 @@ def spread_partitions(client, df: dd.DataFrame, rows_per_partition: list[int] | 
     for f in futures:
         if f.status == "error":
             f.result()  # raises the task's own error
-    return dd.from_delayed(futures, meta=df._meta, verify_meta=False)
+    return futures, [assignment[i] for i in range(len(futures))], workers
 
 
 # -- training ---------------------------------------------------------------------------------
@@ -223,7 +293,7 @@ def train_booster(client, params: dict, train_spec, X_train, y_train, X_valid, y
         )
     except xgb.core.XGBoostError as exc:
         raise TrainingError(
-            f"train: XGBoost failed: {str(exc).strip().splitlines()[-1][:500]}",
+            f"train: XGBoost failed: {_xgboost_message(exc)}",
             hint="check `train.params` against the XGBoost parameter reference",
         ) from None
     booster, history = out["booster"], out["history"]
@@ -240,6 +310,13 @@ def train_booster(client, params: dict, train_spec, X_train, y_train, X_valid, y
         "history": {s: {m: [_finite(x) for x in v] for m, v in h.items()} for s, h in history.items()},
     }
     return booster, metrics
+
+
+def _xgboost_message(exc: Exception) -> str:
+    """The first line of an XGBoost error, without its ``[12:00:00] src/file.cc:27:`` prefix;
+    the lines after it are a C++ stack trace or parameter documentation."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", lines[0])[:500]
 
 
 def _finite(x) -> float | None:
@@ -259,21 +336,16 @@ class _Predict:
         if len(X):
             pred = booster.inplace_predict(X, validate_features=True)
         else:
-            pred = np.zeros((0,) + (() if booster_outputs(booster) == 1 else (booster_outputs(booster),)), "float32")
+            # The output's shape depends on the objective and its parameters (multi:softmax gives
+            # one column, multi:softprob and several quantile_alpha one per class or quantile):
+            # ask the model with one all-missing row, so empty partitions match the others.
+            pred = booster.inplace_predict(X.reindex(pd.RangeIndex(1)), validate_features=True)[:0]
         if pred.ndim == 1:
             out[PREDICTION] = pred.astype("float32")
         else:
             for k in range(pred.shape[1]):
                 out[f"{PREDICTION}_{k}"] = pred[:, k].astype("float32")
         return out
-
-
-def booster_outputs(booster) -> int:
-    import json
-
-    config = json.loads(booster.save_config())
-    n = int(config["learner"]["learner_model_param"].get("num_class", "0") or 0)
-    return n if n > 1 else 1
 
 
 def predict_frame(booster, df: dd.DataFrame, model_input: ModelInput, keep: list[str]) -> dd.DataFrame:

@@ -89,3 +89,17 @@ def test_a_filter_must_be_a_condition(df):
 def test_type_errors_are_expression_errors(df):
     with pytest.raises(ExpressionError, match="cannot be applied"):
         Expression("b - 1", where="label.expr").evaluate(df)
+
+
+@pytest.mark.parametrize("text", ["where(x > 1, flag, False)", "flag if x > 1 else 0", "where(x > 1, n, 0)"])
+def test_where_with_a_nullable_column_gives_numbers_not_objects(text):
+    # Booleans are read as pandas' nullable `boolean`; numpy's where would make objects of them.
+    df = pd.DataFrame({
+        "flag": pd.array([True, None, True], dtype="boolean"),
+        "n": pd.array([5, None, 7], dtype="Int64"),
+        "x": [1.0, 2.0, 3.0],
+    })
+    out = Expression(text).evaluate(df)
+    assert out.dtype == "float64"
+    first, missing, last = out.tolist()
+    assert first == 0.0 and np.isnan(missing) and last in (1.0, 7.0)

@@ -3,8 +3,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpipe.errors import DataError
-from dpipe.train import LABEL, VALID, Labeler, check_label, spread_partitions
+from dpipe.errors import DataError, TrainingError
+from dpipe.spec import TrainSpec
+from dpipe.train import (
+    LABEL,
+    VALID,
+    Labeler,
+    ModelInput,
+    check_label,
+    predict_frame,
+    spread_partitions,
+    spread_train_valid,
+    train_booster,
+    xgb_params,
+)
 
 
 def _placed_keys(client, before):
@@ -49,6 +61,15 @@ def test_labeler_split_is_a_pure_function_of_the_key():
     assert not other_seed[VALID].equals(out[VALID])
 
 
+def test_split_side_does_not_depend_on_the_dtype_a_key_gets():
+    # pyarrow gives an int64 column float64 in a file where it has a missing value
+    ids = np.arange(2000)
+    lab = Labeler(column="y", expr=None, split_key=("id",), valid_fraction=0.3, seed=5)
+    as_int = lab(pd.DataFrame({"id": ids, "y": 1.0}))
+    as_float = lab(pd.DataFrame({"id": ids.astype("float64"), "y": 1.0}))
+    pd.testing.assert_series_equal(as_int[VALID], as_float[VALID])
+
+
 @pytest.mark.parametrize(
     ("objective", "counts", "message"),
     [
@@ -61,3 +82,82 @@ def test_label_checks(objective, counts, message):
     with pytest.raises(DataError, match=message):
         check_label(objective, pd.Series(counts))
     check_label("reg:squarederror", pd.Series(counts))  # regression takes any values
+
+
+@pytest.mark.parametrize(
+    ("objective", "params", "columns"),
+    [
+        ("binary:logistic", {}, ["prediction"]),
+        ("multi:softmax", {"num_class": 3}, ["prediction"]),  # class index: one column
+        ("multi:softprob", {"num_class": 3}, ["prediction_0", "prediction_1", "prediction_2"]),
+        ("reg:quantileerror", {"quantile_alpha": [0.1, 0.9]}, ["prediction_0", "prediction_1"]),
+    ],
+)
+def test_prediction_columns_are_the_same_in_meta_empty_and_full_partitions(objective, params, columns):
+    import xgboost as xgb
+
+    n = 300
+    pdf = pd.DataFrame({
+        "id": np.arange(n),
+        "a": np.linspace(0, 1, n).astype("float32"),
+        "c": pd.Categorical(np.array(["x", "y", "z"])[np.arange(n) % 3]),
+    })
+    y = (pdf["a"] * 3).astype(int).clip(0, 2)
+    if objective.startswith("binary"):
+        y = (y > 0).astype(int)
+    model_input = ModelInput(features=["a", "c"], categorical=["c"])
+    dtrain = xgb.DMatrix(model_input(pdf), y, enable_categorical=True)
+    booster = xgb.train({"objective": objective, **params}, dtrain, 3)
+    bounds = [0, 0, 100, n]  # the first partition is empty
+    frame = dd.from_map(lambda i: pdf.iloc[bounds[i]:bounds[i + 1]], range(3), meta=pdf.iloc[:0])
+
+    preds = predict_frame(booster, frame, model_input, ["id"])
+
+    assert list(preds.columns) == ["id", *columns]
+    parts = [p.compute(scheduler="sync") for p in preds.to_delayed()]
+    assert [len(p) for p in parts] == [0, 100, 200]
+    assert all(list(p.columns) == ["id", *columns] for p in parts)
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"params": {"max_depth": "deep"}}, r"max_depth"),
+        ({"objective": "multi:softprob"}, r"failed: value 0 for Parameter num_class should be greater equal to 1\n"),
+        ({"eval_metric": ["foo"]}, r"XGBoost failed: Unknown metric function foo\n"),
+    ],
+)
+def test_xgboost_failure_is_its_first_line_without_the_stack_trace(client, train, message):
+    df = dd.from_pandas(pd.DataFrame({"x": np.arange(200.0), "y": np.arange(200) % 2}), npartitions=2)
+    spec = TrainSpec(num_boost_round=2, **train)
+    with client.as_current(), pytest.raises(TrainingError, match=message) as info:
+        train_booster(client, xgb_params(spec), spec, df[["x"]], df["y"], df[["x"]], df["y"])
+    text = str(info.value)
+    assert "[bt]" not in text and "Stack trace" not in text
+    assert text.startswith("train: XGBoost failed: ") and "Hint:" in text
+
+
+@pytest.mark.parametrize("sizes", [[400, 400, 400, 400], [800, 800]], ids=["one file of four", "one file of two"])
+def test_every_worker_gets_training_and_validation_rows(client, sizes):
+    # A split key on a partition column puts whole files on one side (here: the last file is the
+    # validation set); with categorical features xgboost.dask fails when a worker holds no rows of
+    # either matrix.
+    n = sum(sizes)
+    categories = pd.CategoricalDtype(pd.Index(["a", "b", "c"], dtype="str"))
+    pdf = pd.DataFrame({
+        "x": np.arange(n, dtype="float32"),
+        "c": pd.Categorical.from_codes(np.arange(n) % 3, dtype=categories),
+        LABEL: (np.arange(n) % 2).astype("float32"),
+        VALID: np.arange(n) >= n - sizes[-1],
+    })
+    frame = dd.from_pandas(pdf, npartitions=len(sizes), sort=False)
+
+    train, valid = spread_train_valid(client, frame, sizes)
+
+    counts = client.compute([train[VALID].count(), valid[VALID].count(), train[VALID].any(), valid[VALID].all()])
+    assert client.gather(counts) == [n - sizes[-1], sizes[-1], False, True]
+    spec = TrainSpec(num_boost_round=2, early_stopping_rounds=None)
+    with client.as_current():
+        _, metrics = train_booster(client, xgb_params(spec), spec, train[["x", "c"]], train[LABEL],
+                                   valid[["x", "c"]], valid[LABEL])
+    assert metrics["rounds_trained"] == 2

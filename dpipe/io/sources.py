@@ -8,6 +8,7 @@ whose statistics exclude the filter are skipped. A file that fails to read is na
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,10 +29,23 @@ def _types_mapper(dtype: pa.DataType):
     # Arrow-backed strings: no Python objects, and the same dtype Dask itself would pick.
     if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
         return pd.StringDtype("pyarrow")
+    # Nullable booleans: numpy has no missing bool, so a file with a missing value would give
+    # object, which Dask then turns into the strings 'True'/'False' in that partition only.
+    if pa.types.is_boolean(dtype):
+        return pd.BooleanDtype()
     return None
 
 
 def arrow_to_pandas(table: pa.Table) -> pd.DataFrame:
+    # Decimals would become Python Decimal objects, which Dask turns into text: read them as
+    # float64 (what XGBoost uses anyway), in the meta and in every partition alike. Dictionary
+    # columns (pandas writes its categories so) would become categories that differ from file to
+    # file: read their values; the `categorical` op learns one vocabulary for all files.
+    for i, f in enumerate(table.schema):
+        if pa.types.is_decimal(f.type):
+            table = table.set_column(i, f.name, table.column(i).cast(pa.float64()))
+        elif pa.types.is_dictionary(f.type):
+            table = table.set_column(i, f.name, table.column(i).cast(f.type.value_type))
     return table.to_pandas(types_mapper=_types_mapper, self_destruct=True, split_blocks=True)
 
 
@@ -71,12 +85,24 @@ def read_fragment(task: FragmentTask) -> pd.DataFrame:
             f"source: file {task.uri!r} disappeared while reading",
             hint="do not modify the input while a job runs",
         ) from None
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, ValueError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError, ValueError) as exc:
         raise DataError(
             f"source: cannot read file {task.uri!r}: {str(exc).splitlines()[0][:300]}",
             hint="the file is corrupt or its schema differs from the other files; fix or remove it",
         ) from None
     return arrow_to_pandas(table)
+
+
+@contextlib.contextmanager
+def _unreadable(where: str, uri: str):
+    """Discovery reads the first file's schema: a corrupt or empty one is a data error."""
+    try:
+        yield
+    except pa.ArrowInvalid as exc:
+        raise DataError(
+            f"{where}: cannot read {uri!r}: {str(exc).splitlines()[0][:300]}",
+            hint=f"the file named above is corrupt or empty: fix or remove it, or check `{where}.format`",
+        ) from None
 
 
 @dataclass
@@ -128,7 +154,7 @@ def read(
     """
     fs, path = resolve(uri, storage_options, where=f"{where}.uri")
     hive = ds.HivePartitioning.discover(infer_dictionary=False) if partitioning == "hive" else None
-    with storage_errors(f"{where}.uri", uri):
+    with _unreadable(where, uri), storage_errors(f"{where}.uri", uri):
         if _GLOB & set(path):
             paths = sorted(p for p in fs.glob(path) if fs.isfile(p))
             if not paths:

@@ -37,6 +37,14 @@ class Categorical(Op):
                 f"{self.where} ({self.name}): float columns cannot be categories: {bad}",
                 hint="use `standard_scale` for numbers, or cast them to integers or strings first",
             )
+        # Timestamps would be learned as such but saved as text in the bundle's JSON, so every value
+        # would be unseen (missing) at prediction.
+        bad = {c: str(meta[c].dtype) for c in self.spec.columns if _is_temporal(meta[c].dtype)}
+        if bad:
+            raise ColumnError(
+                f"{self.where} ({self.name}): date and time columns cannot be categories: {bad}",
+                hint="store them as strings in the source, or leave them out (`train.exclude`)",
+            )
         if self.categories_ is not None:
             return self.transform(meta)
         dtype = "category" if self.spec.encoding == "category" else "float32"
@@ -50,7 +58,13 @@ class Categorical(Op):
         for c in self.spec.columns:
             counts: pd.Series = stats[f"counts:{c}"]
             counts = counts[counts >= self.spec.min_frequency]
-            frame = pd.DataFrame({"value": counts.index, "n": counts.to_numpy()})
+            values = counts.index
+            # An integer column is float64 in a file where it has a missing value (pyarrow gives
+            # it no integer dtype there), and XGBoost refuses float categories: describe() lets
+            # no float column through, so these floats are the integers they stand for.
+            if pd.api.types.is_float_dtype(values.dtype) and np.all(np.mod(values, 1) == 0):
+                values = values.astype("int64")
+            frame = pd.DataFrame({"value": values, "n": counts.to_numpy()})
             key = frame["value"]
             if isinstance(key.dtype, pd.CategoricalDtype):
                 key = key.astype(key.dtype.categories.dtype)
@@ -90,3 +104,8 @@ class Categorical(Op):
                 codes[codes < 0] = np.nan
                 out[c] = pd.Series(codes, index=pdf.index)
         return pdf.assign(**out)
+
+
+def _is_temporal(dtype) -> bool:
+    is_time = pd.api.types.is_datetime64_any_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype)
+    return is_time or isinstance(dtype, pd.PeriodDtype)

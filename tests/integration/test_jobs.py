@@ -110,6 +110,58 @@ def test_predict_reproduces_in_run_validation_predictions(trained, demo_root, cl
     assert auc == pytest.approx(result.metrics["valid"]["auc"], abs=1e-4)
 
 
+def test_predict_checks_feature_types_before_starting_a_cluster(trained, demo_root, tmp_path):
+    _, result = trained
+    data = pd.read_parquet(demo_root / "events")
+    data["sessions"] = "n" + data["sessions"].astype(str)  # a number in training, text now
+    (tmp_path / "new").mkdir()
+    data.to_parquet(tmp_path / "new" / "part.parquet")
+    message = r"(?s)source: feature column\(s\) \{'sessions': 'string'\} of .* not numeric.*Hint:"
+    with pytest.raises(ColumnError, match=message):
+        dpipe.predict(result.bundle_uri, str(tmp_path / "new"), str(tmp_path / "scores"), progress=False)
+    assert not (tmp_path / "scores").exists() and leftovers(tmp_path) == []
+
+
+def test_columns_with_missing_values_in_some_files_only(client, tmp_path):
+    # pyarrow gives an integer column float64, and a boolean column objects, in a file where it has
+    # a missing value: the split, the vocabulary, the features and predict must not notice.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "src").mkdir()
+    for k in range(4):
+        n = 1000
+        code, flag, x = rng.integers(0, 5, n), rng.random(n) < 0.5, rng.random(n)
+        y = (code == 2) ^ flag ^ (x > 0.8)
+        gaps = rng.random(n) < 0.1
+        pq.write_table(pa.table({
+            "id": np.arange(k * n, (k + 1) * n),
+            "code": pa.array(code, mask=gaps if k % 2 else None),
+            "flag": pa.array(flag, mask=gaps if k % 2 == 0 else None),
+            "x": x,
+            "y": pa.array(y),
+        }), tmp_path / "src" / f"part-{k}.parquet")
+    job = dpipe.job_from_dict({
+        "source": {"uri": str(tmp_path / "src")},
+        "id_columns": ["id"],
+        "features": [{"op": "categorical", "columns": ["code"]},
+                     {"op": "derive", "name": "flag_if_x", "expr": "where(x > 0.5, flag, False)"}],
+        "label": {"column": "y"},
+        "train": {"num_boost_round": 20, "params": {"max_depth": 4}},
+        "output": {"uri": str(tmp_path / "bundle"), "valid_predictions": True},
+    })
+    result = dpipe.run(job, client=client, progress=False)
+    assert result.rows["read"] == 4000 and result.manifest["features"]["categorical"] == ["code"]
+    assert result.metrics["valid"]["auc"] > 0.95  # flag is read as booleans, not as text
+
+    dpipe.predict(result.bundle_uri, str(tmp_path / "src"), str(tmp_path / "scores"), client=client, progress=False)
+    in_run = pd.read_parquet(tmp_path / "bundle" / "valid_predictions")
+    merged = in_run.merge(pd.read_parquet(tmp_path / "scores"), on="id", suffixes=("_run", "_predict"))
+    assert len(merged) == result.rows["valid"]
+    np.testing.assert_allclose(merged["prediction_run"], merged["prediction_predict"], rtol=0, atol=1e-6)
+
+
 def test_distributed_auc_matches_single_process_xgboost(trained, demo_root):
     """The distributed model is as good as xgboost.train on the same rows, features and split."""
     import xgboost as xgb
@@ -156,10 +208,31 @@ def test_failed_run_keeps_the_previous_bundle(trained, client):
     assert leftovers(bundle.parent) == []
 
 
+def test_whole_files_on_one_side_of_the_split(demo_root, client, tmp_path):
+    # A split key on the partition column puts whole files on one side, and the filter empties two
+    # files: the training rows are one file, the validation rows another. Every worker still needs
+    # rows of both (xgboost.dask fails with categorical features otherwise).
+    spec = job_dict(demo_root, tmp_path / "out", split={"valid_fraction": 0.3, "seed": 1, "key": ["date"]})
+    spec["features"].insert(0, {"op": "filter", "expr": "date in ['2024-01-01', '2024-01-04']"})
+    spec["train"].update(num_boost_round=5)
+    result = dpipe.run(dpipe.job_from_dict(spec), client=client, progress=False)
+    assert (result.rows["train"], result.rows["valid"]) == (5000, 5000)
+    assert 0.6 < result.metrics["valid"]["auc"] <= 1.0
+
+
 def test_empty_after_filtering(demo_root, client, tmp_path):
     spec = job_dict(demo_root, tmp_path / "out")
     spec["features"] = [*spec["features"], {"op": "filter", "expr": "age > 500"}]
     with pytest.raises(DataError, match=r"no rows left to train on: 20000 read, 0 without a label, 20000 removed"):
+        dpipe.run(dpipe.job_from_dict(spec), client=client, progress=False)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_categorical_feature_without_any_frequent_value(demo_root, client, tmp_path):
+    spec = job_dict(demo_root, tmp_path / "out")
+    spec["features"][-1] = {"op": "categorical", "columns": ["country", "device", "plan"], "min_frequency": 100_000}
+    message = r"(?s)train: categorical feature\(s\) \['country', 'device', 'plan'\] have no category.*Hint: lower"
+    with pytest.raises(DataError, match=message):
         dpipe.run(dpipe.job_from_dict(spec), client=client, progress=False)
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 

@@ -1,3 +1,4 @@
+import decimal
 import json
 
 import fsspec
@@ -129,3 +130,59 @@ def test_corrupt_file_is_named(tmp_path):
     bad.write_bytes(b"PAR1" + b"\x00garbage" * 10)
     with pytest.raises(DataError, match=r"cannot read .*day=2/part.parquet"):
         read(str(root)).frame.compute(scheduler="sync")
+
+
+def test_boolean_column_with_missing_values_stays_boolean_in_every_file(tmp_path):
+    # numpy has no missing bool: pandas would give object in the file with the gap, and Dask then
+    # turns that partition's values into the strings 'True'/'False'.
+    pq.write_table(pa.table({"flag": [True, False], "y": [1, 0]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"flag": [True, None], "y": [1, 0]}), tmp_path / "b.parquet")
+    (tmp_path / "c.csv").write_text("flag,y\ntrue,1\n,0\n")
+    for src in (read(str(tmp_path / "*.parquet")), read(str(tmp_path / "c.csv"), format="csv")):
+        parts = [p.compute(scheduler="sync") for p in src.frame.to_delayed()]
+        assert all(p["flag"].dtype == src.frame._meta["flag"].dtype for p in parts)
+        values = pd.concat(parts)["flag"]
+        assert values.isna().sum() == 1 and set(values.dropna()) <= {True, False}
+        assert values.astype("float32").isna().sum() == 1
+
+
+def test_unreadable_first_file_is_a_data_error_naming_it(tmp_path):
+    # Discovery reads the first file's schema on the client, before any Dask task.
+    (tmp_path / "a.parquet").write_bytes(b"")
+    (tmp_path / "b.csv").write_text("x,y\n1,2\n3,4,5\n")
+    with pytest.raises(DataError, match=r"(?s)source: cannot read .*a\.parquet.*Hint:"):
+        read(str(tmp_path / "a.parquet"))
+    with pytest.raises(DataError, match=r"(?s)source: cannot read .*b\.csv.*Hint:"):
+        read(str(tmp_path / "b.csv"), format="csv")
+
+
+def test_incompatible_column_type_in_a_later_file_is_named(tmp_path):
+    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"x": pa.array([[1], [2]])}), tmp_path / "b.parquet")  # no cast list -> int
+    with pytest.raises(DataError, match=r"cannot read file .*b\.parquet"):
+        read(str(tmp_path)).frame.compute(scheduler="sync")
+
+
+def test_decimal_columns_are_read_as_numbers(tmp_path):
+    # Warehouse exports store money as decimal: pandas would give Decimal objects, which Dask
+    # turns into text, so the column could be neither a feature nor scaled.
+    amounts = pa.array([decimal.Decimal("1.25"), None, decimal.Decimal("-3.50")], pa.decimal128(12, 2))
+    pq.write_table(pa.table({"amount": amounts}), tmp_path / "a.parquet")
+    src = read(str(tmp_path))
+    assert src.frame._meta["amount"].dtype == "float64"
+    out = src.frame.compute(scheduler="sync")
+    assert out["amount"].dtype == "float64"
+    assert out["amount"].tolist()[::2] == [1.25, -3.5] and out["amount"].isna().tolist() == [False, True, False]
+
+
+def test_dictionary_columns_are_read_as_their_values(tmp_path):
+    # pandas writes a category column as a Parquet dictionary with each file's own categories; as
+    # pandas categories they would reach XGBoost with codes that mean other values in every file.
+    pd.DataFrame({"c": pd.Categorical(["a", "b"]), "n": pd.Categorical([1, 2])}).to_parquet(tmp_path / "a.parquet")
+    pd.DataFrame({"c": pd.Categorical(["c", "a"]), "n": pd.Categorical([3, 1])}).to_parquet(tmp_path / "b.parquet")
+    src = read(str(tmp_path))
+    meta = src.frame._meta
+    assert str(meta["c"].dtype) == "string" and meta["n"].dtype == "int64"
+    parts = [p.compute(scheduler="sync") for p in src.frame.to_delayed()]
+    assert all(p.dtypes.equals(meta.dtypes) for p in parts)
+    assert pd.concat(parts)["c"].tolist() == ["a", "b", "c", "a"]

@@ -328,6 +328,29 @@ def test_categorical_rejects_float_columns(numbers):
         op.describe(numbers.iloc[:0])
 
 
+def test_categorical_rejects_date_and_time_columns():
+    # Timestamps would be learned as such but saved as text in the bundle's JSON: every value
+    # would be unseen (missing) at prediction.
+    df = pd.DataFrame({"t": pd.to_datetime(["2024-01-01", "2024-01-02"]), "d": pd.to_timedelta([1, 2], unit="D")})
+    for column in ("t", "d"):
+        op = make("categorical", "features[1]", columns=[column])
+        message = rf"features\[1\] \(categorical\): date and time columns cannot be categories: \{{'{column}'"
+        with pytest.raises(ColumnError, match=message):
+            op.describe(df.iloc[:0])
+
+
+def test_categorical_integer_column_with_missing_values_in_some_files():
+    # pyarrow gives an integer column float64 in a file where it has a missing value; XGBoost
+    # refuses float categories, and the vocabulary must be the integers either way.
+    parts = [pd.DataFrame({"code": [3, 1, 3]}), pd.DataFrame({"code": [1.0, np.nan, 3.0]})]
+    frame = dd.from_map(lambda i: parts[i], range(2), meta=parts[0].iloc[:0], enforce_metadata=False)
+    op = fit(make("categorical", columns=["code"]), frame)
+    assert op.categories_ == {"code": [3, 1]} and all(type(v) is int for v in op.categories_["code"])
+    for part in parts:
+        out = op.transform(part)["code"]
+        assert out.dtype.categories.dtype == "int64"
+        assert out.cat.codes.tolist() == ([0, 1, 0] if len(part) and part["code"].notna().all() else [1, -1, 0])
+
 # -- filter / derive -----------------------------------------------------------------------------
 @pytest.fixture
 def mixed() -> pd.DataFrame:
