@@ -113,7 +113,19 @@ class ModelInput:
         return cls(features=list(features), categorical=categorical)
 
     def __call__(self, pdf: pd.DataFrame) -> pd.DataFrame:
-        cols = {c: pdf[c] if c in self.categorical else pdf[c].astype("float32") for c in self.features}
+        # XGBoost refuses misaligned buffers ("Input pointer misalignment"), and arrays that
+        # distributed deserialises from a message may start at any byte offset. Numbers get a
+        # fresh float32 array (copied only where needed); categories are rebuilt (they are small).
+        cols = {}
+        for c in self.features:
+            s = pdf[c]
+            if c in self.categorical:
+                cats = s.dtype.categories
+                dtype = pd.CategoricalDtype(pd.Index(cats.tolist(), dtype=cats.dtype))
+                codes = np.require(s.cat.codes.to_numpy(), requirements="A")
+                cols[c] = pd.Categorical.from_codes(codes, dtype=dtype)
+            else:
+                cols[c] = np.require(s.to_numpy(dtype="float32", na_value=np.nan), requirements="A")
         return pd.DataFrame(cols, index=pdf.index)
 
     def require_categories(self, meta: pd.DataFrame) -> None:
