@@ -3,6 +3,7 @@ Dask cluster (``dask scheduler`` + ``dask worker`` processes). Everything binds 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -66,8 +67,8 @@ def _wait_for(predicate, timeout: float, what: str, proc=None):
     raise RuntimeError(f"{what} did not start within {timeout}s")
 
 
-@pytest.fixture(scope="session")
-def s3_server():
+@contextlib.contextmanager
+def _moto_server(**env):
     """A moto S3 server in its own process on 127.0.0.1 (as s3fs's own tests run it)."""
     import requests
 
@@ -77,11 +78,12 @@ def s3_server():
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **env},
     )
 
     def up():
         try:
-            return requests.get(endpoint, timeout=1).ok
+            return requests.get(f"{endpoint}/moto-api/", timeout=1).ok
         except requests.RequestException:
             return False
 
@@ -91,6 +93,19 @@ def s3_server():
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    with _moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def s3_server_with_auth():
+    """A moto server that checks credentials: only keys created through its IAM API are valid."""
+    with _moto_server(INITIAL_NO_AUTH_ACTION_COUNT="0") as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
