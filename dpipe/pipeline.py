@@ -59,6 +59,16 @@ class FeaturePipeline:
             meta = op.describe(meta)
         return meta
 
+    def required_columns(self, outputs) -> set[str]:
+        """The input columns needed to produce ``outputs`` (and to apply every row filter)."""
+        needed = set(outputs)
+        for op in reversed(self.ops):
+            if op.filters_rows:
+                needed |= op.input_columns()
+            elif needed & op.output_columns():
+                needed = (needed - (op.output_columns() - op.input_columns())) | op.input_columns()
+        return needed
+
     # -- planning ----------------------------------------------------------------------------
     def plan(self, extra_inputs: set[str] = frozenset()) -> tuple[list[int], int]:
         """Phase of each stateful op (-1 for stateless ones), and the phase of the extras.

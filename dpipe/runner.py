@@ -144,6 +144,14 @@ def plan(job: JobSpec) -> Plan:
     _require(meta, sorted(labeler.label_inputs), "label.expr")
     labeled_meta = labeler(meta)
     pipeline = FeaturePipeline.from_specs(job.features)
+    for op in pipeline.ops:
+        leaked = sorted(op.input_columns() & labeler.label_inputs)
+        if leaked:
+            raise ColumnError(
+                f"{op.where} ({op.name}): reads the label column(s) {leaked}; feature ops also run at"
+                " prediction, where the label is unknown",
+                hint="rows without a label are dropped automatically; filter on the label with `source.filters`",
+            )
     final_meta = pipeline.describe(labeled_meta)
     for c in job.id_columns:
         if c not in final_meta.columns:
@@ -349,8 +357,14 @@ def predict(
     src_spec = SourceSpec(uri=source, format=format, storage_options=storage_options or {})
     with reporter.stage("plan", "checking the source against the bundle"):
         src = read(src_spec.uri, format=src_spec.format, storage_options=storage_options, where="source")
-        meta = b.pipeline.describe(src.frame._meta)
         _require(src.frame._meta, ids, "id_columns")
+        # Read only what the saved ops and the model need (the source may be much wider).
+        needed = b.pipeline.required_columns([*b.model_input.features, *ids])
+        columns = [c for c in src.frame.columns if c in needed]
+        if len(columns) < len(src.frame.columns):
+            src = read(src_spec.uri, format=src_spec.format, columns=columns, storage_options=storage_options,
+                       where="source")
+        meta = b.pipeline.describe(src.frame._meta)
         missing = [c for c in b.model_input.features if c not in meta.columns]
         if missing:
             raise ColumnError(

@@ -293,3 +293,19 @@ def test_state_of_another_format_version_is_refused(data):
     state["format_version"] = 99
     with pytest.raises(BundleError, match=r"format_version 99; this dpipe reads 1\n\nHint: re-train"):
         FeaturePipeline.from_dict(state)
+
+
+def test_required_columns_walk_back_through_derived_columns_and_filters():
+    from dpipe.spec import OP_MODELS
+
+    specs = [
+        {"op": "fill_missing", "columns": ["a"], "strategy": "median"},
+        {"op": "derive", "name": "ratio", "expr": "a / (b + 1)"},
+        {"op": "filter", "expr": "keep > 0"},
+        {"op": "derive", "name": "unused", "expr": "z * 2"},
+        {"op": "derive", "name": "b", "expr": "b * 2"},
+        {"op": "categorical", "columns": ["c"]},
+    ]
+    pipe = FeaturePipeline.from_specs([OP_MODELS[s["op"]].model_validate(s) for s in specs])
+    assert pipe.required_columns(["ratio", "c", "id"]) == {"a", "b", "keep", "c", "id"}
+    assert pipe.required_columns(["b"]) == {"b", "keep"}

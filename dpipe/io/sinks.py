@@ -118,7 +118,12 @@ class StagedOutput:
         if os.path.exists(self.path):
             old = f"{self.parent}/.{posixpath.basename(self.path)}.dpipe-old-{uuid.uuid4().hex[:12]}"
             os.rename(self.path, old)
-        os.rename(self.staging, self.path)
+        try:
+            os.rename(self.staging, self.path)
+        except OSError:
+            if old:
+                os.rename(old, self.path)  # put the previous output back
+            raise
         if old:
             shutil.rmtree(old, ignore_errors=True)
 

@@ -69,6 +69,13 @@ class Derive(Strict):
 
     _check_expr = field_validator("expr")(check_expression)
 
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name.startswith("__dpipe"):
+            raise ValueError(f"column names starting with '__dpipe' are reserved by dpipe, got {name!r}")
+        return name
+
 
 class StandardScale(Strict):
     """Center to mean 0 and scale to standard deviation 1 (population std, like scikit-learn).

@@ -222,7 +222,7 @@ def test_whole_files_on_one_side_of_the_split(demo_root, client, tmp_path):
 
 def test_empty_after_filtering(demo_root, client, tmp_path):
     spec = job_dict(demo_root, tmp_path / "out")
-    spec["features"] = [*spec["features"], {"op": "filter", "expr": "age > 500"}]
+    spec["features"] = [*spec["features"], {"op": "filter", "expr": "sessions > 1000"}]
     with pytest.raises(DataError, match=r"no rows left to train on: 20000 read, 0 without a label, 20000 removed"):
         dpipe.run(dpipe.job_from_dict(spec), client=client, progress=False)
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
@@ -238,7 +238,7 @@ def test_categorical_feature_without_any_frequent_value(demo_root, client, tmp_p
 
 
 def test_label_with_one_class(demo_root, client, tmp_path):
-    spec = job_dict(demo_root, tmp_path / "out", label={"expr": "age > 500"})
+    spec = job_dict(demo_root, tmp_path / "out", label={"expr": "sessions > 1000"})
     with pytest.raises(DataError, match=r"label: every training row has label 0.0: one class, nothing to learn"):
         dpipe.run(dpipe.job_from_dict(spec), client=client, progress=False)
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
@@ -297,7 +297,7 @@ def test_cli_bad_input(demo_root, tmp_path, change, code, message):
 
 
 def test_cli_runtime_failure_exit_code_and_verbose_traceback(demo_root, tmp_path):
-    spec = job_dict(demo_root, tmp_path / "out", label={"expr": "age > 500"})
+    spec = job_dict(demo_root, tmp_path / "out", label={"expr": "sessions > 1000"})
     path = _write(tmp_path, spec)
     done = cli("run", path, "--set", "cluster.n_workers=1")
     assert done.returncode == 1
@@ -333,3 +333,27 @@ def test_corrupt_file_in_a_distributed_run_is_named(demo_root, client, tmp_path)
     with pytest.raises(DataError, match=r"(?s)source: cannot read file '.*date=2024-01-03/part-0.parquet'.*Hint:"):
         dpipe.run(dpipe.job_from_dict(spec), client=client, progress=False)
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_feature_ops_may_not_read_the_label(demo_root, tmp_path):
+    spec = job_dict(demo_root, tmp_path / "out")
+    spec["features"].append({"op": "filter", "expr": "converted >= 0"})
+    with pytest.raises(ColumnError, match=r"features\[5\] \(filter\): reads the label column\(s\) \['converted'\]"):
+        dpipe.run(dpipe.job_from_dict(spec), progress=False)
+
+
+def test_predict_reads_only_the_columns_the_model_needs(trained, demo_root, client, tmp_path, monkeypatch):
+    import dpipe.runner as runner
+
+    _, result = trained
+    asked = []
+    real_read = runner.read
+
+    def spy(uri, **kwargs):
+        asked.append(kwargs.get("columns"))
+        return real_read(uri, **kwargs)
+
+    monkeypatch.setattr(runner, "read", spy)
+    dpipe.predict(result.bundle_uri, str(demo_root / "events"), str(tmp_path / "s"), client=client, progress=False)
+    needed = {"event_id", "age", "tenure_days", "income", "sessions", "pages_per_session", "country", "device", "plan"}
+    assert set(asked[-1]) == needed  # not `converted` (the label) nor `date` (excluded)

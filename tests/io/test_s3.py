@@ -98,7 +98,7 @@ def test_run_writes_bundle_to_s3_then_predict_reads_it(s3_events, demo_root, cli
 def test_failed_run_leaves_nothing_at_the_output(s3_events, demo_root, client):
     s3, events = s3_events
     fs, bucket = s3["fs"], s3["bucket"]
-    job = s3_job(demo_root, s3, events, f"s3://{bucket}/runs/m1", label={"expr": "age > 1000"})
+    job = s3_job(demo_root, s3, events, f"s3://{bucket}/runs/m1", label={"expr": "sessions > 1000"})
 
     with pytest.raises(dpipe.DataError, match=r"label: every training row has label 0\.0: one class"):
         dpipe.run(job, client=client, progress=False)
@@ -111,7 +111,7 @@ def test_failed_run_keeps_the_previous_bundle(s3_events, demo_root, client):
     s3, events = s3_events
     fs, bucket = s3["fs"], s3["bucket"]
     fs.pipe(f"{bucket}/runs/m1/manifest.json", b'{"job": "previous"}')
-    job = s3_job(demo_root, s3, events, f"s3://{bucket}/runs/m1", label={"expr": "age > 1000"})
+    job = s3_job(demo_root, s3, events, f"s3://{bucket}/runs/m1", label={"expr": "sessions > 1000"})
 
     with pytest.raises(dpipe.DataError, match="one class"):
         dpipe.run(job, client=client, progress=False)

@@ -117,3 +117,9 @@ def test_environment_variables_are_interpolated_and_secrets_redacted(monkeypatch
     assert "s3cr3t" not in repr(dumped)
     with pytest.raises(SpecError, match="environment variable 'DPIPE_UNSET_VAR' is not set"):
         job_from_dict({**MINIMAL, "source": {"uri": "${DPIPE_UNSET_VAR}"}})
+
+
+def test_derived_names_cannot_take_reserved_columns():
+    spec = {**MINIMAL, "features": [{"op": "derive", "name": "__dpipe_label__", "expr": "1"}]}
+    with pytest.raises(SpecError, match=r"features\[0\].name: column names starting with '__dpipe' are reserved"):
+        job_from_dict(spec)
