@@ -49,14 +49,13 @@ def arrow_to_pandas(table: pa.Table) -> pd.DataFrame:
     return table.to_pandas(types_mapper=_types_mapper, self_destruct=True, split_blocks=True)
 
 
-def _file_format(fmt: str, schema: pa.Schema | None = None):
+def _file_format(fmt: str):
+    # Every fragment is later read with the dataset's unified schema, so CSV and JSON files are
+    # converted to the types inferred from the first file, not each to its own.
     if fmt == "parquet":
         return ds.ParquetFileFormat()
     if fmt == "csv":
-        import pyarrow.csv as pcsv
-
-        convert = pcsv.ConvertOptions(column_types=schema) if schema is not None else None
-        return ds.CsvFileFormat(convert_options=convert)
+        return ds.CsvFileFormat()
     if fmt == "json":
         return ds.JsonFileFormat()
     raise SpecError(f"source.format: unknown format {fmt!r}")  # pragma: no cover - spec validates
