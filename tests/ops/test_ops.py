@@ -17,6 +17,7 @@ from sklearn.preprocessing import OrdinalEncoder, StandardScaler
 from dpipe.errors import ColumnError, ExpressionError
 from dpipe.ops import build_op
 from dpipe.spec import OP_MODELS
+from tests.ops.test_stats import rank_error
 
 STRING = pd.StringDtype("pyarrow")
 
@@ -37,13 +38,6 @@ def apply(op, ddf) -> pd.DataFrame:
     out = ddf.map_partitions(op.transform, meta=meta).compute(scheduler="sync")
     pd.testing.assert_series_equal(out.dtypes, meta.dtypes, obj="dtypes vs describe()")
     return out
-
-
-def rank_error(data: np.ndarray, estimate: float, q: float) -> float:
-    data = np.sort(data)
-    lo = np.searchsorted(data, estimate, side="left") / len(data)
-    hi = np.searchsorted(data, estimate, side="right") / len(data)
-    return 0.0 if lo <= q <= hi else min(abs(lo - q), abs(hi - q))
 
 
 @pytest.fixture
