@@ -14,10 +14,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import platform
 from dataclasses import dataclass, field
-import importlib
 
 from dpipe.errors import BundleError
 from dpipe.io.fs import resolve, storage_errors

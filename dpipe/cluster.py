@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 from dpipe.errors import ClusterError
 from dpipe.spec import ClusterSpec

@@ -9,15 +9,17 @@ stateful op, directly or through derived columns or row filters, goes to the nex
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import dask
 import pandas as pd
 
 from dpipe.errors import BundleError
-from dpipe.ops import Op, build_op
+from dpipe.ops import Op, build_op, spec_dict
 from dpipe.spec import OP_MODELS
+from dpipe.spec.features import CustomOp
 
 FORMAT_VERSION = 1
 
@@ -28,6 +30,8 @@ class FitReport:
 
     phases: list[list[str]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+    #: What each row-changing op did (rows in/out, unmatched join keys), by its location.
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class FeaturePipeline:
@@ -51,6 +55,29 @@ class FeaturePipeline:
     @property
     def fitted(self) -> bool:
         return all(op.fitted for op in self.ops)
+
+    @property
+    def needs_label(self) -> bool:
+        """Whether an op (target encoding) reads the label columns of training frames."""
+        return any(op.needs_label for op in self.ops)
+
+    # -- other tables ------------------------------------------------------------------------
+    def sources(self) -> dict[str, Any]:
+        """Every table the ops read besides the main source, keyed ``features[i].<name>``."""
+        return {f"{op.where}.{name}": spec for op in self.ops for name, spec in op.sources().items()}
+
+    def bind(self, read: Callable[[Any, str], Any]) -> dict[str, Any]:
+        """Open the ops' tables with ``read(spec, where)`` (the caller's I/O) and hand them over.
+
+        Returns the opened tables by location, for lineage.
+        """
+        opened = {}
+        for op in self.ops:
+            tables = {name: read(spec, f"{op.where}.{name}") for name, spec in op.sources().items()}
+            if tables:
+                op.bind(tables)
+                opened.update({f"{op.where}.{name}": t for name, t in tables.items()})
+        return opened
 
     # -- schema ------------------------------------------------------------------------------
     def describe(self, meta: pd.DataFrame) -> pd.DataFrame:
@@ -133,6 +160,8 @@ class FeaturePipeline:
         fit_rows = fit_rows or (lambda frame: frame)
         report = FitReport()
         needs, op_phases, extras_phase = self._schedule(set(extra_inputs))
+        measured = [i for i, op in enumerate(self.ops) if op.filters_rows]
+        # Row changes are measured along with statistics, never by a pass of their own.
         n_phases = max([p + 1 for p in op_phases] + [extras_phase + 1 if extras else 0])
         for phase in range(n_phases):
             lazy: dict[tuple[int, str], Any] = {}
@@ -148,7 +177,11 @@ class FeaturePipeline:
                     for key, value in op.fit(fit_rows(frame)).items():
                         lazy[(i, key)] = value
                 if op.fitted:
-                    frame = frame.map_partitions(op.transform, meta=op.describe(frame._meta))
+                    before, frame = frame, op.apply(frame)
+                    if i in measured and needs[i] == phase:
+                        # Measured once, in the first pass where the op's input is final.
+                        for key, value in op.diagnose(before, frame).items():
+                            lazy[(i, "diagnose:" + key)] = value
             if extras and phase == extras_phase:
                 for key, value in extras(frame).items():
                     lazy[(-1, key)] = value
@@ -157,8 +190,12 @@ class FeaturePipeline:
             results = dict(zip(keys, values))
             names = []
             for i, op in enumerate(self.ops):
+                mine = {key: v for (j, key), v in results.items() if j == i}
+                diagnosed = {k.removeprefix("diagnose:"): v for k, v in mine.items() if k.startswith("diagnose:")}
+                if diagnosed:
+                    report.steps[op.where] = {"op": op.name, **op.check(diagnosed)}
                 if op_phases[i] == phase:
-                    op.finalize({key: v for (j, key), v in results.items() if j == i})
+                    op.finalize({k: v for k, v in mine.items() if not k.startswith("diagnose:")})
                     names.append(op.where)
             report.extras.update({key: v for (j, key), v in results.items() if j == -1})
             report.phases.append(names)
@@ -166,25 +203,42 @@ class FeaturePipeline:
 
     # -- applying ----------------------------------------------------------------------------
     def transform_partition(self, pdf: pd.DataFrame) -> pd.DataFrame:
+        """Apply every op to one pandas frame (only for pipelines of partition-wise ops)."""
+        frame_ops = [op.where for op in self.ops if not _partition_wise(op)]
+        if frame_ops:
+            raise RuntimeError(f"ops {frame_ops} need the whole Dask DataFrame; use transform()")
         for op in self.ops:
             pdf = op.transform(pdf)
         return pdf
 
     def transform(self, df):
-        """Apply every (fitted) op to a Dask DataFrame in one fused ``map_partitions``."""
+        """Apply every (fitted) op to a Dask DataFrame.
+
+        Runs of partition-wise ops become one ``map_partitions`` each; joins and dedupes apply
+        themselves between them.
+        """
         unfitted = [op.where for op in self.ops if not op.fitted]
         if unfitted:
             raise RuntimeError(f"pipeline is not fitted: {unfitted}")
-        if not self.ops:
-            return df
-        return df.map_partitions(self.transform_partition, meta=self.describe(df._meta))
+        run: list[Op] = []
+        for op in [*self.ops, None]:
+            if op is not None and _partition_wise(op):
+                run.append(op)
+                continue
+            if run:
+                chain = _Chain(tuple(run))
+                df = df.map_partitions(chain, meta=chain.describe(df._meta))
+                run = []
+            if op is not None:
+                df = op.apply(df)
+        return df
 
     # -- state -------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {
             "format_version": FORMAT_VERSION,
             "ops": [
-                {"spec": op.spec.model_dump(mode="json"), "where": op.where, "state": op.get_state()}
+                {"spec": spec_dict(op), "where": op.where, "state": op.get_state()}
                 for op in self.ops
             ],
         }
@@ -201,7 +255,9 @@ class FeaturePipeline:
             )
         ops = []
         for entry in data["ops"]:
-            spec = OP_MODELS[entry["spec"]["op"]].model_validate(entry["spec"])
+            name = entry["spec"]["op"]
+            model = OP_MODELS.get(name, CustomOp)
+            spec = model.model_validate(entry["spec"])
             op = build_op(spec, entry["where"])
             if entry["state"] is not None:
                 op.set_state(entry["state"])
@@ -211,3 +267,24 @@ class FeaturePipeline:
     @classmethod
     def from_json(cls, text: str) -> FeaturePipeline:
         return cls.from_dict(json.loads(text))
+
+
+def _partition_wise(op: Op) -> bool:
+    return type(op).apply is Op.apply
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """Partition-wise ops applied one after the other to a pandas partition (one task each)."""
+
+    ops: tuple[Op, ...]
+
+    def describe(self, meta: pd.DataFrame) -> pd.DataFrame:
+        for op in self.ops:
+            meta = op.describe(meta)
+        return meta
+
+    def __call__(self, pdf: pd.DataFrame) -> pd.DataFrame:
+        for op in self.ops:
+            pdf = op.transform(pdf)
+        return pdf

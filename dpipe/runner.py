@@ -9,9 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -22,6 +23,7 @@ from dpipe.io import StagedOutput, read, write_parquet
 from dpipe.io.sources import Source
 from dpipe.pipeline import FeaturePipeline
 from dpipe.spec import JobSpec, redacted
+from dpipe.spec.load import REDACTED
 from dpipe.train import (
     INTERNAL,
     LABEL,
@@ -112,6 +114,8 @@ class Plan:
     pipeline: FeaturePipeline
     model_input: ModelInput
     label_inputs: set[str]
+    tables: dict[str, Source] = field(default_factory=dict)
+    exclude: set[str] = field(default_factory=set)
 
 
 def plan(job: JobSpec) -> Plan:
@@ -134,16 +138,18 @@ def plan(job: JobSpec) -> Plan:
     reserved = sorted(set(meta.columns) & set(INTERNAL))
     if reserved:
         raise ColumnError(f"source: column names {reserved} are reserved by dpipe", hint="rename them")
+    pipeline = FeaturePipeline.from_specs(job.features)
+    tables = pipeline.bind(table_reader())
     labeler = Labeler(
         column=job.label.column,
         expr=job.label.expr,
         split_key=tuple(split_key),
         valid_fraction=job.split.valid_fraction,
         seed=job.split.seed,
+        folds=pipeline.needs_label,
     )
     _require(meta, sorted(labeler.label_inputs), "label.expr")
     labeled_meta = labeler(meta)
-    pipeline = FeaturePipeline.from_specs(job.features)
     for op in pipeline.ops:
         leaked = sorted(op.input_columns() & labeler.label_inputs)
         if leaked:
@@ -161,8 +167,35 @@ def plan(job: JobSpec) -> Plan:
             )
     _require(final_meta, job.train.exclude, "train.exclude")
     exclude = set(job.id_columns) | set(job.train.exclude) | labeler.label_inputs
-    model_input = ModelInput.infer(final_meta, features=job.train.features, exclude=exclude)
-    return Plan(job, source, labeler, pipeline, model_input, labeler.label_inputs)
+    # Ops such as one_hot name their output columns only once fitted: the strict check of
+    # `train.features` against them happens again after the fit.
+    model_input = ModelInput.infer(
+        final_meta, features=job.train.features, exclude=exclude, allow_missing=not pipeline.fitted
+    )
+    return Plan(job, source, labeler, pipeline, model_input, labeler.label_inputs, tables, exclude)
+
+
+def table_reader(storage_options: dict | None = None) -> Callable[[Any, str], Source]:
+    """How ops' tables (joins) are opened: ``read`` with the table's own source spec.
+
+    ``storage_options`` replace saved ones that were redacted (a bundle never stores secrets).
+    """
+
+    def open_table(spec, where: str) -> Source:
+        options = spec.storage_options
+        if storage_options is not None and any(v == REDACTED for v in options.values()):
+            options = storage_options
+        return read(
+            spec.uri,
+            format=spec.format,
+            columns=spec.columns,
+            filters=spec.filters,
+            partitioning=spec.partitioning,
+            storage_options=options,
+            where=where,
+        )
+
+    return open_table
 
 
 def _require(meta: pd.DataFrame, columns, where: str) -> None:
@@ -195,7 +228,7 @@ def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bo
     >>> result.metrics["valid"]["auc"]
     """
     reporter = Reporter(enabled=progress)
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     with reporter.stage("plan", "checking the spec against the source schema"):
         p = plan(job)
         out = StagedOutput(job.output.uri, job.output.storage_options, overwrite=job.output.overwrite, marker="manifest.json")
@@ -229,8 +262,11 @@ def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bo
             f"rows: {rows['read']} read, {rows['train']} train, {rows['valid']} valid"
             f" ({len(report.phases)} fit pass{'es' if len(report.phases) != 1 else ''})"
         )
+        for where, step in report.steps.items():
+            reporter.log(f"{where} ({step['op']}): " + ", ".join(f"{k}={v}" for k, v in step.items() if k != "op"))
 
         fitted_meta = p.pipeline.describe(labeled._meta)
+        p.model_input = ModelInput.infer(fitted_meta, features=job.train.features, exclude=p.exclude)
         p.model_input.require_categories(fitted_meta)
         keep = [*job.id_columns, LABEL, VALID]
         model_frame = p.pipeline.transform(labeled).map_partitions(
@@ -268,10 +304,12 @@ def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bo
                 "dpipe_version": library_versions().get("dpipe"),
                 "job": job.name,
                 "started_at": started.isoformat(),
-                "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "finished_at": dt.datetime.now(dt.UTC).isoformat(),
                 "spec": redacted(job),
                 "input": {"uri": job.source.uri, "format": job.source.format, "files": p.source.files},
+                "tables": {where: {"uri": t.uri, "files": t.files} for where, t in p.tables.items()},
                 "rows": rows,
+                "steps": report.steps,
                 "features": p.model_input.to_dict(),
                 "fit_phases": report.phases,
                 "timings": dict(reporter.timings),
@@ -356,6 +394,7 @@ def predict(
     ids = b.id_columns if id_columns is None else list(id_columns)
     src_spec = SourceSpec(uri=source, format=format, storage_options=storage_options or {})
     with reporter.stage("plan", "checking the source against the bundle"):
+        b.pipeline.bind(table_reader(storage_options))
         src = read(src_spec.uri, format=src_spec.format, storage_options=storage_options, where="source")
         _require(src.frame._meta, ids, "id_columns")
         # Read only what the saved ops and the model need (the source may be much wider).

@@ -11,12 +11,10 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
+from dpipe.columns import FOLD, FOLD_MODULUS, INTERNAL, LABEL, VALID
 from dpipe.errors import ColumnError, DataError, TrainingError
 from dpipe.expr import Expression
 
-LABEL = "__dpipe_label__"
-VALID = "__dpipe_valid__"
-INTERNAL = (LABEL, VALID)
 PREDICTION = "prediction"
 
 
@@ -34,6 +32,7 @@ class Labeler:
     split_key: tuple[str, ...]
     valid_fraction: float
     seed: int
+    folds: bool = False
 
     @property
     def label_inputs(self) -> set[str]:
@@ -55,8 +54,13 @@ class Labeler:
         # integer column float64 in a file where it has a missing value. Hash numbers as float64.
         key = key.astype({c: "float64" for c in key.columns if pd.api.types.is_numeric_dtype(key[c].dtype)})
         hashed = pd.util.hash_pandas_object(key, index=False).to_numpy()
-        valid = (_mix(hashed, self.seed) >> np.uint64(11)).astype("float64") / float(1 << 53) < self.valid_fraction
-        out = pdf.assign(**{LABEL: y, VALID: valid})
+        mixed = _mix(hashed, self.seed)
+        valid = (mixed >> np.uint64(11)).astype("float64") / float(1 << 53) < self.valid_fraction
+        columns = {LABEL: y, VALID: valid}
+        if self.folds:
+            # Low bits: independent of the high bits that decide the split.
+            columns[FOLD] = (mixed % np.uint64(FOLD_MODULUS)).astype("uint16")
+        out = pdf.assign(**columns)
         return out[out[LABEL].notna()]
 
 
@@ -77,9 +81,19 @@ class ModelInput:
     categorical: list[str]
 
     @classmethod
-    def infer(cls, meta: pd.DataFrame, *, features: list[str] | None, exclude: set[str]) -> ModelInput:
+    def infer(
+        cls, meta: pd.DataFrame, *, features: list[str] | None, exclude: set[str], allow_missing: bool = False
+    ) -> ModelInput:
+        """The model's inputs from the transformed frame's schema.
+
+        ``allow_missing`` skips listed features not in ``meta`` (before a fit, when ops such as
+        ``one_hot`` have not named their columns yet).
+        """
         if features is not None:
             missing = [c for c in features if c not in meta.columns]
+            if allow_missing:
+                features = [c for c in features if c in meta.columns]
+                missing = []
             if missing:
                 raise ColumnError(
                     f"train.features: column(s) {missing} not found after the feature ops; available: {list(meta.columns)}",
@@ -93,7 +107,7 @@ class ModelInput:
                 )
         else:
             features = [c for c in meta.columns if c not in exclude and c not in INTERNAL]
-        if not features:
+        if not features and not allow_missing:
             raise ColumnError("train: no feature columns left", hint="check `train.features` and `train.exclude`")
         bad = {
             c: str(meta[c].dtype)
@@ -289,7 +303,7 @@ def train_booster(client, params: dict, train_spec, X_train, y_train, X_valid, y
     one that was evaluated. Data is never pulled to the client.
     """
     import xgboost as xgb
-    import xgboost.dask  # noqa: F401  (registers xgb.dask)
+    import xgboost.dask
 
     try:
         dtrain = xgb.dask.DaskQuantileDMatrix(client, X_train, y_train, enable_categorical=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,10 +114,20 @@ class Source:
     files: list[str]
     schema: pa.Schema
     partition_columns: list[str] = field(default_factory=list)
+    fs: Any = field(default=None, repr=False)
+    paths: list[str] = field(default_factory=list, repr=False)
 
     @property
     def columns(self) -> list[str]:
         return list(self.frame.columns)
+
+    @functools.cached_property
+    def nbytes(self) -> int | None:
+        """Bytes of the selected files on storage (``None`` if the store cannot tell)."""
+        try:
+            return int(sum(self.fs.sizes(self.paths)))
+        except Exception:  # noqa: BLE001 - a size is only a hint (join strategy); never fail on it
+            return None
 
 
 def read(
@@ -220,6 +231,8 @@ def read(
         files=[t.uri for t in tasks],
         schema=schema,
         partition_columns=partition_columns,
+        fs=fs,
+        paths=[fragment.path for fragment in fragments],
     )
 
 

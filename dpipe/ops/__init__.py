@@ -1,22 +1,75 @@
-"""Feature ops, one family per module, looked up by the ``op`` name of their spec."""
+"""Feature ops, one family per module, looked up by the ``op`` name of their spec.
+
+Ops of your own subclass :class:`Op` and are named in a spec by import path
+(``{op: "mypkg.features:Winsorize", ...}``); see ``docs/ops.md``.
+"""
 
 from __future__ import annotations
 
 from dpipe.ops.base import Op
 from dpipe.ops.cleanup import FillMissing
-from dpipe.ops.encoding import Categorical
+from dpipe.ops.encoding import Categorical, OneHot, TargetEncode
 from dpipe.ops.rows import Derive, FilterRows
 from dpipe.ops.scaling import StandardScale
+from dpipe.ops.tables import Aggregate, Dedupe, Join
 
 #: op name -> implementation.
 REGISTRY: dict[str, type[Op]] = {
-    cls.name: cls for cls in (FillMissing, FilterRows, Derive, StandardScale, Categorical)
+    cls.name: cls
+    for cls in (
+        FillMissing,
+        FilterRows,
+        Derive,
+        StandardScale,
+        Categorical,
+        OneHot,
+        TargetEncode,
+        Join,
+        Aggregate,
+        Dedupe,
+    )
 }
 
 
 def build_op(spec, where: str) -> Op:
-    """Instantiate the op for one validated ``features[i]`` spec entry."""
-    return REGISTRY[spec.op](spec, where)
+    """Instantiate the op for one validated ``features[i]`` spec entry (built-in or custom)."""
+    if spec.op in REGISTRY:
+        return REGISTRY[spec.op](spec, where)
+    from dpipe.spec.custom import load_op_class, validate_params
+
+    cls = load_op_class(spec.op)
+    params = validate_params(spec.op, spec.params)
+    op = cls(params if params is not None else spec, where)
+    op.import_path = spec.op
+    return op
 
 
-__all__ = ["REGISTRY", "Categorical", "Derive", "FillMissing", "FilterRows", "Op", "StandardScale", "build_op"]
+def spec_dict(op: Op) -> dict:
+    """The JSON-able spec entry an op was built from (``op`` key included)."""
+    from dpipe.spec.load import redact
+
+    path = getattr(op, "import_path", None)
+    if path is None:
+        # Credentials of joined tables are never saved; prediction passes its own.
+        return redact(op.spec.model_dump(mode="json", by_alias=True))
+    params = op.spec.model_dump(mode="json", by_alias=True) if hasattr(op.spec, "model_dump") else {}
+    params.pop("op", None)
+    return {"op": path, **params}
+
+
+__all__ = [
+    "REGISTRY",
+    "Aggregate",
+    "Categorical",
+    "Dedupe",
+    "Derive",
+    "FillMissing",
+    "FilterRows",
+    "Join",
+    "OneHot",
+    "Op",
+    "StandardScale",
+    "TargetEncode",
+    "build_op",
+    "spec_dict",
+]

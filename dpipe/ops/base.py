@@ -8,7 +8,16 @@ An op is built from its spec model and its location in the spec (``features[2]``
 * stateful ops return lazy Dask statistics from ``fit(df)``; the pipeline computes the statistics
   of every ready op in one ``dask.compute`` and hands the results to ``finalize``, which stores
   plain JSON-able state in attributes ending in ``_``;
-* ``transform(pdf)`` is a pure function of one pandas partition; it never mutates its input.
+* ``transform(pdf)`` is a pure function of one pandas partition; it never mutates its input;
+* ``apply(df)`` applies the op to a Dask DataFrame: ``map_partitions(transform)`` unless the op
+  needs rows of other partitions (joins, dedupe), which override it;
+* ops that change the row set (``filters_rows``) are measured in the fit pass: ``diagnose``
+  returns lazy counts computed with the statistics, and ``check`` turns them into a report, or
+  a :class:`~dpipe.errors.DataError` when a join explodes or loses too many rows;
+* ops that read other tables name them in ``sources()``; the runner reads them and hands them
+  over with ``bind`` (the op never does I/O itself);
+* ops with ``needs_label`` (target encoding) see the internal label, validation and fold columns
+  in training frames (:mod:`dpipe.columns`) and never at prediction.
 
 Stateful ops never add or drop rows: only stateless ops such as ``filter`` may.
 """
@@ -30,6 +39,7 @@ class Op:
     name: ClassVar[str]
     stateful: ClassVar[bool] = False
     filters_rows: ClassVar[bool] = False
+    needs_label: ClassVar[bool] = False
 
     def __init__(self, spec, where: str):
         self.spec = spec
@@ -89,9 +99,37 @@ class Op:
     def set_state(self, state: dict) -> None:
         raise NotImplementedError
 
+    # -- other tables ------------------------------------------------------------------------
+    def sources(self) -> dict[str, Any]:
+        """Source specs of the tables this op reads, by name (none by default)."""
+        return {}
+
+    def bind(self, tables: dict[str, Any]) -> None:
+        """Receive the opened tables (:class:`dpipe.io.sources.Source`) named by ``sources()``."""
+
     # -- applying ----------------------------------------------------------------------------
     def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
         raise NotImplementedError
+
+    def apply(self, df):
+        """This op over a Dask DataFrame (lazy)."""
+        return df.map_partitions(self.transform, meta=self.describe(df._meta))
+
+    # -- measuring ---------------------------------------------------------------------------
+    def diagnose(self, before, after) -> dict[str, Any]:
+        """Lazy measurements of what the op did to the rows, computed in the fit pass."""
+        if not self.filters_rows:
+            return {}
+        return {"rows_in": count_rows(before), "rows_out": count_rows(after)}
+
+    def check(self, measured: dict[str, Any]) -> dict[str, Any]:
+        """A JSON-able report of ``measured``; raise :class:`DataError` if it is unacceptable."""
+        return {k: to_builtin(v) for k, v in measured.items()}
+
+
+def count_rows(df):
+    """Lazy number of rows of a Dask DataFrame (no column is materialised)."""
+    return df.map_partitions(len, meta=("rows", "int64")).sum()
 
 
 def _is_numeric(s: pd.Series) -> bool:

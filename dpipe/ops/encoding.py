@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
-from dpipe.errors import ColumnError
+from dpipe.columns import FOLD, LABEL, VALID
+from dpipe.errors import ColumnError, DataError
 from dpipe.ops.base import Op, to_builtin
 from dpipe.ops.stats import value_counts
 
@@ -104,6 +107,234 @@ class Categorical(Op):
                 codes[codes < 0] = np.nan
                 out[c] = pd.Series(codes, index=pdf.index)
         return pdf.assign(**out)
+
+
+def _check_discrete(op: Op, meta: pd.DataFrame) -> None:
+    bad = {c: str(meta[c].dtype) for c in op.spec.columns if pd.api.types.is_float_dtype(meta[c].dtype)}
+    bad.update({c: str(meta[c].dtype) for c in op.spec.columns if _is_temporal(meta[c].dtype)})
+    if bad:
+        raise ColumnError(
+            f"{op.where} ({op.name}): float, date and time columns cannot be encoded as categories: {bad}",
+            hint="bucketize numbers first, or cast them to integers or strings",
+        )
+
+
+def _plain(values: pd.Series) -> pd.Series:
+    """Categories as their values, integers stored as floats (a file with nulls) as integers."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.astype(values.dtype.categories.dtype)
+    return values
+
+
+def _vocab_values(counts: pd.Series) -> list:
+    values = counts.index
+    if pd.api.types.is_float_dtype(values.dtype) and np.all(np.mod(values, 1) == 0):
+        values = values.astype("int64")
+    return [to_builtin(v) for v in values]
+
+
+def _lookup(values: pd.Series, vocab: list) -> np.ndarray:
+    """Position of each value in ``vocab`` (-1: not in it, or missing)."""
+    values = _plain(values)
+    if vocab and isinstance(vocab[0], str):
+        values = values.astype(pd.StringDtype("pyarrow"))
+        index = pd.Index(vocab, dtype=pd.StringDtype("pyarrow"))
+    else:
+        index = pd.Index(vocab)
+    return index.get_indexer(values)
+
+
+_UNSAFE = re.compile(r"[^0-9A-Za-z_.-]+")
+
+
+def one_hot_name(column: str, value) -> str:
+    """``{column}_{value}`` with characters XGBoost rejects in feature names replaced."""
+    return f"{column}_{_UNSAFE.sub('_', str(value))}"
+
+
+class OneHot(Op):
+    """0/1 indicator columns for the frequent values of low-cardinality columns.
+
+    Examples
+    --------
+    ``{op: one_hot, columns: [origin], max_categories: 10}`` turns ``origin`` into
+    ``origin_EWR``, ``origin_JFK``, ``origin_LGA`` and ``origin_other`` (float32).
+    """
+
+    name = "one_hot"
+    stateful = True
+
+    def __init__(self, spec, where):
+        super().__init__(spec, where)
+        self.categories_: dict | None = None
+
+    def output_columns(self) -> set[str]:
+        if self.categories_ is None:
+            return set(self.spec.columns)
+        return set(self.spec.columns) | {n for c in self.spec.columns for n in self._names(c)}
+
+    def _names(self, column: str) -> list[str]:
+        names = [one_hot_name(column, v) for v in self.categories_[column]]
+        return names + ([f"{column}_other"] if self.spec.other else [])
+
+    def describe(self, meta):
+        self.require_columns(meta, self.spec.columns)
+        _check_discrete(self, meta)
+        if self.categories_ is None:
+            return meta.drop(columns=list(self.spec.columns))
+        return self.transform(meta)
+
+    def fit(self, df):
+        return {f"counts:{c}": value_counts(df, c) for c in self.spec.columns}
+
+    def finalize(self, stats):
+        self.categories_ = {}
+        for c in self.spec.columns:
+            counts: pd.Series = stats[f"counts:{c}"]
+            counts = counts[counts >= self.spec.min_frequency]
+            counts = counts.sort_values(ascending=False, kind="stable").head(self.spec.max_categories)
+            values = _vocab_values(counts)
+            self.categories_[c] = sorted(values, key=lambda v: (str(type(v)), v))
+            names = self._names(c)
+            clashes = sorted({n for n in names if names.count(n) > 1})
+            if clashes:
+                raise DataError(
+                    f"{self.where} ({self.name}): values of {c!r} give the same column name(s) {clashes}",
+                    hint="clean the values first (e.g. with a `derive`), or use `categorical`",
+                )
+
+    def get_state(self):
+        return None if self.categories_ is None else {"categories": self.categories_}
+
+    def set_state(self, state):
+        self.categories_ = {c: list(v) for c, v in state["categories"].items()}
+
+    def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
+        out = {}
+        for c in self.spec.columns:
+            vocab = self.categories_[c]
+            codes = _lookup(pdf[c], vocab)
+            for k, name in enumerate(self._names(c)[: len(vocab)]):
+                out[name] = (codes == k).astype("float32")
+            if self.spec.other:
+                out[f"{c}_other"] = ((codes < 0) & pdf[c].notna().to_numpy()).astype("float32")
+        frame = pdf.drop(columns=list(self.spec.columns))
+        return frame.assign(**{k: pd.Series(v, index=pdf.index) for k, v in out.items()})
+
+
+class TargetEncode(Op):
+    """Smoothed mean of the label per category, out-of-fold for the training rows.
+
+    For category ``v`` with label sum ``S_v`` over ``n_v`` training rows and prior ``p`` (the
+    label mean): ``(S_v + smooth * p) / (n_v + smooth)``. A training row in fold ``f`` is
+    encoded from the rows of the other folds only (``S_v - S_vf``, ``n_v - n_vf`` and that
+    subset's prior), so its own label never reaches its feature; this is scikit-learn's
+    ``TargetEncoder`` cross fitting. Validation rows and prediction use all training rows.
+    Unseen and missing values get the prior.
+
+    Examples
+    --------
+    ``{op: target_encode, columns: [dest, tailnum], smooth: 20}``
+    """
+
+    name = "target_encode"
+    stateful = True
+    needs_label = True
+
+    def __init__(self, spec, where):
+        super().__init__(spec, where)
+        self.encoding_: dict | None = None
+
+    def describe(self, meta):
+        self.require_columns(meta, self.spec.columns)
+        _check_discrete(self, meta)
+        if not self.fitted and LABEL not in meta.columns:
+            raise ColumnError(
+                f"{self.where} ({self.name}): needs the label to fit, and this frame has none",
+                hint="target encoding is fitted by `dpipe run`, which adds the label",
+            )
+        if LABEL in meta.columns and not pd.api.types.is_numeric_dtype(meta[LABEL].dtype):
+            raise ColumnError(f"{self.where} ({self.name}): the label must be numeric", hint="check `label`")
+        return meta.astype({c: "float32" for c in self.spec.columns})
+
+    def fit(self, df):
+        k = self.spec.folds
+        stats = {}
+        for c in self.spec.columns:
+            frame = df[[c, LABEL, FOLD]]
+            frame = frame.assign(**{FOLD: frame[FOLD] % k})
+            grouped = frame.groupby([c, FOLD], dropna=True, observed=True)[LABEL]
+            stats[f"sums:{c}"] = grouped.agg(["sum", "count"], split_out=1)
+        labels = df[[LABEL, FOLD]].assign(**{FOLD: df[FOLD] % k})
+        stats["prior"] = labels.groupby(FOLD)[LABEL].agg(["sum", "count"], split_out=1)
+        return stats
+
+    def finalize(self, stats):
+        k = self.spec.folds
+        prior = stats["prior"].reindex(range(k), fill_value=0)
+        total_sum, total_n = float(prior["sum"].sum()), float(prior["count"].sum())
+        self.encoding_ = {
+            "prior": total_sum / total_n if total_n else None,
+            "fold_sum": [float(x) for x in prior["sum"]],
+            "fold_count": [float(x) for x in prior["count"]],
+            "columns": {},
+        }
+        for c in self.spec.columns:
+            table: pd.DataFrame = stats[f"sums:{c}"]
+            per_fold = table.unstack(FOLD, fill_value=0)
+            values = _vocab_values(per_fold)
+            fold_sum = per_fold["sum"].reindex(columns=range(k), fill_value=0).to_numpy(dtype="float64")
+            fold_count = per_fold["count"].reindex(columns=range(k), fill_value=0).to_numpy(dtype="float64")
+            order = sorted(range(len(values)), key=lambda i: (str(type(values[i])), values[i]))
+            self.encoding_["columns"][c] = {
+                "values": [values[i] for i in order],
+                "fold_sum": fold_sum[order].T.tolist(),
+                "fold_count": fold_count[order].T.tolist(),
+            }
+
+    def get_state(self):
+        return self.encoding_
+
+    def set_state(self, state):
+        self.encoding_ = state
+
+    def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
+        m = self.spec.smooth
+        enc = self.encoding_
+        prior = enc["prior"] if enc["prior"] is not None else np.nan
+        training = LABEL in pdf.columns and FOLD in pdf.columns and VALID in pdf.columns
+        if training:
+            fold = (pdf[FOLD].to_numpy() % self.spec.folds).astype("int64")
+            in_train = ~pdf[VALID].to_numpy(dtype=bool)
+            fold_sum, fold_count = np.asarray(enc["fold_sum"]), np.asarray(enc["fold_count"])
+            oof_n = fold_count.sum() - fold_count
+            with np.errstate(invalid="ignore", divide="ignore"):
+                oof_prior = np.where(oof_n > 0, (fold_sum.sum() - fold_sum) / oof_n, prior)
+        out = {}
+        for c in self.spec.columns:
+            col = enc["columns"][c]
+            sums = np.asarray(col["fold_sum"], dtype="float64").reshape(self.spec.folds, -1)
+            counts = np.asarray(col["fold_count"], dtype="float64").reshape(self.spec.folds, -1)
+            codes = _lookup(pdf[c], col["values"])
+            known = codes >= 0
+            safe = np.where(known, codes, 0)
+            s, n = sums.sum(axis=0)[safe], counts.sum(axis=0)[safe]
+            value = _smoothed(s, n, m, prior, known)
+            if training and len(pdf):
+                f = fold[in_train]
+                cs, ks = safe[in_train], known[in_train]
+                oof_s = s[in_train] - sums[f, cs]
+                oof_n_c = n[in_train] - counts[f, cs]
+                value[in_train] = _smoothed(oof_s, oof_n_c, m, oof_prior[f], ks)
+            out[c] = pd.Series(value.astype("float32"), index=pdf.index)
+        return pdf.assign(**out)
+
+
+def _smoothed(s, n, m, prior, known) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = (s + m * prior) / (n + m)
+    # No row of the category (out of fold, or unseen): the prior, whatever the smoothing.
+    return np.where(known & (n > 0), value, prior).astype("float64")
 
 
 def _is_temporal(dtype) -> bool:

@@ -193,7 +193,11 @@ def _model_at(raw_loc: tuple):
 
 def redacted(job: JobSpec) -> dict:
     """The resolved spec as a dict with every ``storage_options`` value replaced by ``***``."""
-    data = job.model_dump(mode="json")
+    return redact(job.model_dump(mode="json"))
+
+
+def redact(data):
+    """Replace every ``storage_options`` value in a nested dict/list by ``***`` (in place)."""
 
     def walk(node):
         if isinstance(node, dict):

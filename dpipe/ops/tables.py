@@ -1,0 +1,294 @@
+"""Ops across rows and tables: joins with other sources, per-entity aggregates, dedupe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+
+from dpipe.errors import ColumnError, DataError
+from dpipe.ops.base import Op, count_rows, to_builtin
+
+_MATCH = "__dpipe_match__"
+
+
+class Join(Op):
+    """Left (or inner) join with another table, measured for row loss and explosion.
+
+    The right table is opened by the runner (any connector: ``source`` is a full source spec) and
+    re-read at prediction, so enrichment data is looked up, never frozen into the bundle.
+
+    Examples
+    --------
+    ``{op: join, source: {uri: data/flights/weather}, on: [origin, time_hour], prefix: wx_}``
+    """
+
+    name = "join"
+    filters_rows = True  # a join can drop (inner) or repeat (many-to-many) rows
+
+    def __init__(self, spec, where):
+        super().__init__(spec, where)
+        self._table = None
+        self._measured = None
+
+    def __getstate__(self):
+        # Never pickle the lazy right table into a task graph.
+        return {**self.__dict__, "_table": None, "_measured": None}
+
+    # -- tables ------------------------------------------------------------------------------
+    def sources(self):
+        return {"source": self.spec.source}
+
+    def bind(self, tables):
+        self._table = tables["source"]
+
+    def _require_bound(self):
+        if self._table is None:
+            raise RuntimeError(f"{self.where} ({self.name}): the right table is not opened; call pipeline.bind()")
+
+    # -- columns -----------------------------------------------------------------------------
+    def input_columns(self) -> set[str]:
+        return set(self.spec.left_keys)
+
+    def output_columns(self) -> set[str]:
+        if self._table is None:
+            return {self.spec.prefix + c for c in self.spec.columns or []}
+        return set(self._right_meta().columns) - set(self.spec.left_keys)
+
+    def _right_columns(self, right_meta: pd.DataFrame) -> list[str]:
+        keys = self.spec.right_keys
+        missing = [c for c in keys + list(self.spec.columns or []) if c not in right_meta.columns]
+        if missing:
+            raise ColumnError(
+                f"{self.where} ({self.name}): column(s) {missing} not found in {self.spec.source.uri!r};"
+                f" available: {list(right_meta.columns)}",
+                hint=f"check `{self.where}.right_on`/`on` and `{self.where}.columns`",
+            )
+        return list(self.spec.columns or [c for c in right_meta.columns if c not in keys])
+
+    def _prepare(self, right, left_meta: pd.DataFrame):
+        """Project and rename the right side: right keys take the left names, values the prefix."""
+        columns = self._right_columns(right._meta if hasattr(right, "_meta") else right)
+        right = right[self.spec.right_keys + columns]
+        renames = dict(zip(self.spec.right_keys, self.spec.left_keys))
+        renames.update({c: self.spec.prefix + c for c in columns})
+        right = right.rename(columns=renames)
+        casts = {}
+        for left_key in self.spec.left_keys:
+            lt, rt = left_meta[left_key].dtype, right._meta[left_key].dtype if hasattr(right, "_meta") else right[left_key].dtype
+            if lt == rt:
+                continue
+            if pd.api.types.is_numeric_dtype(lt) and pd.api.types.is_numeric_dtype(rt):
+                casts[left_key] = "float64"
+            elif pd.api.types.is_string_dtype(lt) and pd.api.types.is_string_dtype(rt) or pd.api.types.is_datetime64_any_dtype(lt) and pd.api.types.is_datetime64_any_dtype(rt):
+                casts[left_key] = lt
+            else:
+                raise ColumnError(
+                    f"{self.where} ({self.name}): key {left_key!r} is {lt} on the left but {rt} in"
+                    f" {self.spec.source.uri!r}",
+                    hint="cast one side (a `cast` op, or fix the data) so the keys compare equal",
+                )
+        return right.astype(casts) if casts else right, casts
+
+    def _right_meta(self) -> pd.DataFrame:
+        meta = self._table.frame._meta
+        columns = self._right_columns(meta)
+        renames = dict(zip(self.spec.right_keys, self.spec.left_keys))
+        renames.update({c: self.spec.prefix + c for c in columns})
+        return meta[self.spec.right_keys + columns].rename(columns=renames)
+
+    def describe(self, meta):
+        self._require_bound()
+        self.require_columns(meta, self.spec.left_keys)
+        right_meta = self._right_meta()
+        clash = sorted((set(right_meta.columns) - set(self.spec.left_keys)) & set(meta.columns))
+        if clash:
+            raise ColumnError(
+                f"{self.where} ({self.name}): column(s) {clash} exist on both sides of the join",
+                hint=f"set `{self.where}.prefix` (e.g. `prefix: right_`) or pick `{self.where}.columns`",
+            )
+        right_meta, casts = self._prepare(right_meta, meta)
+        left = meta.astype(casts) if casts else meta
+        return left.merge(right_meta, how=self.spec.how, on=self.spec.left_keys)
+
+    # -- applying ----------------------------------------------------------------------------
+    def _broadcast(self) -> bool:
+        if self.spec.strategy != "auto":
+            return self.spec.strategy == "broadcast"
+        return self._table.nbytes is not None and self._table.nbytes <= self.spec.broadcast_limit
+
+    def apply(self, df):
+        self._require_bound()
+        right, casts = self._prepare(self._table.frame, df._meta)
+        if casts:
+            df = df.astype(casts)
+        if self._broadcast():
+            # One partition: merged blockwise into every left partition, no shuffle of the left.
+            right = right.repartition(npartitions=1)
+        merged = dd.merge(df, right, how="left", on=self.spec.left_keys, indicator=_MATCH)
+        out = merged[merged[_MATCH] == "both"] if self.spec.how == "inner" else merged
+        self._measured = (df, merged, right)
+        return out.drop(columns=[_MATCH])
+
+    def diagnose(self, before, after):
+        left, merged, right = self._measured
+        sizes = right.groupby(self.spec.left_keys, dropna=False).size()
+        return {
+            "rows_in": count_rows(left),
+            "rows_out": count_rows(after),
+            "unmatched": (merged[_MATCH] == "left_only").sum(),
+            "right_rows": count_rows(right),
+            "duplicate_keys": (sizes > 1).sum(),
+            "max_rows_per_key": sizes.max(),
+        }
+
+    def check(self, measured: dict[str, Any]) -> dict[str, Any]:
+        m = {k: to_builtin(v) for k, v in measured.items()}
+        m["max_rows_per_key"] = m["max_rows_per_key"] or 0
+        keys, uri = self.spec.right_keys, self.spec.source.uri
+        where = f"{self.where} ({self.name} {uri!r} on {keys})"
+        if self.spec.validate_keys == "many_to_one" and m["duplicate_keys"]:
+            raise DataError(
+                f"{where}: {m['duplicate_keys']} key(s) have more than one row in the right table (up to"
+                f" {m['max_rows_per_key']}); the join would repeat {m['rows_in']} left rows into"
+                f" {m['rows_out'] if self.spec.how == 'left' else 'more'} rows",
+                hint=f"make the right keys unique (`{self.where}.source.filters`), or set `validate: many_to_many`",
+            )
+        rows_in = m["rows_in"]
+        m["unmatched_fraction"] = round(m["unmatched"] / rows_in, 6) if rows_in else 0.0
+        limit = self.spec.max_unmatched_fraction
+        if limit is not None and m["unmatched_fraction"] > limit:
+            raise DataError(
+                f"{where}: {m['unmatched']} of {rows_in} rows ({m['unmatched_fraction']:.1%}) found no match,"
+                f" more than max_unmatched_fraction {limit}",
+                hint="check the keys' values and types on both sides, or raise `max_unmatched_fraction`",
+            )
+        m["strategy"] = "broadcast" if self._broadcast() else "shuffle"
+        return m
+
+
+class Aggregate(Op):
+    """Group-by statistics per entity, fitted on the training rows and joined back by key.
+
+    Examples
+    --------
+    ``{op: aggregate, by: [tailnum], columns: {dep_delay: [mean, max]}}`` adds
+    ``tailnum_count``, ``tailnum_dep_delay_mean`` and ``tailnum_dep_delay_max``.
+    """
+
+    name = "aggregate"
+    stateful = True
+
+    def __init__(self, spec, where):
+        super().__init__(spec, where)
+        self.table_: dict | None = None
+        self._frame: pd.DataFrame | None = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_frame": None}
+
+    def _outputs(self) -> list[str]:
+        prefix = self.spec.output_prefix
+        names = [f"{prefix}count"] if self.spec.count else []
+        return names + [f"{prefix}{c}_{agg}" for c, aggs in self.spec.columns.items() for agg in aggs]
+
+    def input_columns(self) -> set[str]:
+        return set(self.spec.by) | set(self.spec.columns)
+
+    def output_columns(self) -> set[str]:
+        return set(self._outputs())
+
+    def describe(self, meta):
+        self.require_columns(meta, self.spec.by)
+        numeric = [c for c, aggs in self.spec.columns.items() if set(aggs) - {"count", "nunique"}]
+        self.require_columns(meta, numeric, numeric=True)
+        self.require_columns(meta, self.spec.columns)
+        clash = sorted(set(self._outputs()) & set(meta.columns))
+        if clash:
+            raise ColumnError(
+                f"{self.where} ({self.name}): output column(s) {clash} already exist",
+                hint=f"set `{self.where}.prefix`",
+            )
+        return meta.assign(**{c: pd.Series(dtype="float64") for c in self._outputs()})
+
+    def fit(self, df):
+        grouped = df.groupby(list(self.spec.by), dropna=True)
+        stats = {}
+        if self.spec.count:
+            stats["count"] = grouped.size(split_out=1)
+        for column, aggs in self.spec.columns.items():
+            for agg in aggs:
+                stats[f"{column}:{agg}"] = getattr(grouped[column], agg)(split_out=1)
+        return stats
+
+    def finalize(self, stats):
+        prefix = self.spec.output_prefix
+        series = {}
+        if self.spec.count:
+            series[f"{prefix}count"] = stats["count"]
+        for column, aggs in self.spec.columns.items():
+            for agg in aggs:
+                series[f"{prefix}{column}_{agg}"] = stats[f"{column}:{agg}"]
+        table = pd.DataFrame(series).reset_index()
+        self.table_ = {c: [to_builtin(v) for v in table[c]] for c in table.columns}
+        self._frame = None
+
+    def get_state(self):
+        return None if self.table_ is None else {"table": self.table_}
+
+    def set_state(self, state):
+        self.table_ = {c: list(v) for c, v in state["table"].items()}
+        self._frame = None
+
+    def _lookup_table(self, key_dtypes: dict) -> pd.DataFrame:
+        if self._frame is None or dict(self._frame.index.to_frame().dtypes) != key_dtypes:
+            table = pd.DataFrame(self.table_)
+            table = table.astype({c: key_dtypes[c] for c in self.spec.by})
+            table = table.astype({c: "float64" for c in self._outputs()})
+            self._frame = table.set_index(list(self.spec.by))
+        return self._frame
+
+    def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
+        key_dtypes = {c: pdf[c].dtype for c in self.spec.by}
+        table = self._lookup_table(key_dtypes)
+        keys = pd.MultiIndex.from_frame(pdf[list(self.spec.by)]) if len(self.spec.by) > 1 else pd.Index(pdf[self.spec.by[0]])
+        rows = table.index.get_indexer(keys)
+        out = {}
+        for c in self._outputs():
+            values = table[c].to_numpy()[np.where(rows >= 0, rows, 0)] if len(table) else np.full(len(pdf), np.nan)
+            values = np.where(rows >= 0, values, 0.0 if c == f"{self.spec.output_prefix}count" else np.nan)
+            out[c] = pd.Series(values.astype("float64"), index=pdf.index)
+        return pdf.assign(**out)
+
+
+class Dedupe(Op):
+    """One row per key; rows are shuffled by key so duplicates from any files meet.
+
+    Examples
+    --------
+    ``{op: dedupe, key: [flight_id], order_by: updated_at, keep: last}``
+    """
+
+    name = "dedupe"
+    filters_rows = True
+
+    def input_columns(self) -> set[str]:
+        return set(self.spec.key) | ({self.spec.order_by} if self.spec.order_by else set())
+
+    def output_columns(self) -> set[str]:
+        return set()
+
+    def describe(self, meta):
+        self.require_columns(meta, self.input_columns())
+        return meta
+
+    def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
+        if self.spec.order_by:
+            pdf = pdf.sort_values(self.spec.order_by, kind="stable", na_position="first")
+        return pdf.drop_duplicates(subset=list(self.spec.key), keep=self.spec.keep)
+
+    def apply(self, df):
+        shuffled = df.shuffle(on=list(self.spec.key)) if df.npartitions > 1 else df
+        return shuffled.map_partitions(self.transform, meta=self.describe(df._meta))
