@@ -63,8 +63,8 @@ class FeaturePipeline:
         """The input columns needed to produce ``outputs`` (and to apply every row filter)."""
         needed = set(outputs)
         for op in reversed(self.ops):
-            if op.filters_rows:
-                needed |= op.input_columns()
+            if op.filters_rows or op.requires_inputs:
+                needed = (needed - (op.output_columns() - op.input_columns())) | op.input_columns()
             elif needed & op.output_columns():
                 needed = (needed - (op.output_columns() - op.input_columns())) | op.input_columns()
         return needed

@@ -30,6 +30,9 @@ class Op:
     name: ClassVar[str]
     stateful: ClassVar[bool] = False
     filters_rows: ClassVar[bool] = False
+    #: The op checks for its input columns even when nothing downstream reads what it writes
+    #: (``select``, ``drop``, ``rename``), so they must be read at prediction too.
+    requires_inputs: ClassVar[bool] = False
 
     def __init__(self, spec, where: str):
         self.spec = spec
