@@ -231,7 +231,7 @@ def _cast(series: pd.Series, target: str, fmt: str | None) -> tuple[pd.Series, p
     ok = floats.notna().to_numpy()
     if target == "float32":
         # Beyond float32's range numpy warns and gives inf: that is a value that cannot be cast.
-        ok &= ~(finite & (np.abs(floats.to_numpy()) > _FLOAT32_MAX))
+        ok = ok & ~(finite & (np.abs(floats.to_numpy()) > _FLOAT32_MAX))
     return floats.where(ok).astype(target), present & ~ok
 
 
