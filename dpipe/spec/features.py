@@ -316,16 +316,23 @@ class Bucketize(Strict):
     columns: ColumnList
     strategy: Literal["fixed", "uniform", "quantile"] = "quantile"
     boundaries: list[float] | None = None
-    n_bins: int = 10
+    n_bins: int | None = None  # 10 for uniform and quantile
 
     _check_unique = field_validator("columns")(_unique)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_n_bins(cls, data):
+        if isinstance(data, dict) and data.get("strategy", "quantile") != "fixed" and data.get("n_bins") is None:
+            data = {**data, "n_bins": 10}
+        return data
 
     @model_validator(mode="after")
     def _params_match_strategy(self):
         if self.strategy == "fixed":
             if not self.boundaries:
                 raise ValueError("strategy 'fixed' needs `boundaries` (at least one number)")
-            if "n_bins" in self.model_fields_set:
+            if self.n_bins is not None:
                 raise ValueError("`n_bins` is not used with strategy 'fixed' (the boundaries define the bins)")
             b = self.boundaries
             if any(lo >= hi for lo, hi in zip(b, b[1:])):
