@@ -91,7 +91,7 @@ def _mode(counts: pd.Series):
     try:
         return to_builtin(top.sort_values()[0])
     except TypeError:  # a mixed-type object column: compare as text
-        return to_builtin(sorted(top, key=str)[0])
+        return to_builtin(min(top, key=str))
 
 
 class DropMissing(Op):

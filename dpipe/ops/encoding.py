@@ -9,7 +9,6 @@ from dpipe.errors import ColumnError, DataError
 from dpipe.ops.base import Op, to_builtin
 from dpipe.ops.stats import value_counts
 
-
 #: Category of the out-of-vocabulary bucket of ``categorical`` with ``unknown: bucket``.
 OTHER = "__other__"
 

@@ -242,4 +242,3 @@ class Bucketize(Op):
                 codes[np.isnan(x)] = np.nan
             out[c] = pd.Series(codes, index=pdf.index)
         return pdf.assign(**out)
-

@@ -6,6 +6,7 @@ by the ``op`` name. Keeping them here lets ``dpipe validate`` check a spec witho
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
@@ -335,7 +336,7 @@ class Bucketize(Strict):
             if self.n_bins is not None:
                 raise ValueError("`n_bins` is not used with strategy 'fixed' (the boundaries define the bins)")
             b = self.boundaries
-            if any(lo >= hi for lo, hi in zip(b, b[1:])):
+            if any(lo >= hi for lo, hi in pairwise(b)):
                 raise ValueError(f"`boundaries` must be strictly increasing, got {b}")
         else:
             if self.boundaries is not None:
@@ -353,7 +354,7 @@ class MinMaxScale(Strict):
 
     op: Literal["minmax_scale"]
     columns: ColumnList
-    feature_range: list[float] = [0.0, 1.0]
+    feature_range: list[float] = Field(default_factory=lambda: [0.0, 1.0])
 
     _check_unique = field_validator("columns")(_unique)
 
@@ -371,7 +372,7 @@ class RobustScale(Strict):
 
     op: Literal["robust_scale"]
     columns: ColumnList
-    quantile_range: list[float] = [25.0, 75.0]
+    quantile_range: list[float] = Field(default_factory=lambda: [25.0, 75.0])
     with_centering: bool = True
     with_scaling: bool = True
 
@@ -405,7 +406,7 @@ _MODELS = (
     Categorical, HashBucket,
 )  # fmt: skip
 
-OpSpec = Annotated[Union[_MODELS], Field(discriminator="op")]
+OpSpec = Annotated[Union[_MODELS], Field(discriminator="op")]  # noqa: UP007 (a tuple of models)
 
 #: Names of the built-in ops, as written in a spec's ``op`` field.
 OP_MODELS = {

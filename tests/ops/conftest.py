@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import partial
+from itertools import pairwise
 
 import dask
 import dask.dataframe as dd
@@ -22,7 +22,7 @@ def spec(op: str, **params):
 def with_empty_partition(pdf: pd.DataFrame, npartitions: int = 4) -> dd.DataFrame:
     """``pdf`` split into ``npartitions`` partitions plus an empty one in the middle."""
     bounds = np.linspace(0, len(pdf), npartitions + 1).astype(int)
-    parts = [pdf.iloc[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
+    parts = [pdf.iloc[lo:hi] for lo, hi in pairwise(bounds)]
     parts.insert(len(parts) // 2, pdf.iloc[:0])
     return dd.from_map(lambda i: parts[i], range(len(parts)), meta=pdf.iloc[:0], enforce_metadata=False)
 

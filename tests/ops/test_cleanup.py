@@ -13,7 +13,15 @@ from pydantic import ValidationError
 from dpipe.errors import ColumnError, DataError
 from dpipe.ops import build_op
 from dpipe.pipeline import FeaturePipeline
-from tests.ops.conftest import STRING, assert_not_mutated, fit_pipeline, fit_transform, spec, transform, with_empty_partition
+from tests.ops.conftest import (
+    STRING,
+    assert_not_mutated,
+    fit_pipeline,
+    fit_transform,
+    spec,
+    transform,
+    with_empty_partition,
+)
 
 
 @pytest.fixture
@@ -36,8 +44,9 @@ def frame() -> pd.DataFrame:
 
 # -- fill_missing: mode ----------------------------------------------------------------------------
 def test_fill_mode_matches_pandas_for_strings_and_numbers(frame):
-    pipe, calls = fit_pipeline([{"op": "fill_missing", "columns": ["k", "city"], "strategy": "mode"}],
-                               with_empty_partition(frame))
+    pipe, calls = fit_pipeline(
+        [{"op": "fill_missing", "columns": ["k", "city"], "strategy": "mode"}], with_empty_partition(frame)
+    )
     assert calls == [2]
     op = pipe.ops[0]
     # pandas' mode lists every most frequent value, sorted: the first is the smallest.
@@ -49,8 +58,9 @@ def test_fill_mode_matches_pandas_for_strings_and_numbers(frame):
 
 def test_fill_mode_ties_go_to_the_smallest_value():
     df = pd.DataFrame({"n": [10, 9, 2, 10, 2, 9, np.nan], "s": ["b", "a", "b", "a", None, "c", "c"]})
-    pipe, _ = fit_pipeline([{"op": "fill_missing", "columns": ["n", "s"], "strategy": "mode"}],
-                           dd.from_pandas(df, npartitions=3))
+    pipe, _ = fit_pipeline(
+        [{"op": "fill_missing", "columns": ["n", "s"], "strategy": "mode"}], dd.from_pandas(df, npartitions=3)
+    )
     assert pipe.ops[0].values_ == {"n": 2.0, "s": "a"}
     assert pipe.ops[0].values_ == {"n": df["n"].mode().min(), "s": df["s"].mode().min()}
 
@@ -104,8 +114,14 @@ def test_cast_matches_pandas(raw):
             "yes": pd.array([True, False, None, True, False], dtype="boolean"),
             "zero_one": pd.array([False, True, True, False, True], dtype="boolean"),
             "day": pd.Series(
-                [pd.Timestamp("2024-05-01"), pd.Timestamp("2024-05-02 13:45"), None, pd.Timestamp("2023-12-31"),
-                 pd.Timestamp("2024-02-29")], dtype="datetime64[us]",
+                [
+                    pd.Timestamp("2024-05-01"),
+                    pd.Timestamp("2024-05-02 13:45"),
+                    None,
+                    pd.Timestamp("2023-12-31"),
+                    pd.Timestamp("2024-02-29"),
+                ],
+                dtype="datetime64[us]",
             ),
             "code": pd.array(["10", "20", "30", "40", "50"], dtype=STRING),
         }
@@ -114,7 +130,9 @@ def test_cast_matches_pandas(raw):
 
 
 def test_cast_strings_with_a_format_and_offsets():
-    df = pd.DataFrame({"d": ["01/05/2024 10:00", "31/12/2023 23:59", None], "iso": ["2024-05-01T12:00:00+02:00", None, "2024-05-01"]})
+    df = pd.DataFrame(
+        {"d": ["01/05/2024 10:00", "31/12/2023 23:59", None], "iso": ["2024-05-01T12:00:00+02:00", None, "2024-05-01"]}
+    )
     op = build_op(spec("cast", columns={"d": "datetime"}, format="%d/%m/%Y %H:%M"), "features[0]")
     out = op.transform(df)
     assert out["d"].tolist()[:2] == [pd.Timestamp("2024-05-01 10:00"), pd.Timestamp("2023-12-31 23:59")]
@@ -152,7 +170,9 @@ def test_cast_errors_travel_from_dask_tasks(raw):
 
 def test_cast_refuses_numbers_to_date_times(raw):
     op = build_op(spec("cast", columns={"code": "datetime"}), "features[0]")
-    with pytest.raises(ColumnError, match=r"cannot cast between numbers and date-times: \{'code': 'int64 -> datetime'\}"):
+    with pytest.raises(
+        ColumnError, match=r"cannot cast between numbers and date-times: \{'code': 'int64 -> datetime'\}"
+    ):
         op.describe(raw.iloc[:0])
 
 
@@ -164,7 +184,9 @@ def test_cast_keeps_big_integers_exact():
 
 # -- clip ------------------------------------------------------------------------------------------
 def test_clip_fixed_bounds_match_pandas(frame):
-    pipe, calls = fit_pipeline([{"op": "clip", "columns": ["x", "k"], "lower": 0, "upper": 60}], with_empty_partition(frame))
+    pipe, calls = fit_pipeline(
+        [{"op": "clip", "columns": ["x", "k"], "lower": 0, "upper": 60}], with_empty_partition(frame)
+    )
     assert calls == [] and not pipe.ops[0].stateful
     out = transform(pipe, with_empty_partition(frame))
     pd.testing.assert_series_equal(out["x"], frame["x"].clip(0, 60))
@@ -179,7 +201,9 @@ def test_clip_one_sided():
 
 
 def test_clip_quantiles_are_learned_like_numpy(frame):
-    pipe, calls = fit_pipeline([{"op": "clip", "columns": ["x", "k"], "quantiles": [0.05, 0.9]}], with_empty_partition(frame))
+    pipe, calls = fit_pipeline(
+        [{"op": "clip", "columns": ["x", "k"], "quantiles": [0.05, 0.9]}], with_empty_partition(frame)
+    )
     assert calls == [2]
     op = pipe.ops[0]
     x = frame["x"].dropna().to_numpy()
@@ -225,13 +249,17 @@ def test_rename_swap_and_taken_names(frame):
     out = build_op(spec("rename", columns={"x": "k", "k": "x"}), "f").transform(frame)
     pd.testing.assert_series_equal(out["k"], frame["x"].rename("k"))
     op = build_op(spec("rename", columns={"x": "city"}), "features[2]")
-    with pytest.raises(ColumnError, match=r"features\[2\] \(rename\): new name\(s\) \['city'\] are taken by existing columns"):
+    with pytest.raises(
+        ColumnError, match=r"features\[2\] \(rename\): new name\(s\) \['city'\] are taken by existing columns"
+    ):
         op.describe(frame.iloc[:0])
 
 
 @pytest.mark.parametrize("op", ["select", "drop", "drop_missing"])
 def test_column_ops_name_missing_columns(frame, op):
-    with pytest.raises(ColumnError, match=rf"(?s)features\[1\] \({op}\): column\(s\) \['cty'\] not found.*did you mean 'city'"):
+    with pytest.raises(
+        ColumnError, match=rf"(?s)features\[1\] \({op}\): column\(s\) \['cty'\] not found.*did you mean 'city'"
+    ):
         build_op(spec(op, columns=["cty"]), "features[1]").describe(frame.iloc[:0])
 
 
@@ -257,11 +285,20 @@ def test_transform_never_mutates_its_input(frame, entry):
     ("entry", "message"),
     [
         ({"op": "clip", "columns": ["x"]}, "needs `lower` and/or `upper`, or `quantiles"),
-        ({"op": "clip", "columns": ["x"], "lower": 5, "upper": 1}, "`lower` must not exceed `upper`, got lower=5 > upper=1"),
-        ({"op": "clip", "columns": ["x"], "quantiles": [0.1, 1.5]}, r"`quantiles` must lie within \[0, 1\], got \[0.1, 1.5\]"),
+        (
+            {"op": "clip", "columns": ["x"], "lower": 5, "upper": 1},
+            "`lower` must not exceed `upper`, got lower=5 > upper=1",
+        ),
+        (
+            {"op": "clip", "columns": ["x"], "quantiles": [0.1, 1.5]},
+            r"`quantiles` must lie within \[0, 1\], got \[0.1, 1.5\]",
+        ),
         ({"op": "clip", "columns": ["x"], "quantiles": [0.9, 0.1]}, r"`quantiles` must be increasing"),
         ({"op": "clip", "columns": ["x"], "lower": 0, "quantiles": [0.1, 0.9]}, "not both"),
-        ({"op": "cast", "columns": {"x": "flaot"}}, r"unknown cast type\(s\) \{'x': 'flaot'\}; expected one of \['float32'"),
+        (
+            {"op": "cast", "columns": {"x": "flaot"}},
+            r"unknown cast type\(s\) \{'x': 'flaot'\}; expected one of \['float32'",
+        ),
         ({"op": "cast", "columns": {"x": "category"}}, "use the `categorical` op for categories"),
         ({"op": "rename", "columns": {"a": "c", "b": "c"}}, r"several columns renamed to the same name: \['c'\]"),
         ({"op": "rename", "columns": {"a": "__dpipe_x"}}, "reserved by dpipe"),
@@ -278,7 +315,10 @@ def test_yaml_spec_errors_name_the_feature():
     from dpipe.errors import SpecError
     from dpipe.spec import job_from_dict
 
-    job = {"source": {"uri": "data.parquet"}, "label": {"column": "y"},
-           "features": [{"op": "select", "columns": ["a"]}, {"op": "clip", "columns": ["a"], "quantiles": [0.2, 2]}]}
+    job = {
+        "source": {"uri": "data.parquet"},
+        "label": {"column": "y"},
+        "features": [{"op": "select", "columns": ["a"]}, {"op": "clip", "columns": ["a"], "quantiles": [0.2, 2]}],
+    }
     with pytest.raises(SpecError, match=r"features\[1\]\.quantiles: `quantiles` must lie within \[0, 1\]"):
         job_from_dict(job, origin="job.yaml")

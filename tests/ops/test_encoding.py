@@ -26,8 +26,12 @@ def train() -> pd.DataFrame:
 
 @pytest.fixture
 def new() -> pd.DataFrame:
-    return pd.DataFrame({"city": pd.array(["utr", "paris", None, "gro", "ams"], dtype=STRING),
-                         "code": pd.array([2, 77, None, 4, 10], dtype="Int64")})
+    return pd.DataFrame(
+        {
+            "city": pd.array(["utr", "paris", None, "gro", "ams"], dtype=STRING),
+            "code": pd.array([2, 77, None, 4, 10], dtype="Int64"),
+        }
+    )
 
 
 def _values(series):
@@ -50,7 +54,11 @@ def test_unknown_bucket_with_category_encoding(train, new):
 
     # Training output and a reloaded pipeline give the very same dtype.
     train_out = pipe.transform(with_empty_partition(train)).compute(scheduler="sync")
-    reloaded = FeaturePipeline.from_json(pipe.to_json()).transform(dd.from_pandas(new, npartitions=1)).compute(scheduler="sync")
+    reloaded = (
+        FeaturePipeline.from_json(pipe.to_json())
+        .transform(dd.from_pandas(new, npartitions=1))
+        .compute(scheduler="sync")
+    )
     for c in ("city", "code"):
         assert train_out[c].dtype == out[c].dtype == reloaded[c].dtype
 
@@ -60,8 +68,13 @@ def test_unknown_bucket_ordinal_matches_sklearn(train, new):
     pipe, _ = fit_pipeline([entry], with_empty_partition(train))
     out = transform(pipe, with_empty_partition(new, 2))
     vocab = pipe.ops[0].categories_["city"]
-    ref = OrdinalEncoder(categories=[vocab], handle_unknown="use_encoded_value", unknown_value=len(vocab),
-                         encoded_missing_value=np.nan, dtype=np.float32).fit(np.array(vocab, dtype=object).reshape(-1, 1))
+    ref = OrdinalEncoder(
+        categories=[vocab],
+        handle_unknown="use_encoded_value",
+        unknown_value=len(vocab),
+        encoded_missing_value=np.nan,
+        dtype=np.float32,
+    ).fit(np.array(vocab, dtype=object).reshape(-1, 1))
     # scikit-learn buckets NaN too (it is not in the vocabulary); dpipe keeps it missing.
     present = new["city"].notna().to_numpy()
     as_object = new["city"][present].astype(object).to_numpy().reshape(-1, 1)
@@ -70,15 +83,19 @@ def test_unknown_bucket_ordinal_matches_sklearn(train, new):
 
 
 def test_unknown_bucket_with_an_empty_vocabulary(train, new):
-    pipe, _ = fit_pipeline([{"op": "categorical", "columns": ["city"], "min_frequency": 100, "unknown": "bucket"}],
-                           dd.from_pandas(train, npartitions=2))
+    pipe, _ = fit_pipeline(
+        [{"op": "categorical", "columns": ["city"], "min_frequency": 100, "unknown": "bucket"}],
+        dd.from_pandas(train, npartitions=2),
+    )
     out = transform(pipe, dd.from_pandas(new, npartitions=2))
     assert list(out["city"].cat.categories) == ["__other__"]
     assert out["city"].cat.codes.tolist() == [0, 0, -1, 0, 0]
 
 
 def test_unknown_missing_stays_the_default(train, new):
-    pipe, _ = fit_pipeline([{"op": "categorical", "columns": ["city"], "min_frequency": 2}], dd.from_pandas(train, npartitions=2))
+    pipe, _ = fit_pipeline(
+        [{"op": "categorical", "columns": ["city"], "min_frequency": 2}], dd.from_pandas(train, npartitions=2)
+    )
     out = transform(pipe, dd.from_pandas(new, npartitions=2))
     assert _values(out["city"]) == ["utr", None, None, None, "ams"]
 
@@ -91,12 +108,20 @@ def test_unknown_bucket_refuses_a_real_other_value():
 
 # -- hash_bucket -------------------------------------------------------------------------------------
 def test_hash_bucket_is_stable_and_consistent_across_partitions(train, new):
-    pipe, calls = fit_pipeline([{"op": "hash_bucket", "columns": ["city", "code"], "n_buckets": 16}], with_empty_partition(train))
+    pipe, calls = fit_pipeline(
+        [{"op": "hash_bucket", "columns": ["city", "code"], "n_buckets": 16}], with_empty_partition(train)
+    )
     assert calls == []
     out = transform(pipe, with_empty_partition(new, 2))
     assert out["city"].dtype == pd.CategoricalDtype(pd.RangeIndex(16))
     # Pinned values: the hash must not change between processes, machines or runs.
-    assert _values(out["city"]) == [_bucket("utr", 16), _bucket("paris", 16), None, _bucket("gro", 16), _bucket("ams", 16)]
+    assert _values(out["city"]) == [
+        _bucket("utr", 16),
+        _bucket("paris", 16),
+        None,
+        _bucket("gro", 16),
+        _bucket("ams", 16),
+    ]
     assert _values(out["city"]) == [2, 15, None, 14, 4]
     assert _values(out["code"]) == [_bucket("2", 16), _bucket("77", 16), None, _bucket("4", 16), _bucket("10", 16)]
     train_out = transform(pipe, with_empty_partition(train))

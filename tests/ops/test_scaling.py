@@ -35,8 +35,14 @@ def data() -> pd.DataFrame:
 
 @pytest.fixture
 def unseen() -> pd.DataFrame:
-    return pd.DataFrame({"x": [-1e3, 100.0, np.nan], "y": [0.0, 1e9, 5.0], "k": pd.array([None, 99, -50], dtype="Int64"),
-                         "s": pd.array(["a", None, "c"], dtype=STRING)})
+    return pd.DataFrame(
+        {
+            "x": [-1e3, 100.0, np.nan],
+            "y": [0.0, 1e9, 5.0],
+            "k": pd.array([None, 99, -50], dtype="Int64"),
+            "s": pd.array(["a", None, "c"], dtype=STRING),
+        }
+    )
 
 
 def _floats(frame):
@@ -45,8 +51,9 @@ def _floats(frame):
 
 @pytest.mark.parametrize("feature_range", [[0, 1], [-3, 2.5]])
 def test_minmax_scale_matches_sklearn(data, unseen, feature_range):
-    pipe, calls = fit_pipeline([{"op": "minmax_scale", "columns": COLUMNS, "feature_range": feature_range}],
-                               with_empty_partition(data))
+    pipe, calls = fit_pipeline(
+        [{"op": "minmax_scale", "columns": COLUMNS, "feature_range": feature_range}], with_empty_partition(data)
+    )
     assert calls == [1]
     # scikit-learn ignores NaN when fitting and keeps it when transforming, like dpipe.
     ref = MinMaxScaler(feature_range=tuple(feature_range)).fit(_floats(data))
@@ -72,7 +79,9 @@ def test_minmax_scale_matches_dask_ml(data):
 
 def test_minmax_constant_and_empty_columns_like_sklearn():
     df = pd.DataFrame({"c": np.full(40, 7.5), "e": np.full(40, np.nan)})
-    pipe, _ = fit_pipeline([{"op": "minmax_scale", "columns": ["c", "e"], "feature_range": [2, 3]}], dd.from_pandas(df, npartitions=4))
+    pipe, _ = fit_pipeline(
+        [{"op": "minmax_scale", "columns": ["c", "e"], "feature_range": [2, 3]}], dd.from_pandas(df, npartitions=4)
+    )
     out = transform(pipe, dd.from_pandas(df, npartitions=4))
     np.testing.assert_array_equal(out["c"], MinMaxScaler(feature_range=(2, 3)).fit_transform(df[["c"]])[:, 0])
     assert (out["c"] == 2).all() and out["e"].isna().all()
@@ -105,7 +114,9 @@ def test_robust_scale_matches_sklearn(data, unseen, params, sk):
 def test_robust_scale_of_many_values_stays_close_to_sklearn():
     rng = np.random.default_rng(9)
     x = rng.pareto(2.0, 60_000)
-    pipe, _ = fit_pipeline([{"op": "robust_scale", "columns": ["x"]}], dd.from_pandas(pd.DataFrame({"x": x}), npartitions=8))
+    pipe, _ = fit_pipeline(
+        [{"op": "robust_scale", "columns": ["x"]}], dd.from_pandas(pd.DataFrame({"x": x}), npartitions=8)
+    )
     ref = RobustScaler().fit(x.reshape(-1, 1))
     # Past 2048 values the sketch is approximate: within a fraction of a percent here.
     assert pipe.ops[0].center_["x"] == pytest.approx(ref.center_[0], rel=0.01)
@@ -123,9 +134,15 @@ def test_robust_scale_constant_column_is_only_centred():
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ({"op": "minmax_scale", "feature_range": [1, 1]}, r"`feature_range` must be increasing \(low < high\), got \[1.0, 1.0\]"),
+        (
+            {"op": "minmax_scale", "feature_range": [1, 1]},
+            r"`feature_range` must be increasing \(low < high\), got \[1.0, 1.0\]",
+        ),
         ({"op": "minmax_scale", "feature_range": [0, 1, 2]}, r"`feature_range` needs two numbers"),
-        ({"op": "robust_scale", "quantile_range": [25, 175]}, r"`quantile_range` must lie within \[0, 100\], got \[25.0, 175.0\]"),
+        (
+            {"op": "robust_scale", "quantile_range": [25, 175]},
+            r"`quantile_range` must lie within \[0, 100\], got \[25.0, 175.0\]",
+        ),
         ({"op": "robust_scale", "quantile_range": [75, 25]}, r"`quantile_range` must be increasing"),
     ],
 )

@@ -13,7 +13,15 @@ from sklearn.preprocessing import KBinsDiscretizer
 
 from dpipe.errors import ColumnError, DataError
 from dpipe.ops import build_op
-from tests.ops.conftest import STRING, assert_not_mutated, fit_pipeline, fit_transform, spec, transform, with_empty_partition
+from tests.ops.conftest import (
+    STRING,
+    assert_not_mutated,
+    fit_pipeline,
+    fit_transform,
+    spec,
+    transform,
+    with_empty_partition,
+)
 
 
 @pytest.fixture
@@ -50,7 +58,13 @@ def test_datetime_parts_match_pandas(times):
 
 
 def test_datetime_parts_of_strings_with_a_format_and_drop(times):
-    entry = {"op": "datetime_parts", "columns": ["text"], "parts": ["hour", "weekday"], "format": "%d/%m/%Y %H:%M", "drop": True}
+    entry = {
+        "op": "datetime_parts",
+        "columns": ["text"],
+        "parts": ["hour", "weekday"],
+        "format": "%d/%m/%Y %H:%M",
+        "drop": True,
+    }
     _, out = fit_transform([entry], with_empty_partition(times))
     assert list(out.columns) == ["ts", "y", "text_hour", "text_weekday"]
     np.testing.assert_array_equal(out["text_hour"], times["ts"].dt.hour.astype("float32"))
@@ -59,9 +73,9 @@ def test_datetime_parts_of_strings_with_a_format_and_drop(times):
 
 def test_datetime_parts_keep_wall_clock_of_timezone_aware_columns():
     local = pd.Series(pd.to_datetime(["2024-03-30 23:30", "2024-07-01 08:15", None])).dt.tz_localize("Europe/Amsterdam")
-    out = build_op(spec("datetime_parts", columns=["t"], parts=["hour", "day", "weekday", "epoch_seconds"]), "f").transform(
-        pd.DataFrame({"t": local})
-    )
+    out = build_op(
+        spec("datetime_parts", columns=["t"], parts=["hour", "day", "weekday", "epoch_seconds"]), "f"
+    ).transform(pd.DataFrame({"t": local}))
     np.testing.assert_array_equal(out["t_hour"], [23, 8, np.nan])
     np.testing.assert_array_equal(out["t_day"], [30, 1, np.nan])
     np.testing.assert_array_equal(out["t_weekday"], [5, 0, np.nan])  # Saturday, Monday
@@ -72,14 +86,19 @@ def test_datetime_parts_keep_wall_clock_of_timezone_aware_columns():
 def test_datetime_parts_name_the_column_of_bad_strings():
     df = pd.DataFrame({"when": ["2024-01-01", "soon", None]})
     op = build_op(spec("datetime_parts", columns=["when"], parts=["month"]), "features[4]")
-    with pytest.raises(DataError, match=r"features\[4\] \(datetime_parts\): column 'when' has 1 value\(s\) that are not dates"):
+    with pytest.raises(
+        DataError, match=r"features\[4\] \(datetime_parts\): column 'when' has 1 value\(s\) that are not dates"
+    ):
         op.transform(df)
     coerced = build_op(spec("datetime_parts", columns=["when"], parts=["month"], errors="coerce"), "f").transform(df)
     np.testing.assert_array_equal(coerced["when_month"], [1, np.nan, np.nan])
 
 
 def test_datetime_parts_refuses_numbers_and_taken_names(times):
-    with pytest.raises(ColumnError, match=r"features\[0\] \(datetime_parts\): needs date-time or string columns, got \{'y': 'float64'\}"):
+    with pytest.raises(
+        ColumnError,
+        match=r"features\[0\] \(datetime_parts\): needs date-time or string columns, got \{'y': 'float64'\}",
+    ):
         build_op(spec("datetime_parts", columns=["y"], parts=["hour"]), "features[0]").describe(times.iloc[:0])
     taken = times.assign(ts_hour=1.0)
     with pytest.raises(ColumnError, match=r"output column\(s\) \['ts_hour'\] already exist"):
@@ -139,7 +158,13 @@ def test_bucketize_matches_kbins_discretizer(skewed, strategy, n_bins):
     )
     assert len(calls) == 1
     # Prediction data reaches past the training range at both ends.
-    new = pd.DataFrame({"x": [-5.0, 0.5, 1e6, np.nan], "ties": [-1.0, 0.0, 3.0, 9.0], "k": pd.array([-4, 50, None, 400], dtype="Int64")})
+    new = pd.DataFrame(
+        {
+            "x": [-5.0, 0.5, 1e6, np.nan],
+            "ties": [-1.0, 0.0, 3.0, 9.0],
+            "k": pd.array([-4, 50, None, 400], dtype="Int64"),
+        }
+    )
     train = transform(pipe, with_empty_partition(skewed))
     predict = transform(pipe, dd.from_pandas(new, npartitions=2))
     for c in columns:
@@ -149,7 +174,9 @@ def test_bucketize_matches_kbins_discretizer(skewed, strategy, n_bins):
         with warnings.catch_warnings():
             # scikit-learn warns where it merges equal quantiles (column `ties`); dpipe does not.
             warnings.filterwarnings("ignore", "Bins whose width are too small", UserWarning)
-            ref = KBinsDiscretizer(n_bins=n_bins, encode="ordinal", strategy=strategy).fit(values[present].reshape(-1, 1))
+            ref = KBinsDiscretizer(n_bins=n_bins, encode="ordinal", strategy=strategy).fit(
+                values[present].reshape(-1, 1)
+            )
         np.testing.assert_allclose(pipe.ops[0].edges_[c], ref.bin_edges_[0][1:-1], rtol=1e-12)
         expected = np.full(len(values), np.nan)
         expected[present] = ref.transform(values[present].reshape(-1, 1))[:, 0]
@@ -164,7 +191,8 @@ def test_bucketize_matches_kbins_discretizer(skewed, strategy, n_bins):
 
 def test_bucketize_fixed_boundaries_match_numpy_digitize(skewed):
     _, out = fit_transform(
-        [{"op": "bucketize", "columns": ["x", "k"], "strategy": "fixed", "boundaries": [0.5, 1, 3]}], with_empty_partition(skewed)
+        [{"op": "bucketize", "columns": ["x", "k"], "strategy": "fixed", "boundaries": [0.5, 1, 3]}],
+        with_empty_partition(skewed),
     )
     for c in ("x", "k"):
         x = skewed[c].to_numpy(dtype="float64", na_value=np.nan)
@@ -175,8 +203,10 @@ def test_bucketize_fixed_boundaries_match_numpy_digitize(skewed):
 
 def test_bucketize_constant_and_empty_columns():
     df = pd.DataFrame({"c": np.full(30, 4.0), "e": np.full(30, np.nan)})
-    pipe, out = fit_transform([{"op": "bucketize", "columns": ["c", "e"], "strategy": "uniform", "n_bins": 4}],
-                              dd.from_pandas(df, npartitions=3))
+    pipe, out = fit_transform(
+        [{"op": "bucketize", "columns": ["c", "e"], "strategy": "uniform", "n_bins": 4}],
+        dd.from_pandas(df, npartitions=3),
+    )
     assert pipe.ops[0].edges_ == {"c": [], "e": None}
     assert (out["c"] == 0).all() and out["e"].isna().all()
 
@@ -185,7 +215,10 @@ def test_bucketize_constant_and_empty_columns():
     ("entry", "message"),
     [
         ({"strategy": "fixed"}, "strategy 'fixed' needs `boundaries`"),
-        ({"strategy": "fixed", "boundaries": [1, 3, 2]}, r"`boundaries` must be strictly increasing, got \[1.0, 3.0, 2.0\]"),
+        (
+            {"strategy": "fixed", "boundaries": [1, 3, 2]},
+            r"`boundaries` must be strictly increasing, got \[1.0, 3.0, 2.0\]",
+        ),
         ({"strategy": "fixed", "boundaries": [1], "n_bins": 3}, "`n_bins` is not used with strategy 'fixed'"),
         ({"strategy": "uniform", "n_bins": 1}, "`n_bins` must be at least 2, got 1"),
         ({"strategy": "quantile", "boundaries": [1]}, "`boundaries` is only used with strategy 'fixed'"),
@@ -215,7 +248,13 @@ def test_numeric_ops_refuse_text(times, op):
 @pytest.mark.parametrize(
     "entry",
     [
-        {"op": "datetime_parts", "columns": ["ts", "text"], "parts": ["hour"], "format": "%d/%m/%Y %H:%M", "drop": True},
+        {
+            "op": "datetime_parts",
+            "columns": ["ts", "text"],
+            "parts": ["hour"],
+            "format": "%d/%m/%Y %H:%M",
+            "drop": True,
+        },
         {"op": "log", "columns": ["y"]},
         {"op": "power", "columns": ["y"], "exponent": 1.5},
         {"op": "bucketize", "columns": ["y"], "n_bins": 3},
