@@ -87,13 +87,14 @@ class FeaturePipeline:
         return meta
 
     def required_columns(self, outputs) -> set[str]:
-        """The input columns needed to produce ``outputs`` (and to apply every row filter)."""
+        """The source columns needed to produce ``outputs``.
+
+        Every op runs at prediction (a filter or a join changes rows, a ``select`` checks its
+        columns), so every op's inputs that no earlier op produces must be read.
+        """
         needed = set(outputs)
         for op in reversed(self.ops):
-            if op.filters_rows:
-                needed |= op.input_columns()
-            elif needed & op.output_columns():
-                needed = (needed - (op.output_columns() - op.input_columns())) | op.input_columns()
+            needed = (needed - (op.output_columns() - op.input_columns())) | op.input_columns()
         return needed
 
     # -- planning ----------------------------------------------------------------------------

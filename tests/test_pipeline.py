@@ -295,7 +295,7 @@ def test_state_of_another_format_version_is_refused(data):
         FeaturePipeline.from_dict(state)
 
 
-def test_required_columns_walk_back_through_derived_columns_and_filters():
+def test_required_columns_are_every_input_no_earlier_op_produces():
     from dpipe.spec import OP_MODELS
 
     specs = [
@@ -307,5 +307,6 @@ def test_required_columns_walk_back_through_derived_columns_and_filters():
         {"op": "categorical", "columns": ["c"]},
     ]
     pipe = FeaturePipeline.from_specs([OP_MODELS[s["op"]].model_validate(s) for s in specs])
-    assert pipe.required_columns(["ratio", "c", "id"]) == {"a", "b", "keep", "c", "id"}
-    assert pipe.required_columns(["b"]) == {"b", "keep"}
+    # Every op runs at prediction, so `z` is read even though nothing downstream uses `unused`.
+    assert pipe.required_columns(["ratio", "c", "id"]) == {"a", "b", "keep", "z", "c", "id"}
+    assert pipe.required_columns(["b"]) == {"a", "b", "keep", "z", "c"}

@@ -7,28 +7,23 @@ Ops of your own subclass :class:`Op` and are named in a spec by import path
 from __future__ import annotations
 
 from dpipe.ops.base import Op
-from dpipe.ops.cleanup import FillMissing
-from dpipe.ops.encoding import Categorical, OneHot, TargetEncode
+from dpipe.ops.cleanup import Cast, Clip, Drop, DropMissing, FillMissing, Rename, Select
+from dpipe.ops.encoding import Categorical, HashBucket, OneHot, TargetEncode
 from dpipe.ops.rows import Derive, FilterRows
-from dpipe.ops.scaling import StandardScale
+from dpipe.ops.scaling import MinMaxScale, RobustScale, StandardScale
 from dpipe.ops.tables import Aggregate, Dedupe, Join
+from dpipe.ops.transform import Bucketize, DatetimeParts, Log, Power
+
+_OPS = (
+    FillMissing, DropMissing, Cast, Clip, Rename, Select, Drop, FilterRows, Derive, Dedupe,
+    DatetimeParts, Log, Power, Bucketize,
+    StandardScale, MinMaxScale, RobustScale,
+    Categorical, OneHot, HashBucket, TargetEncode,
+    Join, Aggregate,
+)  # fmt: skip
 
 #: op name -> implementation.
-REGISTRY: dict[str, type[Op]] = {
-    cls.name: cls
-    for cls in (
-        FillMissing,
-        FilterRows,
-        Derive,
-        StandardScale,
-        Categorical,
-        OneHot,
-        TargetEncode,
-        Join,
-        Aggregate,
-        Dedupe,
-    )
-}
+REGISTRY: dict[str, type[Op]] = {cls.name: cls for cls in _OPS}
 
 
 def build_op(spec, where: str) -> Op:
@@ -58,18 +53,7 @@ def spec_dict(op: Op) -> dict:
 
 
 __all__ = [
-    "REGISTRY",
-    "Aggregate",
-    "Categorical",
-    "Dedupe",
-    "Derive",
-    "FillMissing",
-    "FilterRows",
-    "Join",
-    "OneHot",
-    "Op",
-    "StandardScale",
-    "TargetEncode",
-    "build_op",
-    "spec_dict",
-]
+    "REGISTRY", "Aggregate", "Bucketize", "Cast", "Categorical", "Clip", "DatetimeParts", "Dedupe", "Derive", "Drop",
+    "DropMissing", "FillMissing", "FilterRows", "HashBucket", "Join", "Log", "MinMaxScale", "OneHot", "Op", "Power",
+    "Rename", "RobustScale", "Select", "StandardScale", "TargetEncode", "build_op", "spec_dict",
+]  # fmt: skip

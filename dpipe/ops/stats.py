@@ -46,6 +46,28 @@ def moments(df, columns: list[str]):
     )
 
 
+def _chunk_min_max(pdf: pd.DataFrame) -> pd.DataFrame:
+    values = pdf.astype("float64")
+    return pd.DataFrame({"min": values.min(), "max": values.max()})
+
+
+def _merge_min_max(parts: pd.DataFrame) -> pd.DataFrame:
+    grouped = parts.groupby(level=0, sort=False)
+    return pd.DataFrame({"min": grouped["min"].min(), "max": grouped["max"].max()})
+
+
+def min_max(df, columns: list[str]):
+    """Lazy minimum and maximum of numeric columns, nulls skipped.
+
+    The result is a pandas frame indexed by column with ``min`` and ``max`` (NaN for a column
+    without values).
+    """
+    meta = pd.DataFrame({"min": pd.Series(dtype="float64"), "max": pd.Series(dtype="float64")})
+    return df[list(columns)].reduction(
+        chunk=_chunk_min_max, combine=_merge_min_max, aggregate=_merge_min_max, meta=meta
+    )
+
+
 def value_counts(df, column: str):
     """Lazy frequency of every non-null value of ``column``."""
     return df[column].value_counts(dropna=True, split_out=1)
@@ -88,14 +110,18 @@ def quantile_sketch(df, column: str):
     return df[column].reduction(chunk=_chunk_sketch, combine=_merge_sketch, aggregate=_merge_sketch, meta=meta)
 
 
-def sketch_quantile(sketch: pd.DataFrame, q: float) -> float | None:
-    """The ``q`` quantile of a computed sketch, interpolated like ``numpy.quantile``'s default."""
+def sketch_quantile(sketch: pd.DataFrame, q: float, *, method: str = "linear") -> float | None:
+    """The ``q`` quantile of a computed sketch, computed like ``numpy.quantile(..., method=method)``.
+
+    ``method`` is exact while the sketch holds every value (fewer than 2048 of them); past that,
+    every method reads the same interpolated sketch (the difference is below its rank error).
+    """
     if sketch.empty:
         return None
     values = sketch["value"].to_numpy()
     weights = sketch["weight"].to_numpy()
     if np.all(weights == 1.0):
-        return float(np.quantile(values, q))
+        return float(np.quantile(values, q, method=method))
     # Each point stands for `weight` rows centred on its position in the cumulative weight.
     centres = (np.cumsum(weights) - weights / 2) / weights.sum()
     return float(np.interp(q, centres, values))

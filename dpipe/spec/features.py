@@ -6,6 +6,7 @@ by the ``op`` name. Keeping them here lets ``dpipe validate`` check a spec witho
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Annotated, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
@@ -24,15 +25,23 @@ def _unique(columns: list[str]) -> list[str]:
     return columns
 
 
+def _not_reserved_name(name: str) -> str:
+    if name.startswith("__dpipe"):
+        raise ValueError(f"column names starting with '__dpipe' are reserved by dpipe, got {name!r}")
+    return name
+
+
 class FillMissing(Strict):
     """Fill missing values with a constant or a statistic learned at fit time.
+
+    ``mode`` (the most frequent value, ties to the smallest) also works for strings.
 
     Example: ``{op: fill_missing, columns: [income], strategy: median}``
     """
 
     op: Literal["fill_missing"]
     columns: ColumnList
-    strategy: Literal["constant", "mean", "median"] = "constant"
+    strategy: Literal["constant", "mean", "median", "mode"] = "constant"
     value: float | int | str | bool | None = None
 
     _check_unique = field_validator("columns")(_unique)
@@ -73,9 +82,7 @@ class Derive(Strict):
     @field_validator("name")
     @classmethod
     def _not_reserved(cls, name: str) -> str:
-        if name.startswith("__dpipe"):
-            raise ValueError(f"column names starting with '__dpipe' are reserved by dpipe, got {name!r}")
-        return name
+        return _not_reserved_name(name)
 
 
 class StandardScale(Strict):
@@ -97,9 +104,10 @@ class Categorical(Strict):
 
     Categories seen fewer than ``min_frequency`` times, beyond ``max_categories`` most frequent,
     or unseen at fit time become missing (XGBoost routes missing values down a learned branch),
-    so prediction on new data never fails on a new value. ``encoding: category`` feeds XGBoost's
-    native categorical support; ``encoding: ordinal`` emits float codes (-1 is never used:
-    unknown is NaN).
+    so prediction on new data never fails on a new value; with ``unknown: bucket`` they all go to one
+    out-of-vocabulary category instead (``"__other__"``, or code ``len(vocabulary)``).
+    ``encoding: category`` feeds XGBoost's native categorical support; ``encoding: ordinal``
+    emits float codes (-1 is never used: unknown is NaN).
 
     Example: ``{op: categorical, columns: [country, device], min_frequency: 10}``
     """
@@ -108,6 +116,285 @@ class Categorical(Strict):
     columns: ColumnList
     min_frequency: int = Field(default=1, ge=1)
     max_categories: int | None = Field(default=None, ge=1)
+    encoding: Literal["category", "ordinal"] = "category"
+    unknown: Literal["missing", "bucket"] = "missing"
+
+    _check_unique = field_validator("columns")(_unique)
+
+
+
+def _bounds(pair: list[float], what: str, low: float, high: float) -> list[float]:
+    if len(pair) != 2:
+        raise ValueError(f"`{what}` needs two numbers [low, high], got {pair}")
+    if not all(low <= v <= high for v in pair):
+        raise ValueError(f"`{what}` must lie within [{low:g}, {high:g}], got {pair}")
+    if pair[0] >= pair[1]:
+        raise ValueError(f"`{what}` must be increasing (low < high), got {pair}")
+    return pair
+
+
+class DropMissing(Strict):
+    """Drop the rows where any of ``columns`` is missing.
+
+    Example: ``{op: drop_missing, columns: [age, income]}``
+    """
+
+    op: Literal["drop_missing"]
+    columns: ColumnList
+
+    _check_unique = field_validator("columns")(_unique)
+
+
+#: Target types of the ``cast`` op.
+CAST_TYPES = ("float32", "float64", "int32", "int64", "bool", "string", "datetime")
+
+
+class Cast(Strict):
+    """Convert columns to a type: ``float32``, ``float64``, ``int32``, ``int64``, ``bool``, ``string``
+    or ``datetime``. Integers and booleans use pandas' nullable dtypes (``Int64``, ``boolean``) so
+    missing values survive; ``errors: coerce`` turns values that cannot be converted into missing.
+
+    Example: ``{op: cast, columns: {age: float32, zip: string, day: datetime}}``
+    """
+
+    op: Literal["cast"]
+    columns: dict[str, str] = Field(min_length=1)
+    errors: Literal["raise", "coerce"] = "raise"
+    format: str | None = Field(default=None, min_length=1)
+
+    @field_validator("columns")
+    @classmethod
+    def _known_types(cls, columns: dict[str, str]) -> dict[str, str]:
+        bad = {c: t for c, t in columns.items() if t not in CAST_TYPES}
+        if bad:
+            hint = " (use the `categorical` op for categories: it learns one vocabulary for all partitions)"
+            raise ValueError(
+                f"unknown cast type(s) {bad}; expected one of {list(CAST_TYPES)}"
+                + (hint if "category" in bad.values() else "")
+            )
+        return columns
+
+
+class Clip(Strict):
+    """Limit values to ``[lower, upper]``, or to quantiles of the training rows.
+
+    Example: ``{op: clip, columns: [income], quantiles: [0.01, 0.99]}``
+    """
+
+    op: Literal["clip"]
+    columns: ColumnList
+    lower: float | None = None
+    upper: float | None = None
+    quantiles: list[float] | None = None
+
+    _check_unique = field_validator("columns")(_unique)
+
+    @field_validator("quantiles")
+    @classmethod
+    def _check_quantiles(cls, quantiles):
+        return None if quantiles is None else _bounds(quantiles, "quantiles", 0.0, 1.0)
+
+    @model_validator(mode="after")
+    def _one_way(self):
+        fixed = self.lower is not None or self.upper is not None
+        if fixed and self.quantiles is not None:
+            raise ValueError("give either `lower`/`upper` or `quantiles`, not both")
+        if not fixed and self.quantiles is None:
+            raise ValueError("needs `lower` and/or `upper`, or `quantiles: [low, high]`")
+        if self.lower is not None and self.upper is not None and self.lower > self.upper:
+            raise ValueError(f"`lower` must not exceed `upper`, got lower={self.lower:g} > upper={self.upper:g}")
+        return self
+
+
+class Rename(Strict):
+    """Rename columns: ``{old: new}``.
+
+    Example: ``{op: rename, columns: {amt: amount}}``
+    """
+
+    op: Literal["rename"]
+    columns: dict[str, str] = Field(min_length=1)
+
+    @field_validator("columns")
+    @classmethod
+    def _check_names(cls, columns: dict[str, str]) -> dict[str, str]:
+        for new in columns.values():
+            _not_reserved_name(new)
+        targets = list(columns.values())
+        dupes = sorted({t for t in targets if targets.count(t) > 1})
+        if dupes:
+            raise ValueError(f"several columns renamed to the same name: {dupes}")
+        return columns
+
+
+class Select(Strict):
+    """Keep only ``columns`` (in that order).
+
+    Example: ``{op: select, columns: [age, income, country]}``
+    """
+
+    op: Literal["select"]
+    columns: ColumnList
+
+    _check_unique = field_validator("columns")(_unique)
+
+
+class Drop(Strict):
+    """Remove ``columns``.
+
+    Example: ``{op: drop, columns: [raw_text]}``
+    """
+
+    op: Literal["drop"]
+    columns: ColumnList
+
+    _check_unique = field_validator("columns")(_unique)
+
+
+#: Parts the ``datetime_parts`` op can extract.
+DATETIME_PARTS = (
+    "year", "quarter", "month", "day", "dayofyear", "weekday", "hour", "minute", "is_weekend", "epoch_seconds",
+)
+
+
+class DatetimeParts(Strict):
+    """Add ``{column}_{part}`` number columns (year, weekday, hour, ...) from date-time columns.
+
+    Example: ``{op: datetime_parts, columns: [ts], parts: [hour, weekday], drop: true}``
+    """
+
+    op: Literal["datetime_parts"]
+    columns: ColumnList
+    parts: Annotated[list[Literal[DATETIME_PARTS]], Field(min_length=1)]  # type: ignore[valid-type]
+    drop: bool = False
+    format: str | None = Field(default=None, min_length=1)
+    errors: Literal["raise", "coerce"] = "raise"
+
+    _check_unique = field_validator("columns")(_unique)
+
+    @field_validator("parts")
+    @classmethod
+    def _unique_parts(cls, parts):
+        dupes = sorted({p for p in parts if parts.count(p) > 1})
+        if dupes:
+            raise ValueError(f"parts listed more than once: {dupes}")
+        return parts
+
+
+class Log(Strict):
+    """``log(x + offset)``; values at or below ``-offset`` become missing.
+
+    Example: ``{op: log, columns: [income], offset: 1.0}``
+    """
+
+    op: Literal["log"]
+    columns: ColumnList
+    offset: float = 1.0
+
+    _check_unique = field_validator("columns")(_unique)
+
+
+class Power(Strict):
+    """Signed power ``sign(x) * |x| ** exponent``.
+
+    Example: ``{op: power, columns: [income], exponent: 0.5}``
+    """
+
+    op: Literal["power"]
+    columns: ColumnList
+    exponent: float = Field(gt=0)
+
+    _check_unique = field_validator("columns")(_unique)
+
+
+class Bucketize(Strict):
+    """Replace numbers by their bin index: fixed ``boundaries``, or ``n_bins`` of equal width
+    (``uniform``) or equal count (``quantile``) learned at fit time.
+
+    Example: ``{op: bucketize, columns: [age], strategy: quantile, n_bins: 5}``
+    """
+
+    op: Literal["bucketize"]
+    columns: ColumnList
+    strategy: Literal["fixed", "uniform", "quantile"] = "quantile"
+    boundaries: list[float] | None = None
+    n_bins: int | None = None  # 10 for uniform and quantile
+
+    _check_unique = field_validator("columns")(_unique)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_n_bins(cls, data):
+        if isinstance(data, dict) and data.get("strategy", "quantile") != "fixed" and data.get("n_bins") is None:
+            data = {**data, "n_bins": 10}
+        return data
+
+    @model_validator(mode="after")
+    def _params_match_strategy(self):
+        if self.strategy == "fixed":
+            if not self.boundaries:
+                raise ValueError("strategy 'fixed' needs `boundaries` (at least one number)")
+            if self.n_bins is not None:
+                raise ValueError("`n_bins` is not used with strategy 'fixed' (the boundaries define the bins)")
+            b = self.boundaries
+            if any(lo >= hi for lo, hi in pairwise(b)):
+                raise ValueError(f"`boundaries` must be strictly increasing, got {b}")
+        else:
+            if self.boundaries is not None:
+                raise ValueError(f"`boundaries` is only used with strategy 'fixed', not {self.strategy!r}")
+            if self.n_bins < 2:
+                raise ValueError(f"`n_bins` must be at least 2, got {self.n_bins}")
+        return self
+
+
+class MinMaxScale(Strict):
+    """Scale to ``feature_range`` with the training rows' min and max (as scikit-learn).
+
+    Example: ``{op: minmax_scale, columns: [age], feature_range: [0, 1]}``
+    """
+
+    op: Literal["minmax_scale"]
+    columns: ColumnList
+    feature_range: list[float] = Field(default_factory=lambda: [0.0, 1.0])
+
+    _check_unique = field_validator("columns")(_unique)
+
+    @field_validator("feature_range")
+    @classmethod
+    def _check_range(cls, pair):
+        return _bounds(pair, "feature_range", float("-inf"), float("inf"))
+
+
+class RobustScale(Strict):
+    """``(x - median) / IQR`` with quantiles of the training rows (as scikit-learn's RobustScaler).
+
+    Example: ``{op: robust_scale, columns: [income], quantile_range: [25, 75]}``
+    """
+
+    op: Literal["robust_scale"]
+    columns: ColumnList
+    quantile_range: list[float] = Field(default_factory=lambda: [25.0, 75.0])
+    with_centering: bool = True
+    with_scaling: bool = True
+
+    _check_unique = field_validator("columns")(_unique)
+
+    @field_validator("quantile_range")
+    @classmethod
+    def _check_range(cls, pair):
+        return _bounds(pair, "quantile_range", 0.0, 100.0)
+
+
+class HashBucket(Strict):
+    """Hash values into ``n_buckets`` buckets (a stable hash of their text), for columns with too
+    many values for a vocabulary.
+
+    Example: ``{op: hash_bucket, columns: [user_agent], n_buckets: 1024}``
+    """
+
+    op: Literal["hash_bucket"]
+    columns: ColumnList
+    n_buckets: int = Field(default=1024, ge=2)
     encoding: Literal["category", "ordinal"] = "category"
 
     _check_unique = field_validator("columns")(_unique)
@@ -287,17 +574,12 @@ class CustomOp(Strict):
 
 
 BUILTIN_MODELS = (
-    FillMissing,
-    FilterRows,
-    Derive,
-    StandardScale,
-    Categorical,
-    OneHot,
-    TargetEncode,
-    Join,
-    Aggregate,
-    Dedupe,
-)
+    FillMissing, DropMissing, Cast, Clip, Rename, Select, Drop, FilterRows, Derive, Dedupe,
+    DatetimeParts, Log, Power, Bucketize,
+    StandardScale, MinMaxScale, RobustScale,
+    Categorical, OneHot, HashBucket, TargetEncode,
+    Join, Aggregate,
+)  # fmt: skip
 
 #: Names of the built-in ops, as written in a spec's ``op`` field.
 OP_MODELS = {model.model_fields["op"].annotation.__args__[0]: model for model in BUILTIN_MODELS}
