@@ -271,7 +271,7 @@ class FeaturePipeline:
 
 
 def _partition_wise(op: Op) -> bool:
-    return type(op).apply is Op.apply
+    return getattr(op, "partition_wise", type(op).apply is Op.apply)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ class Op:
     def __init__(self, spec, where: str):
         self.spec = spec
         self.where = where
+        #: ``transform`` alone is correct per partition (no ``apply`` of its own).
+        self.partition_wise = type(self).apply is Op.apply
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.where})"

@@ -29,11 +29,31 @@ class FillMissing(Op):
 
     def __init__(self, spec, where):
         super().__init__(spec, where)
-        self.stateful = spec.strategy != "constant"
+        self.stateful = spec.strategy not in ("constant", "forward")
         self.values_: dict | None = None if self.stateful else {c: spec.value for c in spec.columns}
+        self.partition_wise = spec.strategy != "forward"
+
+    def input_columns(self) -> set[str]:
+        if self.spec.strategy != "forward":
+            return set(self.spec.columns)
+        return set(self.spec.columns) | set(self.spec.by) | {self.spec.order_by}
+
+    def apply(self, df):
+        if self.spec.strategy != "forward":
+            return super().apply(df)
+        # Groups must be whole in one partition: shuffle by the group key first.
+        shuffled = df.shuffle(on=list(self.spec.by)) if df.npartitions > 1 else df
+        return shuffled.map_partitions(self.transform, meta=self.describe(df._meta))
+
+    def _forward(self, pdf: pd.DataFrame) -> pd.DataFrame:
+        by = list(self.spec.by)
+        ordered = pdf.sort_values([*by, self.spec.order_by], kind="stable")
+        filled = ordered.groupby(by, sort=False, dropna=False)[list(self.spec.columns)].ffill()
+        return ordered.assign(**{c: filled[c] for c in self.spec.columns})
 
     def describe(self, meta):
         self.require_columns(meta, self.spec.columns, numeric=self.spec.strategy in ("mean", "median"))
+        self.require_columns(meta, self.input_columns())
         if self.spec.strategy == "mode":
             bad = {c: str(meta[c].dtype) for c in self.spec.columns if is_temporal(meta[c].dtype)}
             if bad:
@@ -69,6 +89,8 @@ class FillMissing(Op):
         self.values_ = dict(state["values"])
 
     def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
+        if self.spec.strategy == "forward":
+            return self._forward(pdf)
         # A column with no value seen at fit time (all missing) stays missing.
         fill = {c: v for c, v in self.values_.items() if v is not None}
         if self.stateful:

@@ -34,15 +34,19 @@ def _not_reserved_name(name: str) -> str:
 class FillMissing(Strict):
     """Fill missing values with a constant or a statistic learned at fit time.
 
-    ``mode`` (the most frequent value, ties to the smallest) also works for strings.
+    ``mode`` (the most frequent value, ties to the smallest) also works for strings. ``forward``
+    carries the last known value forward within each group of ``by``, in ``order_by`` order
+    (rows are shuffled by group so each group is whole in one partition).
 
     Example: ``{op: fill_missing, columns: [income], strategy: median}``
     """
 
     op: Literal["fill_missing"]
     columns: ColumnList
-    strategy: Literal["constant", "mean", "median", "mode"] = "constant"
+    strategy: Literal["constant", "mean", "median", "mode", "forward"] = "constant"
     value: float | int | str | bool | None = None
+    by: list[str] | None = Field(default=None, min_length=1)
+    order_by: str | None = None
 
     _check_unique = field_validator("columns")(_unique)
 
@@ -52,6 +56,10 @@ class FillMissing(Strict):
             raise ValueError("strategy 'constant' needs a `value`")
         if self.strategy != "constant" and self.value is not None:
             raise ValueError(f"`value` is only used with strategy 'constant', not {self.strategy!r}")
+        if self.strategy == "forward" and (self.by is None or self.order_by is None):
+            raise ValueError("strategy 'forward' needs `by` (the groups) and `order_by` (what 'previous' means)")
+        if self.strategy != "forward" and (self.by is not None or self.order_by is not None):
+            raise ValueError("`by` and `order_by` are only used with strategy 'forward'")
         return self
 
 

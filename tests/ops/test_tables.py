@@ -215,3 +215,31 @@ def test_transforms_do_not_mutate_their_input(flights, planes):
         pipe.transform(_frame(flights)).compute()
         pipe.ops[1].transform(flights)
     pd.testing.assert_frame_equal(flights, before)
+
+
+def test_fill_forward_within_groups_in_order_across_partitions():
+    rng = np.random.default_rng(5)
+    n = 600
+    pdf = pd.DataFrame(
+        {
+            "sensor": pd.array(rng.choice(["a", "b", "c", "d"], n), dtype=STRING),
+            "t": rng.permutation(n),
+            "reading": rng.normal(size=n),
+        }
+    )
+    pdf.loc[rng.random(n) < 0.3, "reading"] = np.nan
+    pipe = pipeline(
+        {"op": "fill_missing", "columns": ["reading"], "strategy": "forward", "by": ["sensor"], "order_by": "t"}
+    )
+    pipe.fit(_frame(pdf), compute=CountingCompute())
+    out = pipe.transform(_frame(pdf)).compute(scheduler="sync").sort_values("t")
+    expected = pdf.sort_values("t").assign(reading=lambda d: d.groupby("sensor")["reading"].ffill())
+    pd.testing.assert_frame_equal(out.reset_index(drop=True), expected.reset_index(drop=True))
+    with pytest.raises(SpecError, match=r"strategy 'forward' needs `by`"):
+        _spec_error({"op": "fill_missing", "columns": ["reading"], "strategy": "forward"})
+
+
+def _spec_error(entry):
+    job_from_dict(
+        {"name": "j", "source": {"uri": "x"}, "features": [entry], "label": {"column": "y"}, "output": {"uri": "o"}}
+    )
