@@ -2,6 +2,7 @@
 
 from dpipe.spec.features import OP_MODELS, OP_NAMES, OpSpec
 from dpipe.spec.load import apply_override, job_from_dict, load_job, redacted
+from dpipe.spec.quality import CHECK_MODELS, CHECK_NAMES, CheckSpec, QuarantineSpec
 from dpipe.spec.models import (
     ClusterSpec,
     JobSpec,
@@ -13,6 +14,10 @@ from dpipe.spec.models import (
 )
 
 __all__ = [
+    "CHECK_MODELS",
+    "CHECK_NAMES",
+    "CheckSpec",
+    "QuarantineSpec",
     "OP_MODELS",
     "OP_NAMES",
     "ClusterSpec",
