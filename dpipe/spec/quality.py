@@ -37,7 +37,8 @@ class _Check(Strict):
         raise NotImplementedError
 
     def default_name(self) -> str:
-        return f"{self.check}({','.join(self.columns_read)})"
+        columns = self.columns_read
+        return f"{self.check}({','.join(columns)})" if columns else self.check
 
     @model_validator(mode="after")
     def _name(self):
