@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 import dpipe
 from dpipe.errors import DataError
@@ -225,3 +226,26 @@ def test_bad_file_is_in_the_log(demo_root, client, tmp_path, capsys):
     spec = job_dict(demo_root, tmp_path / "out", source={"uri": str(data)}, quarantine={"bad_files": "skip"})
     dpipe.run(dpipe.job_from_dict(spec), client=client, progress=True)
     assert f"[dpipe] skipped unreadable file {bad}: " in capsys.readouterr().err
+
+
+def test_cli_validate_checks_the_checks_section(demo_root, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    def validate(checks):
+        path = tmp_path / "job.yaml"
+        path.write_text(yaml.safe_dump(job_dict(demo_root, tmp_path / "out", checks=checks)))
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        return subprocess.run([sys.executable, "-m", "dpipe.cli", "validate", str(path)],
+                              capture_output=True, text=True, env=env, timeout=120)
+
+    ok = validate([{"check": "not_null", "columns": ["age"]}])
+    assert ok.returncode == 0 and "; 1 quality check(s)" in ok.stdout
+    missing = validate([{"check": "range", "column": "agee", "min": 0}])
+    assert missing.returncode == 2
+    assert "checks[0] (range(agee)): column(s) ['agee'] not found in the source" in missing.stderr
+    bad = validate([{"check": "regex", "column": "plan", "pattern": "[a-"}])
+    assert bad.returncode == 2 and "checks[0].pattern: not a valid regular expression" in bad.stderr
