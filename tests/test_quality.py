@@ -189,3 +189,30 @@ def test_read_skips_a_bad_file_and_records_it(tmp_path):
     with pytest.raises(ValueError, match="needs a `bad_file_log`"):
         read(str(tmp_path / "d"), on_bad_file="skip")
     assert np.asarray(pq.read_table(tmp_path / "d" / "a.parquet").column("x")).tolist() == [1, 2]
+
+
+def test_checks_and_the_quarantine_write_share_one_read_of_each_file(data, monkeypatch):
+    from dpipe.io import sources
+
+    calls = []
+    original = sources.read_fragment
+
+    def counting(task):
+        calls.append(task.uri)
+        return original(task)
+
+    monkeypatch.setattr(sources, "read_fragment", counting)
+    checks = [{"check": "range", "column": "x", "min": 0, "action": "quarantine"},
+              {"check": "not_null", "columns": ["s"]}, {"check": "null_fraction", "column": "x", "max": 1.0}]
+    gate, out = gate_for(data, checks, {"max_fraction": 1.0})
+    with out:
+        clean, values = evaluate_with(gate, lambda clean: {"rows": clean.map_partitions(len, meta=("n", "int64")).sum()})
+    assert sorted(calls) == sorted(gate.files) and len(calls) == 2  # one compute, each file read once
+    assert values["rows"] == 6
+
+
+def evaluate_with(gate, more):
+    clean = gate.apply(gate.source.frame)
+    values = {**gate.lazy_values(), **more(clean)}
+    keys = list(values)
+    return clean, dict(zip(keys, sync(*values.values())))
