@@ -206,7 +206,7 @@ def test_checks_and_the_quarantine_write_share_one_read_of_each_file(data, monke
               {"check": "not_null", "columns": ["s"]}, {"check": "null_fraction", "column": "x", "max": 1.0}]
     gate, out = gate_for(data, checks, {"max_fraction": 1.0})
     with out:
-        clean, values = evaluate_with(gate, lambda clean: {"rows": clean.map_partitions(len, meta=("n", "int64")).sum()})
+        _, values = evaluate_with(gate, lambda clean: {"rows": clean.map_partitions(len, meta=("n", "int64")).sum()})
     assert sorted(calls) == sorted(gate.files) and len(calls) == 2  # one compute, each file read once
     assert values["rows"] == 6
 

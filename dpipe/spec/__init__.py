@@ -2,7 +2,6 @@
 
 from dpipe.spec.features import OP_MODELS, OP_NAMES, OpSpec
 from dpipe.spec.load import apply_override, job_from_dict, load_job, redacted
-from dpipe.spec.quality import CHECK_MODELS, CHECK_NAMES, CheckSpec, QuarantineSpec
 from dpipe.spec.models import (
     ClusterSpec,
     JobSpec,
@@ -12,19 +11,20 @@ from dpipe.spec.models import (
     SplitSpec,
     TrainSpec,
 )
+from dpipe.spec.quality import CHECK_MODELS, CHECK_NAMES, CheckSpec, QuarantineSpec
 
 __all__ = [
     "CHECK_MODELS",
     "CHECK_NAMES",
-    "CheckSpec",
-    "QuarantineSpec",
     "OP_MODELS",
     "OP_NAMES",
+    "CheckSpec",
     "ClusterSpec",
     "JobSpec",
     "LabelSpec",
     "OpSpec",
     "OutputSpec",
+    "QuarantineSpec",
     "SourceSpec",
     "SplitSpec",
     "TrainSpec",
