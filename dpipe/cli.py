@@ -133,6 +133,7 @@ def _validate(args) -> int:
         print(
             f"{args.spec}: valid; source has {len(p.source.files)} file(s), "
             f"{len(p.model_input.features)} features: {', '.join(p.model_input.features)}"
+            + (f"; {len(job.checks)} quality check(s)" if job.checks else "")
         )
     else:
         print(f"{args.spec}: valid spec (source not checked)")

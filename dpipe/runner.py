@@ -17,10 +17,11 @@ from typing import Any
 import pandas as pd
 
 from dpipe import cluster as _cluster
+from dpipe import quality as _quality
 from dpipe.bundle import Bundle, library_versions
 from dpipe.errors import ColumnError, DataError
 from dpipe.io import StagedOutput, read, write_parquet
-from dpipe.io.sources import Source
+from dpipe.io.sources import BadFileLog, Source
 from dpipe.pipeline import FeaturePipeline
 from dpipe.spec import JobSpec, redacted
 from dpipe.spec.load import REDACTED
@@ -118,8 +119,11 @@ class Plan:
     exclude: set[str] = field(default_factory=set)
 
 
-def plan(job: JobSpec) -> Plan:
-    """Open the source lazily and check every column the job names against its schema."""
+def plan(job: JobSpec, *, bad_file_log: BadFileLog | None = None) -> Plan:
+    """Open the source lazily and check every column the job names against its schema.
+
+    With a ``bad_file_log``, input files that cannot be read are skipped and recorded there.
+    """
     src = job.source
     source = read(
         src.uri,
@@ -128,8 +132,11 @@ def plan(job: JobSpec) -> Plan:
         filters=src.filters,
         partitioning=src.partitioning,
         storage_options=src.storage_options,
+        on_bad_file="skip" if bad_file_log is not None else "raise",
+        bad_file_log=bad_file_log,
     )
     meta = source.frame._meta
+    _quality.check_columns(job, meta)
     _require(meta, job.id_columns, "id_columns")
     if job.label.column:
         _require(meta, [job.label.column], "label.column")
@@ -230,12 +237,19 @@ def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bo
     reporter = Reporter(enabled=progress)
     started = dt.datetime.now(dt.UTC)
     with reporter.stage("plan", "checking the spec against the source schema"):
-        p = plan(job)
         out = StagedOutput(job.output.uri, job.output.storage_options, overwrite=job.output.overwrite, marker="manifest.json")
+        bad_files = _quality.bad_file_log(job, out)
+        p = plan(job, bad_file_log=bad_files)
     reporter.log(f"source: {len(p.source.files)} file(s) from {job.source.uri}")
     with _cluster.connect(job.cluster, client=client, address=scheduler, log=reporter.log) as client, out:
         compute = reporter.compute(client)
-        labeled = p.source.frame.map_partitions(p.labeler, meta=p.labeler(p.source.frame._meta))
+        # -- data quality: an optional pre-pass, then the checked rows feed everything below --
+        gate = _quality.QualityGate(job, p.source, out, bad_files)
+        if gate.needs_prepass:
+            with reporter.stage("checks", "finding duplicated keys to quarantine"):
+                gate.prepass(compute)
+        checked = gate.apply(p.source.frame)
+        labeled = checked.map_partitions(p.labeler, meta=p.labeler(checked._meta))
         raw = p.source.frame
         classify = job.train.objective.startswith(("binary:", "multi:"))
 
@@ -247,6 +261,7 @@ def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bo
                 "rows_per_partition": frame.map_partitions(len, meta=("rows", "int64")),
                 "valid_rows": frame[VALID].sum(),
                 "train_labels": train_labels.value_counts(split_out=1) if classify else train_labels.count(),
+                **gate.lazy_values(),
             }
 
         with reporter.stage("fit", f"learning feature statistics ({len(p.pipeline.ops)} ops)"):
@@ -257,10 +272,12 @@ def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bo
                 extra_inputs={LABEL, VALID},
                 compute=compute,
             )
-        rows = _check_rows(job, report.extras, classify)
+        quality = gate.finish(report.extras, rows_read=int(report.extras["rows_read"]), log=reporter.log)
+        rows = _check_rows(job, report.extras, classify, quarantined=quality["quarantined_rows"])
+        passes = len(report.phases) + gate.prepasses
         reporter.log(
             f"rows: {rows['read']} read, {rows['train']} train, {rows['valid']} valid"
-            f" ({len(report.phases)} fit pass{'es' if len(report.phases) != 1 else ''})"
+            f" ({passes} pass{'es' if passes != 1 else ''} over the data)"
         )
         for where, step in report.steps.items():
             reporter.log(f"{where} ({step['op']}): " + ", ".join(f"{k}={v}" for k, v in step.items() if k != "op"))
@@ -312,6 +329,7 @@ def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bo
                 "steps": report.steps,
                 "features": p.model_input.to_dict(),
                 "fit_phases": report.phases,
+                "quality": quality,
                 "timings": dict(reporter.timings),
                 "cluster": _cluster_info(client),
                 "versions": library_versions(),
@@ -324,13 +342,15 @@ def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bo
     return RunResult(job=job.name, bundle_uri=uri, metrics=metrics, rows=rows, timings=dict(reporter.timings), manifest=manifest)
 
 
-def _check_rows(job: JobSpec, extras: dict, classify: bool) -> dict:
+def _check_rows(job: JobSpec, extras: dict, classify: bool, quarantined: int = 0) -> dict:
+    """Row accounting: ``read = quarantined + dropped_missing_label + dropped_by_filters + train + valid``."""
     per_partition = [int(x) for x in extras["rows_per_partition"]]
     total = sum(per_partition)
     valid = int(extras["valid_rows"])
     rows = {
         "read": int(extras["rows_read"]),
-        "dropped_missing_label": int(extras["rows_read"]) - int(extras["rows_labeled"]),
+        "quarantined": quarantined,
+        "dropped_missing_label": int(extras["rows_read"]) - quarantined - int(extras["rows_labeled"]),
         "dropped_by_filters": int(extras["rows_labeled"]) - total,
         "train": total - valid,
         "valid": valid,

@@ -147,9 +147,16 @@ class StagedOutput:
 
 def write_parquet(frame, out: StagedOutput, relpath: str, *, compute=None) -> None:
     """Write a Dask DataFrame as ``part-NNNNN.parquet`` files under a staged folder."""
+    task = parquet_task(frame, out, relpath)
+    with storage_errors(out.where, out.uri):
+        (compute or (lambda t: t.compute()))(task)
+
+
+def parquet_task(frame, out: StagedOutput, relpath: str):
+    """The lazy write of :func:`write_parquet`, to compute together with other values."""
     uri = out.staged_uri(relpath)
     with storage_errors(out.where, out.uri):
-        task = frame.to_parquet(
+        return frame.to_parquet(
             uri,
             storage_options=out.storage_options,
             write_index=False,
@@ -157,4 +164,3 @@ def write_parquet(frame, out: StagedOutput, relpath: str, *, compute=None) -> No
             name_function=lambda i: f"part-{i:05d}.parquet",
             compute=False,
         )
-        (compute or (lambda t: t.compute()))(task)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import functools
+import hashlib
+import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import dask.dataframe as dd
 import pandas as pd
@@ -63,6 +65,41 @@ def _file_format(fmt: str):
 
 
 @dataclass(frozen=True)
+class BadFileLog:
+    """A folder where workers record the input files they skipped, one small JSON file each.
+
+    Records are named by a hash of the file's URI, so reading a file again (a retried task, a
+    second pass) overwrites its record instead of adding one.
+    """
+
+    uri: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def record(self, file: str, error: str) -> None:
+        fs, path = resolve(self.uri, self.storage_options, where="bad files")
+        name = hashlib.sha1(file.encode()).hexdigest()[:20]
+        with storage_errors("bad files", self.uri):
+            fs.makedirs(path, exist_ok=True)
+            with fs.open(f"{path.rstrip('/')}/{name}.json", "w") as f:
+                json.dump({"file": file, "error": error}, f)
+
+    def records(self) -> list[dict[str, str]]:
+        """Every record written so far, sorted by file."""
+        fs, path = resolve(self.uri, self.storage_options, where="bad files")
+        with storage_errors("bad files", self.uri):
+            if not fs.exists(path):
+                return []
+            found = []
+            for p in sorted(fs.glob(f"{path.rstrip('/')}/*.json")):
+                with fs.open(p, "r") as f:
+                    found.append(json.load(f))
+        return sorted(found, key=lambda r: r["file"])
+
+    def __dask_tokenize__(self):
+        return ("dpipe-bad-file-log", self.uri)
+
+
+@dataclass(frozen=True)
 class FragmentTask:
     """What a worker needs to read one file: picklable, tokenised by content."""
 
@@ -71,13 +108,19 @@ class FragmentTask:
     schema: pa.Schema
     columns: tuple[str, ...]
     filter: ds.Expression | None = None
+    bad_file_log: BadFileLog | None = None
 
     def __dask_tokenize__(self):
-        return (self.uri, str(self.fragment.partition_expression), self.columns, str(self.filter))
+        skip = self.bad_file_log.uri if self.bad_file_log else None
+        return (self.uri, str(self.fragment.partition_expression), self.columns, str(self.filter), skip)
 
 
 def read_fragment(task: FragmentTask) -> pd.DataFrame:
-    """Read one file (runs on a worker); partition columns come from the file's directory."""
+    """Read one file (runs on a worker); partition columns come from the file's directory.
+
+    With a ``bad_file_log`` a file that cannot be read gives an empty frame of the right columns
+    and types, and the file and its error are recorded in the log instead of failing the task.
+    """
     try:
         table = task.fragment.to_table(schema=task.schema, columns=list(task.columns), filter=task.filter)
     except FileNotFoundError:
@@ -86,10 +129,15 @@ def read_fragment(task: FragmentTask) -> pd.DataFrame:
             hint="do not modify the input while a job runs",
         ) from None
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError, ValueError) as exc:
-        raise DataError(
-            f"source: cannot read file {task.uri!r}: {str(exc).splitlines()[0][:300]}",
-            hint="the file is corrupt or its schema differs from the other files; fix or remove it",
-        ) from None
+        error = str(exc).splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        if task.bad_file_log is None:
+            raise DataError(
+                f"source: cannot read file {task.uri!r}: {error}",
+                hint="the file is corrupt or its schema differs from the other files; fix or remove it,"
+                " or set `quarantine.bad_files: skip` to leave such files out",
+            ) from None
+        task.bad_file_log.record(task.uri, error)
+        table = pa.schema([task.schema.field(c) for c in task.columns]).empty_table()
     return arrow_to_pandas(table)
 
 
@@ -138,6 +186,8 @@ def read(
     filters: list | None = None,
     partitioning: str = "hive",
     storage_options: dict[str, Any] | None = None,
+    on_bad_file: Literal["raise", "skip"] = "raise",
+    bad_file_log: BadFileLog | None = None,
     where: str = "source",
 ) -> Source:
     """Open a partitioned dataset lazily.
@@ -156,12 +206,23 @@ def read(
         ``hive`` to parse ``key=value`` directories into columns, ``none`` to ignore them.
     storage_options
         Passed to the fsspec filesystem (credentials, endpoint).
+    on_bad_file
+        ``raise``: a file that cannot be read (corrupt, malformed rows, a column of another type)
+        fails the computation with a :class:`DataError` naming it. ``skip``: that file's
+        partition is empty and the file and its error are recorded in ``bad_file_log``. The
+        first file is read on the client for the schema, so it must be readable either way.
+    bad_file_log
+        Where workers record skipped files; required with ``on_bad_file="skip"``.
 
     Examples
     --------
     >>> src = read("data/demo/events", columns=["f0", "country"], filters=[["date", ">=", "2024-06-01"]])
     >>> src.frame.npartitions, len(src.files)
     """
+    if on_bad_file not in ("raise", "skip"):
+        raise ValueError(f"`on_bad_file` must be 'raise' or 'skip'. Instead got {on_bad_file!r}")
+    if on_bad_file == "skip" and bad_file_log is None:
+        raise ValueError("`on_bad_file='skip'` needs a `bad_file_log` to record the skipped files in")
     fs, path = resolve(uri, storage_options, where=f"{where}.uri")
     hive = ds.HivePartitioning.discover(infer_dictionary=False) if partitioning == "hive" else None
     with _unreadable(where, uri), storage_errors(f"{where}.uri", uri):
@@ -220,6 +281,7 @@ def read(
             schema=schema,
             columns=tuple(selected),
             filter=expression,
+            bad_file_log=bad_file_log if on_bad_file == "skip" else None,
         )
         for fragment in fragments
     ]

@@ -11,15 +11,20 @@ from dpipe.spec.models import (
     SplitSpec,
     TrainSpec,
 )
+from dpipe.spec.quality import CHECK_MODELS, CHECK_NAMES, CheckSpec, QuarantineSpec
 
 __all__ = [
+    "CHECK_MODELS",
+    "CHECK_NAMES",
     "OP_MODELS",
     "OP_NAMES",
+    "CheckSpec",
     "ClusterSpec",
     "JobSpec",
     "LabelSpec",
     "OpSpec",
     "OutputSpec",
+    "QuarantineSpec",
     "SourceSpec",
     "SplitSpec",
     "TrainSpec",

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from dpipe.errors import SpecError
 from dpipe.spec.features import OP_MODELS, OP_NAMES
 from dpipe.spec.models import JobSpec
+from dpipe.spec.quality import CHECK_MODELS, CHECK_NAMES
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_SECTIONS = ("storage_options",)
@@ -117,11 +118,11 @@ def format_loc(loc: tuple) -> str:
     for part in loc:
         if skip_tag:
             skip_tag = False
-            if part in OP_NAMES:
+            if part in (CHECK_NAMES if out.startswith("checks") else OP_NAMES):
                 continue
         if isinstance(part, int):
             out += f"[{part}]"
-            skip_tag = out.startswith("features")
+            skip_tag = out.startswith(("features", "checks"))
         elif str(part).startswith(("function-after", "function-before", "tuple", "list[")):
             continue
         else:
@@ -137,6 +138,14 @@ def spec_error_from(exc: ValidationError, origin: str) -> SpecError:
         etype = err["type"]
         if etype == "extra_forbidden":
             msg = _unknown_key_message(err["loc"])
+        elif etype == "union_tag_invalid" and loc.startswith("checks"):
+            given = err.get("ctx", {}).get("tag")
+            close = difflib.get_close_matches(str(given), CHECK_NAMES, n=1)
+            msg = f"unknown check {given!r}; expected one of {list(CHECK_NAMES)}"
+            if close:
+                msg += f" (did you mean {close[0]!r}?)"
+        elif etype == "union_tag_not_found" and loc.startswith("checks"):
+            msg = f"each check needs a `check` key, one of {list(CHECK_NAMES)}"
         elif etype == "union_tag_invalid":
             given = err.get("ctx", {}).get("tag")
             close = difflib.get_close_matches(str(given), OP_NAMES, n=1)
@@ -151,7 +160,7 @@ def spec_error_from(exc: ValidationError, origin: str) -> SpecError:
             msg = err["msg"].removeprefix("Value error, ")
             if "input" in err and etype not in ("model_type",) and not loc.endswith("storage_options"):
                 shown = err["input"]
-                if not isinstance(shown, (dict, list)) and repr(shown) not in msg and str(shown) not in msg:
+                if not isinstance(shown, (dict, list, BaseModel)) and repr(shown) not in msg and str(shown) not in msg:
                     msg += f" (got {shown!r})"
         if (loc, msg) not in seen:
             seen.add((loc, msg))
@@ -184,6 +193,8 @@ def _model_at(raw_loc: tuple):
         return JobSpec
     if raw_loc[0] == "features":
         return OP_MODELS.get(raw_loc[2]) if len(raw_loc) == 3 else None
+    if raw_loc[0] == "checks":
+        return CHECK_MODELS.get(raw_loc[2]) if len(raw_loc) == 3 else None
     if len(raw_loc) != 1:
         return None
     field = JobSpec.model_fields.get(str(raw_loc[0]))

@@ -13,6 +13,7 @@ from dpipe.expr import check_expression
 from dpipe.spec.base import Strict
 from dpipe.spec.features import OpSpec
 from dpipe.spec.source import SourceSpec
+from dpipe.spec.quality import CheckSpec, QuarantineSpec, check_names_unique
 
 
 class LabelSpec(Strict):
@@ -126,3 +127,21 @@ class JobSpec(Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
     output: OutputSpec
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    checks: list[CheckSpec] = Field(default_factory=list)
+    quarantine: QuarantineSpec | None = Field(default=None, validate_default=True)
+
+    @field_validator("checks")
+    @classmethod
+    def _unique_check_names(cls, checks):
+        return check_names_unique(checks)
+
+    @field_validator("quarantine")
+    @classmethod
+    def _quarantine_configured(cls, quarantine, info):
+        wanting = [f"checks[{i}]" for i, c in enumerate(info.data.get("checks", [])) if c.action == "quarantine"]
+        if wanting and quarantine is None:
+            raise ValueError(
+                f"{', '.join(wanting)} quarantine rows but the job has no `quarantine` section;"
+                " add one, e.g. `quarantine: {max_fraction: 0.01}`"
+            )
+        return quarantine
