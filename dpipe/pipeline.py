@@ -18,6 +18,7 @@ import pandas as pd
 from dpipe.errors import BundleError
 from dpipe.ops import Op, build_op
 from dpipe.spec import OP_MODELS
+from dpipe.versions import library_versions
 
 FORMAT_VERSION = 1
 
@@ -187,6 +188,8 @@ class FeaturePipeline:
                 {"spec": op.spec.model_dump(mode="json"), "where": op.where, "state": op.get_state()}
                 for op in self.ops
             ],
+            # What fitted the state; informational only (`from_dict` ignores it).
+            "versions": library_versions(("dpipe", "dask", "pandas", "pyarrow", "xgboost")),
         }
 
     def to_json(self) -> str:
