@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-options", metavar="JSON")
     _add_common(p)
 
+    p = sub.add_parser("inspect", help="print a bundle's fitted pipeline as a table, one row per step")
+    p.add_argument("bundle", help="model bundle (the `output.uri` of a run)")
+    p.add_argument("--json", action="store_true", help="print the saved pipeline JSON instead")
+    p.add_argument("--storage-options", metavar="JSON", help="fsspec options as JSON (prefer AWS_* environment variables)")
+    _add_common(p)
+
     p = sub.add_parser("demo-data", help="write a demo dataset: synthetic events (the quickstart's) or NYC flights 2013")
     p.add_argument("path", nargs="?", help="destination (default: data/demo for events, data/flights for flights)")
     p.add_argument("--dataset", choices=["events", "flights"], default="events",
@@ -180,6 +186,14 @@ def _show(args) -> int:
     return 0
 
 
+def _inspect(args) -> int:
+    from dpipe.inspection import read_bundle_json, render
+
+    pipeline, manifest = read_bundle_json(args.bundle, _storage_options(args.storage_options))
+    print(json.dumps(pipeline, indent=2) if args.json else render(pipeline, manifest, uri=args.bundle))
+    return 0
+
+
 def _demo_data(args) -> int:
     from dpipe.demo import write_demo_data, write_flights_data
 
@@ -204,7 +218,8 @@ def _demo_data(args) -> int:
     return 0
 
 
-_COMMANDS = {"run": _run, "validate": _validate, "predict": _predict, "show": _show, "demo-data": _demo_data}
+_COMMANDS = {"run": _run, "validate": _validate, "predict": _predict, "show": _show, "inspect": _inspect,
+             "demo-data": _demo_data}
 
 
 if __name__ == "__main__":  # pragma: no cover
