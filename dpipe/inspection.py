@@ -34,13 +34,16 @@ def read_bundle_json(uri: str, storage_options: dict | None = None) -> tuple[dic
         raw = {name: fs.cat_file(f"{path}/{name}") for name in (PIPELINE, MANIFEST)}
     try:
         pipeline, manifest = json.loads(raw[PIPELINE]), json.loads(raw[MANIFEST])
-        if not isinstance(pipeline, dict) or not isinstance(pipeline.get("ops"), list):
-            raise ValueError(f"{PIPELINE} has no list of `ops`")
     except ValueError as exc:
+        problem = str(exc).splitlines()[0][:300]
+    else:
+        ok = isinstance(pipeline, dict) and isinstance(pipeline.get("ops"), list)
+        problem = None if ok else f"{PIPELINE} has no list of `ops`"
+    if problem:
         raise BundleError(
-            f"bundle: {uri!r} is corrupt: {str(exc).splitlines()[0][:300]}",
+            f"bundle: {uri!r} is corrupt: {problem}",
             hint="write it again with `dpipe run`; do not edit the files of a bundle",
-        ) from None
+        )
     return pipeline, manifest if isinstance(manifest, dict) else {}
 
 

@@ -162,6 +162,9 @@ def test_incomplete_and_corrupt_bundles(bundle, tmp_path, capsys):
     (bundle / "pipeline.json").write_text("{not json")
     code, _, err = inspect(capsys, bundle)
     assert code == 1 and err.startswith(f"dpipe: error: bundle: '{bundle}' is corrupt: ")
+    (bundle / "pipeline.json").write_text("[]")
+    code, _, err = inspect(capsys, bundle)
+    assert code == 1 and "is corrupt: pipeline.json has no list of `ops`" in err
 
 
 def test_inspect_a_bundle_on_s3(bundle, s3, capsys):
