@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import platform
 from dataclasses import dataclass, field
 
 from dpipe.errors import BundleError
@@ -24,24 +23,12 @@ from dpipe.io.fs import resolve, storage_errors
 from dpipe.io.sinks import StagedOutput
 from dpipe.pipeline import FeaturePipeline
 from dpipe.train import ModelInput
+from dpipe.versions import library_versions
 
 MODEL = "model.ubj"
 PIPELINE = "pipeline.json"
 METRICS = "metrics.json"
 MANIFEST = "manifest.json"
-
-_LIBRARIES = ("dpipe", "dask", "distributed", "xgboost", "pandas", "pyarrow", "numpy", "fsspec", "s3fs")
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of Python and the libraries that decide a bundle's results."""
-    versions = {"python": platform.python_version()}
-    for name in _LIBRARIES:
-        try:
-            versions[name] = importlib.import_module(name).__version__
-        except (ImportError, AttributeError):
-            pass
-    return versions
 
 
 @dataclass

