@@ -68,36 +68,36 @@ class Join(Op):
             )
         return list(self.spec.columns or [c for c in right_meta.columns if c not in keys])
 
-    def _prepare(self, right, left_meta: pd.DataFrame):
-        """Project and rename the right side: right keys take the left names, values the prefix."""
-        columns = self._right_columns(right._meta if hasattr(right, "_meta") else right)
-        right = right[self.spec.right_keys + columns]
-        renames = dict(zip(self.spec.right_keys, self.spec.left_keys))
-        renames.update({c: self.spec.prefix + c for c in columns})
-        right = right.rename(columns=renames)
-        casts = {}
-        for left_key in self.spec.left_keys:
-            lt, rt = left_meta[left_key].dtype, right._meta[left_key].dtype if hasattr(right, "_meta") else right[left_key].dtype
-            if lt == rt:
-                continue
-            if pd.api.types.is_numeric_dtype(lt) and pd.api.types.is_numeric_dtype(rt):
-                casts[left_key] = "float64"
-            elif pd.api.types.is_string_dtype(lt) and pd.api.types.is_string_dtype(rt) or pd.api.types.is_datetime64_any_dtype(lt) and pd.api.types.is_datetime64_any_dtype(rt):
-                casts[left_key] = lt
-            else:
-                raise ColumnError(
-                    f"{self.where} ({self.name}): key {left_key!r} is {lt} on the left but {rt} in"
-                    f" {self.spec.source.uri!r}",
-                    hint="cast one side (a `cast` op, or fix the data) so the keys compare equal",
-                )
-        return right.astype(casts) if casts else right, casts
-
-    def _right_meta(self) -> pd.DataFrame:
-        meta = self._table.frame._meta
+    def _project(self, right):
+        """Right keys take the left names, value columns the prefix (a frame or its meta)."""
+        meta = right._meta if hasattr(right, "_meta") else right
         columns = self._right_columns(meta)
         renames = dict(zip(self.spec.right_keys, self.spec.left_keys))
         renames.update({c: self.spec.prefix + c for c in columns})
-        return meta[self.spec.right_keys + columns].rename(columns=renames)
+        return right[self.spec.right_keys + columns].rename(columns=renames)
+
+    def _key_casts(self, left_meta: pd.DataFrame, right_meta: pd.DataFrame) -> dict:
+        """Dtypes both sides' keys are cast to so that equal keys compare equal."""
+        casts = {}
+        for key in self.spec.left_keys:
+            lt, rt = left_meta[key].dtype, right_meta[key].dtype
+            if lt == rt:
+                continue
+            if pd.api.types.is_numeric_dtype(lt) and pd.api.types.is_numeric_dtype(rt):
+                casts[key] = "float64"
+            elif (pd.api.types.is_string_dtype(lt) and pd.api.types.is_string_dtype(rt)) or (
+                pd.api.types.is_datetime64_any_dtype(lt) and pd.api.types.is_datetime64_any_dtype(rt)
+            ):
+                casts[key] = lt
+            else:
+                raise ColumnError(
+                    f"{self.where} ({self.name}): key {key!r} is {lt} on the left but {rt} in {self.spec.source.uri!r}",
+                    hint="cast one side (a `cast` op, or fix the data) so the keys compare equal",
+                )
+        return casts
+
+    def _right_meta(self) -> pd.DataFrame:
+        return self._project(self._table.frame._meta)
 
     def describe(self, meta):
         self._require_bound()
@@ -109,9 +109,8 @@ class Join(Op):
                 f"{self.where} ({self.name}): column(s) {clash} exist on both sides of the join",
                 hint=f"set `{self.where}.prefix` (e.g. `prefix: right_`) or pick `{self.where}.columns`",
             )
-        right_meta, casts = self._prepare(right_meta, meta)
-        left = meta.astype(casts) if casts else meta
-        return left.merge(right_meta, how=self.spec.how, on=self.spec.left_keys)
+        casts = self._key_casts(meta, right_meta)
+        return meta.astype(casts).merge(right_meta.astype(casts), how=self.spec.how, on=self.spec.left_keys)
 
     # -- applying ----------------------------------------------------------------------------
     def _broadcast(self) -> bool:
@@ -121,9 +120,10 @@ class Join(Op):
 
     def apply(self, df):
         self._require_bound()
-        right, casts = self._prepare(self._table.frame, df._meta)
+        right = self._project(self._table.frame)
+        casts = self._key_casts(df._meta, right._meta)
         if casts:
-            df = df.astype(casts)
+            df, right = df.astype(casts), right.astype(casts)
         if self._broadcast():
             # One partition: merged blockwise into every left partition, no shuffle of the left.
             right = right.repartition(npartitions=1)

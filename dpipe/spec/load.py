@@ -22,6 +22,23 @@ _SECRET_SECTIONS = ("storage_options",)
 REDACTED = "***"
 
 
+class SpecLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only ``true``/``false``.
+
+    YAML 1.1 (PyYAML's default) also reads ``on``/``off``/``yes``/``no`` as booleans, which
+    would turn a join's ``on:`` key into ``True``.
+    """
+
+
+SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> JobSpec:
     """Read a YAML job spec, apply ``key.path=value`` overrides, and validate it.
 
@@ -38,7 +55,7 @@ def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> Job
     except FileNotFoundError:
         raise SpecError(f"job spec {str(path)!r} not found", hint="check the path") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -70,7 +87,7 @@ def apply_override(data: dict, item: str) -> None:
     if not sep or not key.strip():
         raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. train.num_boost_round=50")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=SpecLoader) if raw.strip() else ""  # noqa: S506
     except yaml.YAMLError:
         value = raw
     parts = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", key.strip())]
