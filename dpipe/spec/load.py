@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from dpipe.errors import SpecError
-from dpipe.spec.features import OP_MODELS, OP_NAMES
+from dpipe.spec.features import CUSTOM_TAG, OP_MODELS, OP_NAMES
 from dpipe.spec.models import JobSpec
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -117,7 +117,8 @@ def format_loc(loc: tuple) -> str:
     for part in loc:
         if skip_tag:
             skip_tag = False
-            if part in OP_NAMES:
+            # The discriminator tag (an op name, or "custom" for ops named by import path).
+            if part in OP_NAMES or part == CUSTOM_TAG:
                 continue
         if isinstance(part, int):
             out += f"[{part}]"
