@@ -34,12 +34,21 @@ NUMERIC_HINT = "cast or encode the column first, or remove it from the op"
 
 
 class Op:
-    """Base class of feature ops. Subclasses set ``name`` and override what they need."""
+    """Base class of feature ops. Subclasses set ``name`` and override what they need.
+
+    An op of your own that sets no ``name`` is named by its import path (``mypkg.features:Winsorize``),
+    the way a spec refers to it; messages and fit reports show that name.
+    """
 
     name: ClassVar[str]
     stateful: ClassVar[bool] = False
     filters_rows: ClassVar[bool] = False
     needs_label: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not hasattr(cls, "name"):
+            cls.name = f"{cls.__module__}:{cls.__qualname__}"
 
     def __init__(self, spec, where: str):
         self.spec = spec

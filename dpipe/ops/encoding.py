@@ -270,7 +270,9 @@ class TargetEncode(Op):
     def describe(self, meta):
         self.require_columns(meta, self.spec.columns)
         _check_discrete(self, meta)
-        if not self.fitted and LABEL not in meta.columns:
+        # The fold column comes with the label from the runner's Labeler (``folds=True``); a frame
+        # with a label but no folds cannot be cross-fitted either.
+        if not self.fitted and not {LABEL, FOLD} <= set(meta.columns):
             raise ColumnError(
                 f"{self.where} ({self.name}): needs the label to fit, and this frame has none",
                 hint="target encoding is fitted by `dpipe run`, which adds the label",
@@ -280,6 +282,10 @@ class TargetEncode(Op):
         return meta.astype({c: "float32" for c in self.spec.columns})
 
     def fit(self, df):
+        # FeaturePipeline.fit does not describe() first (the runner does): check the frame here so
+        # a frame without the label, or with a text label, fails with a ColumnError naming this op
+        # rather than a KeyError or ValueError from inside Dask.
+        self.describe(df._meta)
         k = self.spec.folds
         stats = {}
         for c in self.spec.columns:
@@ -305,8 +311,12 @@ class TargetEncode(Op):
             table: pd.DataFrame = stats[f"sums:{c}"]
             per_fold = table.unstack(FOLD, fill_value=0)
             values = _vocab_values(per_fold)
-            fold_sum = per_fold["sum"].reindex(columns=range(k), fill_value=0).to_numpy(dtype="float64")
-            fold_count = per_fold["count"].reindex(columns=range(k), fill_value=0).to_numpy(dtype="float64")
+            if values:
+                fold_sum = per_fold["sum"].reindex(columns=range(k), fill_value=0).to_numpy(dtype="float64")
+                fold_count = per_fold["count"].reindex(columns=range(k), fill_value=0).to_numpy(dtype="float64")
+            else:
+                # No value at fit time (an all-missing column): the unstacked frame has no columns.
+                fold_sum = fold_count = np.zeros((0, k))
             order = sorted(range(len(values)), key=lambda i: (str(type(values[i])), values[i]))
             self.encoding_["columns"][c] = {
                 "values": [values[i] for i in order],
@@ -339,6 +349,9 @@ class TargetEncode(Op):
             counts = np.asarray(col["fold_count"], dtype="float64").reshape(self.spec.folds, -1)
             codes = _lookup(pdf[c], col["values"])
             known = codes >= 0
+            if not col["values"]:
+                # Every row gets the prior; a zero column keeps the lookups below in bounds.
+                sums, counts = np.zeros((self.spec.folds, 1)), np.zeros((self.spec.folds, 1))
             safe = np.where(known, codes, 0)
             s, n = sums.sum(axis=0)[safe], counts.sum(axis=0)[safe]
             value = _smoothed(s, n, m, prior, known)

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from dpipe.errors import SpecError
-from dpipe.spec.features import OP_MODELS, OP_NAMES
+from dpipe.spec.features import CUSTOM_TAG, OP_MODELS, OP_NAMES
 from dpipe.spec.models import JobSpec
 from dpipe.spec.quality import CHECK_MODELS, CHECK_NAMES
 
@@ -135,7 +135,8 @@ def format_loc(loc: tuple) -> str:
     for part in loc:
         if skip_tag:
             skip_tag = False
-            if part in (CHECK_NAMES if out.startswith("checks") else OP_NAMES):
+            # The discriminator tag: a check kind, an op name, or "custom" (ops named by import path).
+            if part in (CHECK_NAMES if out.startswith("checks") else (*OP_NAMES, CUSTOM_TAG)):
                 continue
         if isinstance(part, int):
             out += f"[{part}]"
