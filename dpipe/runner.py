@@ -22,8 +22,11 @@ from dpipe.bundle import Bundle, library_versions
 from dpipe.errors import ColumnError, DataError
 from dpipe.io import StagedOutput, read, write_parquet
 from dpipe.io.sources import BadFileLog, Source
+from dpipe.expr import Expression
+from dpipe.ops.tables import Join
 from dpipe.pipeline import FeaturePipeline
 from dpipe.spec import JobSpec, redacted
+from dpipe.spec.features import Join as JoinSpec
 from dpipe.spec.load import REDACTED
 from dpipe.train import (
     INTERNAL,
@@ -117,6 +120,7 @@ class Plan:
     label_inputs: set[str]
     tables: dict[str, Source] = field(default_factory=dict)
     exclude: set[str] = field(default_factory=set)
+    label_join: Join | None = None
 
 
 def plan(job: JobSpec, *, bad_file_log: BadFileLog | None = None) -> Plan:
@@ -138,15 +142,22 @@ def plan(job: JobSpec, *, bad_file_log: BadFileLog | None = None) -> Plan:
     meta = source.frame._meta
     _quality.check_columns(job, meta)
     _require(meta, job.id_columns, "id_columns")
+    label_join = _label_join(job)
+    tables = {}
+    if label_join is not None:
+        tables.update({"label.join": t for t in [table_reader()(job.label.join.source, "label.join.source")]})
+        label_join.bind({"source": tables["label.join"]})
+        meta = label_join.describe(meta)
     if job.label.column:
         _require(meta, [job.label.column], "label.column")
-    split_key = job.split.key or [c for c in meta.columns]
+    # The default split key is every source column, never the label table's.
+    split_key = job.split.key or list(source.frame._meta.columns)
     _require(meta, split_key, "split.key")
     reserved = sorted(set(meta.columns) & set(INTERNAL))
     if reserved:
         raise ColumnError(f"source: column names {reserved} are reserved by dpipe", hint="rename them")
     pipeline = FeaturePipeline.from_specs(job.features)
-    tables = pipeline.bind(table_reader())
+    tables.update(pipeline.bind(table_reader()))
     labeler = Labeler(
         column=job.label.column,
         expr=job.label.expr,
@@ -179,7 +190,26 @@ def plan(job: JobSpec, *, bad_file_log: BadFileLog | None = None) -> Plan:
     model_input = ModelInput.infer(
         final_meta, features=job.train.features, exclude=exclude, allow_missing=not pipeline.fitted
     )
-    return Plan(job, source, labeler, pipeline, model_input, labeler.label_inputs, tables, exclude)
+    return Plan(job, source, labeler, pipeline, model_input, labeler.label_inputs, tables, exclude, label_join)
+
+
+def _label_join(job: JobSpec) -> Join | None:
+    """The label's table as a left join bringing in only the columns the label reads."""
+    spec = job.label.join
+    if spec is None:
+        return None
+    columns = [job.label.column] if job.label.column else sorted(Expression(job.label.expr, where="label.expr").columns)
+    right_keys = spec.on or spec.right_on
+    join = JoinSpec(
+        op="join",
+        source=spec.source,
+        on=spec.on,
+        left_on=spec.left_on,
+        right_on=spec.right_on,
+        columns=[c for c in columns if c not in right_keys],
+        max_unmatched_fraction=spec.max_unmatched_fraction,
+    )
+    return Join(join, "label.join")
 
 
 def table_reader(storage_options: dict | None = None) -> Callable[[Any, str], Source]:
@@ -249,7 +279,8 @@ def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bo
             with reporter.stage("checks", "finding duplicated keys to quarantine"):
                 gate.prepass(compute)
         checked = gate.apply(p.source.frame)
-        labeled = checked.map_partitions(p.labeler, meta=p.labeler(checked._meta))
+        with_label = p.label_join.apply(checked) if p.label_join else checked
+        labeled = with_label.map_partitions(p.labeler, meta=p.labeler(with_label._meta))
         raw = p.source.frame
         classify = job.train.objective.startswith(("binary:", "multi:"))
 
@@ -262,6 +293,11 @@ def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bo
                 "valid_rows": frame[VALID].sum(),
                 "train_labels": train_labels.value_counts(split_out=1) if classify else train_labels.count(),
                 **gate.lazy_values(),
+                **(
+                    {f"label.join:{k}": v for k, v in p.label_join.diagnose(checked, with_label).items()}
+                    if p.label_join
+                    else {}
+                ),
             }
 
         with reporter.stage("fit", f"learning feature statistics ({len(p.pipeline.ops)} ops)"):
@@ -272,6 +308,9 @@ def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bo
                 extra_inputs={LABEL, VALID},
                 compute=compute,
             )
+        if p.label_join:
+            measured = {k.split(":", 1)[1]: v for k, v in report.extras.items() if k.startswith("label.join:")}
+            report.steps = {"label.join": {"op": "join", **p.label_join.check(measured)}, **report.steps}
         quality = gate.finish(report.extras, rows_read=int(report.extras["rows_read"]), log=reporter.log)
         rows = _check_rows(job, report.extras, classify, quarantined=quality["quarantined_rows"])
         passes = len(report.phases) + gate.prepasses

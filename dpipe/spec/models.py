@@ -16,15 +16,39 @@ from dpipe.spec.source import SourceSpec
 from dpipe.spec.quality import CheckSpec, QuarantineSpec, check_names_unique
 
 
+class LabelJoin(Strict):
+    """A table the label comes from, looked up by key (training only; prediction never reads it).
+
+    Rows without a match have no label: they are dropped and counted in the manifest.
+    """
+
+    source: SourceSpec
+    on: list[str] | None = Field(default=None, min_length=1)
+    left_on: list[str] | None = Field(default=None, min_length=1)
+    right_on: list[str] | None = Field(default=None, min_length=1)
+    max_unmatched_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _keys(self):
+        if self.on is not None and (self.left_on or self.right_on):
+            raise ValueError("give either `on` or `left_on` + `right_on`, not both")
+        if self.on is None and not (self.left_on and self.right_on and len(self.left_on) == len(self.right_on)):
+            raise ValueError("give the join keys: `on`, or `left_on` + `right_on` of the same length")
+        return self
+
+
 class LabelSpec(Strict):
     """The training target: an existing column, or an expression such as ``arr_delay > 15``.
 
-    Columns the label is computed from are never used as features (that would leak the target).
-    Rows whose label is missing are dropped and counted in the manifest.
+    With ``join``, the column or the expression's columns come from another table matched by
+    key (e.g. outcomes recorded after the fact). Columns the label is computed from are never used
+    as features (that would leak the target). Rows whose label is missing are dropped and counted
+    in the manifest.
     """
 
     column: str | None = None
     expr: str | None = None
+    join: LabelJoin | None = None
 
     @field_validator("expr")
     @classmethod

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import yaml
 
 import dpipe
 from dpipe.errors import ColumnError, DataError, StorageError, TrainingError
+from dpipe.spec import job_from_dict
 from tests.conftest import ROOT, job_dict
 
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
@@ -357,3 +359,39 @@ def test_predict_reads_only_the_columns_the_model_needs(trained, demo_root, clie
     dpipe.predict(result.bundle_uri, str(demo_root / "events"), str(tmp_path / "s"), client=client, progress=False)
     needed = {"event_id", "age", "tenure_days", "income", "sessions", "pages_per_session", "country", "device", "plan"}
     assert set(asked[-1]) == needed  # not `converted` (the label) nor `date` (excluded)
+
+
+def test_label_from_a_joined_table(client, demo_root, tmp_path):
+    """Outcomes recorded in another table: joined for training only, unmatched rows counted."""
+    import pyarrow.parquet as pq
+
+    events = pd.read_parquet(demo_root / "events", columns=["event_id", "converted"])
+    outcomes = events.iloc[: int(len(events) * 0.9)].rename(columns={"event_id": "id", "converted": "bought"})
+    (tmp_path / "outcomes").mkdir()
+    pq.write_table(pa.Table.from_pandas(outcomes, preserve_index=False), tmp_path / "outcomes" / "part-0.parquet")
+    spec = job_dict(demo_root, tmp_path / "bundle")
+    spec["source"]["columns"] = [c for c in events_columns(demo_root) if c != "converted"]
+    spec["label"] = {
+        "column": "bought",
+        "join": {"source": {"uri": str(tmp_path / "outcomes")}, "left_on": ["event_id"], "right_on": ["id"]},
+    }
+    result = dpipe.run(job_from_dict(spec), client=client, progress=False)
+    rows = result.rows
+    assert rows["dropped_missing_label"] == len(events) - len(outcomes)
+    assert rows["train"] + rows["valid"] + rows["dropped_by_filters"] == len(outcomes)
+    step = result.manifest["steps"]["label.join"]
+    assert step["unmatched"] == len(events) - len(outcomes)
+    assert "bought" not in result.manifest["features"]["features"]
+    assert result.metrics["valid"]["auc"] > 0.7
+    # Too many rows without an outcome is an error, if asked for.
+    spec["label"]["join"]["max_unmatched_fraction"] = 0.05
+    spec["output"]["uri"] = str(tmp_path / "other")
+    with pytest.raises(DataError, match=r"label.join \(join .*outcomes.* on \['id'\]\): \d+ of \d+ rows \(10\.0%\) found no match"):
+        dpipe.run(job_from_dict(spec), client=client, progress=False)
+    assert not (tmp_path / "other").exists()
+
+
+def events_columns(root) -> list[str]:
+    import pyarrow.dataset as pads
+
+    return pads.dataset(root / "events", partitioning="hive").schema.names
