@@ -248,7 +248,8 @@ class FeaturePipeline:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+        # default=str: timestamps (e.g. aggregate keys) are saved as ISO text and parsed back.
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False, default=str)
 
     @classmethod
     def from_dict(cls, data: dict) -> FeaturePipeline:

@@ -19,7 +19,7 @@ import pandas as pd
 from dpipe import cluster as _cluster
 from dpipe import quality as _quality
 from dpipe.bundle import Bundle, library_versions
-from dpipe.errors import ColumnError, DataError
+from dpipe.errors import ColumnError, DataError, SpecError
 from dpipe.io import StagedOutput, read, write_parquet
 from dpipe.io.sources import BadFileLog, Source
 from dpipe.expr import Expression
@@ -176,6 +176,12 @@ def plan(job: JobSpec, *, bad_file_log: BadFileLog | None = None) -> Plan:
                 " prediction, where the label is unknown",
                 hint="rows without a label are dropped automatically; filter on the label with `source.filters`",
             )
+    if pipeline.needs_label and not job.train.objective.startswith(("binary:", "reg:")):
+        where = next(op.where for op in pipeline.ops if op.needs_label)
+        raise ColumnError(
+            f"{where}: target encoding needs a binary or regression label; the objective is {job.train.objective!r}",
+            hint="use `categorical` or `one_hot` for multi-class problems",
+        )
     final_meta = pipeline.describe(labeled_meta)
     for c in job.id_columns:
         if c not in final_meta.columns:
@@ -220,7 +226,12 @@ def table_reader(storage_options: dict | None = None) -> Callable[[Any, str], So
 
     def open_table(spec, where: str) -> Source:
         options = spec.storage_options
-        if storage_options is not None and any(v == REDACTED for v in options.values()):
+        if any(v == REDACTED for v in options.values()):
+            if storage_options is None:
+                raise SpecError(
+                    f"{where}: the bundle does not store this table's storage_options (they may hold secrets)",
+                    hint="pass them to predict (`--storage-options JSON`); they are used for the joined tables too",
+                )
             options = storage_options
         return read(
             spec.uri,

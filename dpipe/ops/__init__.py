@@ -49,7 +49,7 @@ def spec_dict(op: Op) -> dict:
         return redact(op.spec.model_dump(mode="json", by_alias=True))
     params = op.spec.model_dump(mode="json", by_alias=True) if hasattr(op.spec, "model_dump") else {}
     params.pop("op", None)
-    return {"op": path, **params}
+    return redact({"op": path, **params})
 
 
 __all__ = [

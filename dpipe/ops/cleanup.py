@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from dpipe.columns import INTERNAL
 from dpipe.errors import ColumnError, DataError
 from dpipe.ops.base import Op, to_builtin
 from dpipe.ops.stats import moments, quantile_sketch, sketch_quantile, value_counts
@@ -48,8 +49,10 @@ class FillMissing(Op):
     def _forward(self, pdf: pd.DataFrame) -> pd.DataFrame:
         by = list(self.spec.by)
         ordered = pdf.sort_values([*by, self.spec.order_by], kind="stable")
-        filled = ordered.groupby(by, sort=False, dropna=False)[list(self.spec.columns)].ffill()
-        return ordered.assign(**{c: filled[c] for c in self.spec.columns})
+        # Rows with a missing group key belong to no group: they keep their values.
+        filled = ordered.groupby(by, sort=False, dropna=True)[list(self.spec.columns)].ffill()
+        known = ordered[by].notna().all(axis=1)
+        return ordered.assign(**{c: filled[c].where(known, ordered[c]) for c in self.spec.columns})
 
     def describe(self, meta):
         self.require_columns(meta, self.spec.columns, numeric=self.spec.strategy in ("mean", "median"))
@@ -361,7 +364,9 @@ class Select(Op):
         return set()
 
     def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
-        return pdf[list(self.spec.columns)]
+        # dpipe's own label/split/fold columns of training frames are not the user's to drop.
+        internal = [c for c in INTERNAL if c in pdf.columns and c not in self.spec.columns]
+        return pdf[[*self.spec.columns, *internal]]
 
 
 class Drop(Op):

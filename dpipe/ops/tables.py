@@ -8,6 +8,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
+from dpipe.columns import LABEL
 from dpipe.errors import ColumnError, DataError
 from dpipe.ops.base import Op, count_rows, to_builtin
 
@@ -69,32 +70,57 @@ class Join(Op):
         return list(self.spec.columns or [c for c in right_meta.columns if c not in keys])
 
     def _project(self, right):
-        """Right keys take the left names, value columns the prefix (a frame or its meta)."""
+        """Right keys take the left names, value columns the prefix (a frame or its meta).
+
+        Integer value columns become float64 and booleans nullable: a left join gives unmatched
+        rows missing values, and every partition must have the same dtypes.
+        """
         meta = right._meta if hasattr(right, "_meta") else right
         columns = self._right_columns(meta)
         renames = dict(zip(self.spec.right_keys, self.spec.left_keys))
         renames.update({c: self.spec.prefix + c for c in columns})
-        return right[self.spec.right_keys + columns].rename(columns=renames)
+        right = right[self.spec.right_keys + columns].rename(columns=renames)
+        widen = {}
+        for c in columns:
+            dtype = meta[c].dtype
+            if pd.api.types.is_bool_dtype(dtype):
+                widen[self.spec.prefix + c] = "boolean"
+            elif pd.api.types.is_integer_dtype(dtype):
+                widen[self.spec.prefix + c] = "float64"
+        return right.astype(widen) if widen else right
 
-    def _key_casts(self, left_meta: pd.DataFrame, right_meta: pd.DataFrame) -> dict:
-        """Dtypes both sides' keys are cast to so that equal keys compare equal."""
-        casts = {}
+    def _key_types(self, left_meta: pd.DataFrame, right_meta: pd.DataFrame) -> dict[str, Any]:
+        """The dtype each key is compared in (on temporary copies: the left column is kept)."""
+        types = {}
         for key in self.spec.left_keys:
             lt, rt = left_meta[key].dtype, right_meta[key].dtype
+            num = pd.api.types.is_numeric_dtype
+            if isinstance(lt, pd.CategoricalDtype) or isinstance(rt, pd.CategoricalDtype):
+                raise ColumnError(
+                    f"{self.where} ({self.name}): key {key!r} is categorical ({lt} / {rt})",
+                    hint=f"join on the plain values: cast the key first (`{{op: cast, columns: {{{key}: string}}}}`)",
+                )
             if lt == rt:
-                continue
-            if pd.api.types.is_numeric_dtype(lt) and pd.api.types.is_numeric_dtype(rt):
-                casts[key] = "float64"
-            elif (pd.api.types.is_string_dtype(lt) and pd.api.types.is_string_dtype(rt)) or (
-                pd.api.types.is_datetime64_any_dtype(lt) and pd.api.types.is_datetime64_any_dtype(rt)
+                types[key] = lt
+            elif num(lt) and num(rt) and not pd.api.types.is_bool_dtype(lt) and not pd.api.types.is_bool_dtype(rt):
+                both_int = pd.api.types.is_integer_dtype(lt) and pd.api.types.is_integer_dtype(rt)
+                # Integers compare as integers (float64 would merge distinct 64-bit ids).
+                types[key] = "Int64" if both_int else "float64"
+            elif pd.api.types.is_string_dtype(lt) and pd.api.types.is_string_dtype(rt):
+                types[key] = pd.StringDtype("pyarrow")
+            elif (
+                pd.api.types.is_datetime64_any_dtype(lt)
+                and pd.api.types.is_datetime64_any_dtype(rt)
+                and getattr(lt, "tz", None) is None
+                and getattr(rt, "tz", None) is None
             ):
-                casts[key] = lt
+                types[key] = "datetime64[us]"
             else:
                 raise ColumnError(
                     f"{self.where} ({self.name}): key {key!r} is {lt} on the left but {rt} in {self.spec.source.uri!r}",
                     hint="cast one side (a `cast` op, or fix the data) so the keys compare equal",
                 )
-        return casts
+        return types
 
     def _right_meta(self) -> pd.DataFrame:
         return self._project(self._table.frame._meta)
@@ -109,8 +135,9 @@ class Join(Op):
                 f"{self.where} ({self.name}): column(s) {clash} exist on both sides of the join",
                 hint=f"set `{self.where}.prefix` (e.g. `prefix: right_`) or pick `{self.where}.columns`",
             )
-        casts = self._key_casts(meta, right_meta)
-        return meta.astype(casts).merge(right_meta.astype(casts), how=self.spec.how, on=self.spec.left_keys)
+        self._key_types(meta, right_meta)
+        values = right_meta.drop(columns=self.spec.left_keys)
+        return meta.assign(**{c: values[c] for c in values.columns})
 
     # -- applying ----------------------------------------------------------------------------
     def _broadcast(self) -> bool:
@@ -120,21 +147,27 @@ class Join(Op):
 
     def apply(self, df):
         self._require_bound()
+        keys = self.spec.left_keys
         right = self._project(self._table.frame)
-        casts = self._key_casts(df._meta, right._meta)
-        if casts:
-            df, right = df.astype(casts), right.astype(casts)
+        types = self._key_types(df._meta, right._meta)
+        tmp = [f"__dpipe_key{i}__" for i in range(len(keys))]
+        left = df.assign(**{t: df[k].astype(types[k]) for t, k in zip(tmp, keys)})
+        # A missing key matches nothing (pandas would pair it with the right side's missing key).
+        right = right.assign(**{t: right[k].astype(types[k]) for t, k in zip(tmp, keys)}).drop(columns=keys)
+        right = right.dropna(subset=tmp)
         if self._broadcast():
             # One partition: merged blockwise into every left partition, no shuffle of the left.
             right = right.repartition(npartitions=1)
-        merged = dd.merge(df, right, how="left", on=self.spec.left_keys, indicator=_MATCH)
-        out = merged[merged[_MATCH] == "both"] if self.spec.how == "inner" else merged
-        self._measured = (df, merged, right)
-        return out.drop(columns=[_MATCH])
+        merged = dd.merge(left, right, how="left", on=tmp, indicator=_MATCH)
+        # Prediction scores every row it is given: only training drops unmatched rows.
+        training = LABEL in df.columns
+        out = merged[merged[_MATCH] == "both"] if self.spec.how == "inner" and training else merged
+        self._measured = (df, merged, right, tmp)
+        return out.drop(columns=[_MATCH, *tmp])
 
     def diagnose(self, before, after):
-        left, merged, right = self._measured
-        sizes = right.groupby(self.spec.left_keys, dropna=False).size()
+        left, merged, right, tmp = self._measured
+        sizes = right.groupby(tmp).size()
         return {
             "rows_in": count_rows(left),
             "rows_out": count_rows(after),
@@ -251,16 +284,24 @@ class Aggregate(Op):
         return self._frame
 
     def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
-        key_dtypes = {c: pdf[c].dtype for c in self.spec.by}
-        table = self._lookup_table(key_dtypes)
-        keys = pd.MultiIndex.from_frame(pdf[list(self.spec.by)]) if len(self.spec.by) > 1 else pd.Index(pdf[self.spec.by[0]])
-        rows = table.index.get_indexer(keys)
+        # Keys as plain values: a categorical key's categories differ between partitions.
+        keys = pd.DataFrame({c: _plain(pdf[c]) for c in self.spec.by}, index=pdf.index)
+        table = self._lookup_table(dict(keys.dtypes))
+        index = pd.MultiIndex.from_frame(keys) if len(self.spec.by) > 1 else pd.Index(keys[self.spec.by[0]])
+        rows = table.index.get_indexer(index) if len(table) else np.full(len(pdf), -1)
+        found = rows >= 0
         out = {}
         for c in self._outputs():
-            values = table[c].to_numpy()[np.where(rows >= 0, rows, 0)] if len(table) else np.full(len(pdf), np.nan)
-            values = np.where(rows >= 0, values, 0.0 if c == f"{self.spec.output_prefix}count" else np.nan)
+            values = table[c].to_numpy()[np.where(found, rows, 0)] if len(table) else np.zeros(len(pdf))
+            values = np.where(found, values, 0.0 if c == f"{self.spec.output_prefix}count" else np.nan)
             out[c] = pd.Series(values.astype("float64"), index=pdf.index)
         return pdf.assign(**out)
+
+
+def _plain(values: pd.Series) -> pd.Series:
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return values.astype(values.dtype.categories.dtype)
+    return values
 
 
 class Dedupe(Op):
@@ -286,8 +327,13 @@ class Dedupe(Op):
 
     def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
         if self.spec.order_by:
-            pdf = pdf.sort_values(self.spec.order_by, kind="stable", na_position="first")
-        return pdf.drop_duplicates(subset=list(self.spec.key), keep=self.spec.keep)
+            # A missing `order_by` never wins: it sorts away from the end that is kept.
+            last = "last" if self.spec.keep == "first" else "first"
+            pdf = pdf.sort_values(self.spec.order_by, kind="stable", na_position=last)
+        # Rows with a missing key are not duplicates of each other: they all pass.
+        known = pdf[list(self.spec.key)].notna().all(axis=1)
+        kept = pdf[known].drop_duplicates(subset=list(self.spec.key), keep=self.spec.keep)
+        return pd.concat([kept, pdf[~known]]) if not known.all() else kept
 
     def apply(self, df):
         shuffled = df.shuffle(on=list(self.spec.key)) if df.npartitions > 1 else df

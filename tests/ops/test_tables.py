@@ -90,13 +90,45 @@ def test_join_matches_pandas_merge_and_measures_unmatched_rows(flights, planes, 
     assert step["strategy"] == strategy
 
 
-def test_inner_join_drops_and_counts_unmatched_rows(flights, planes):
+def test_inner_join_drops_and_counts_unmatched_rows_in_training_only(flights, planes):
+    from dpipe.columns import LABEL
+
+    training = flights.assign(**{LABEL: 1.0})
     pipe = pipeline({"op": "join", "source": {"uri": planes}, "on": ["tailnum"], "how": "inner", "columns": ["seats"]})
-    report = pipe.fit(_frame(flights), extras=lambda f: {"n": f.shape[0]}, compute=CountingCompute())
-    out = pipe.transform(_frame(flights)).compute(scheduler="sync")
+    report = pipe.fit(_frame(training), extras=lambda f: {"n": f.shape[0]}, compute=CountingCompute())
+    out = pipe.transform(_frame(training)).compute(scheduler="sync")
     step = report.steps["features[0]"]
     assert step["rows_out"] == len(out) == len(flights) - step["unmatched"]
-    assert list(out.columns) == [*flights.columns, "seats"]
+    assert list(out.columns) == [*training.columns, "seats"]
+    # Prediction (no label columns) scores every row it is given.
+    assert len(pipe.transform(_frame(flights)).compute(scheduler="sync")) == len(flights)
+
+
+def test_join_keys_missing_values_match_nothing_and_ids_keep_their_type(tmp_path):
+    big = 2**60
+    left = pd.DataFrame(
+        {"uid": pd.array([big, big + 1, big + 2, None], dtype="Int64"), "k": pd.array(["a", None, "b", None], dtype=STRING)}
+    )
+    right = pd.DataFrame(
+        {"uid": np.array([big + 1, big + 3], dtype="uint64"), "k": pd.array([None, "b"], dtype=STRING), "v": [1, 2]}
+    )
+    (tmp_path / "r").mkdir()
+    right.to_parquet(tmp_path / "r" / "part-0.parquet")
+    pipe = pipeline({"op": "join", "source": {"uri": str(tmp_path / "r")}, "on": ["uid"], "columns": ["v"]})
+    report = pipe.fit(_frame(left, 2), extras=lambda f: {"n": f.shape[0]}, compute=CountingCompute())
+    out = pipe.transform(_frame(left, 2)).compute(scheduler="sync")
+    # 64-bit ids compare exactly (as float64 they would all collide), and keep their dtype.
+    assert out["uid"].dtype == "Int64"
+    assert out["uid"].tolist()[:3] == [big, big + 1, big + 2]
+    np.testing.assert_array_equal(out["v"].to_numpy(), [np.nan, 1.0, np.nan, np.nan])
+    assert report.steps["features[0]"]["unmatched"] == 3
+    # A missing string key matches nothing, not the right side's missing key.
+    pipe = pipeline({"op": "join", "source": {"uri": str(tmp_path / "r")}, "on": ["k"], "columns": ["v"]})
+    report = pipe.fit(_frame(left, 2), extras=lambda f: {"n": f.shape[0]}, compute=CountingCompute())
+    out = pipe.transform(_frame(left, 2)).compute(scheduler="sync")
+    np.testing.assert_array_equal(out["v"].to_numpy(), [np.nan, np.nan, 2.0, np.nan])
+    assert report.steps["features[0]"]["unmatched"] == 3
+    assert report.steps["features[0]"]["duplicate_keys"] == 0
 
 
 def test_join_fails_on_too_many_unmatched_rows(flights, planes):
@@ -169,6 +201,29 @@ def test_aggregate_matches_pandas_groupby_and_is_fitted_on_the_fit_rows(flights)
     # The fitted table survives JSON unchanged.
     again = FeaturePipeline.from_json(pipe.to_json()).transform(_frame(new)).compute(scheduler="sync")
     pd.testing.assert_frame_equal(again.sort_values("flight_id"), out)
+
+
+def test_dedupe_passes_rows_with_missing_keys_and_never_keeps_a_missing_order():
+    pdf = pd.DataFrame(
+        {
+            "fid": pd.array([1, None, None, 2, 2], dtype="Int64"),
+            "ts": pd.to_datetime(["2020-01-01", "2020-01-01", "2020-01-02", None, "2020-01-05"]),
+        }
+    )
+    pipe = pipeline({"op": "dedupe", "key": ["fid"], "order_by": "ts", "keep": "first"})
+    out = pipe.transform(_frame(pdf, 2)).compute(scheduler="sync")
+    assert len(out) == 4
+    assert out.loc[out["fid"] == 2, "ts"].tolist() == [pd.Timestamp("2020-01-05")]
+
+
+def test_aggregate_on_a_categorical_key_with_other_categories_at_prediction():
+    train = pd.DataFrame({"m": pd.Categorical([1, 1, 2, 3]), "x": [1.0, 3.0, 5.0, 7.0]})
+    pipe = pipeline({"op": "aggregate", "by": ["m"], "columns": {"x": ["mean"]}})
+    pipe.fit(_frame(train, 2), compute=CountingCompute())
+    new = pd.DataFrame({"m": pd.Categorical([1, 4]), "x": [0.0, 0.0]})
+    out = pipe.transform(_frame(new, 1)).compute(scheduler="sync")
+    assert out["m_x_mean"].tolist()[0] == 2.0 and np.isnan(out["m_x_mean"].tolist()[1])
+    assert out["m_count"].tolist() == [2.0, 0.0]
 
 
 def test_dedupe_keeps_one_row_per_key_across_partitions(flights):
