@@ -16,7 +16,23 @@ from dpipe.ops.stats import value_counts
 OTHER = "__other__"
 
 
-class Categorical(Op):
+class _Vocabulary(Op):
+    """A stateful op whose fitted state is a list of values per column (``categories_``)."""
+
+    stateful = True
+
+    def __init__(self, spec, where):
+        super().__init__(spec, where)
+        self.categories_: dict | None = None
+
+    def get_state(self):
+        return None if self.categories_ is None else {"categories": self.categories_}
+
+    def set_state(self, state):
+        self.categories_ = {c: list(v) for c, v in state["categories"].items()}
+
+
+class Categorical(_Vocabulary):
     """Map values to a fixed, fitted vocabulary; anything else becomes missing, or one bucket.
 
     The vocabulary is ordered by decreasing frequency (ties by value), keeps values seen at least
@@ -37,10 +53,6 @@ class Categorical(Op):
 
     name = "categorical"
     stateful = True
-
-    def __init__(self, spec, where):
-        super().__init__(spec, where)
-        self.categories_: dict | None = None
 
     def describe(self, meta):
         self.require_columns(meta, self.spec.columns)
@@ -93,12 +105,6 @@ class Categorical(Op):
                     " uses for values outside the vocabulary",
                     hint="use `unknown: missing`, or rename that value in the source",
                 )
-
-    def get_state(self):
-        return None if self.categories_ is None else {"categories": self.categories_}
-
-    def set_state(self, state):
-        self.categories_ = {c: list(v) for c, v in state["categories"].items()}
 
     def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
         out = {}
@@ -174,7 +180,7 @@ def one_hot_name(column: str, value) -> str:
     return f"{column}_{_UNSAFE.sub('_', str(value))}"
 
 
-class OneHot(Op):
+class OneHot(_Vocabulary):
     """0/1 indicator columns for the frequent values of low-cardinality columns.
 
     Examples
@@ -185,10 +191,6 @@ class OneHot(Op):
 
     name = "one_hot"
     stateful = True
-
-    def __init__(self, spec, where):
-        super().__init__(spec, where)
-        self.categories_: dict | None = None
 
     def output_columns(self) -> set[str]:
         if self.categories_ is None:
@@ -224,12 +226,6 @@ class OneHot(Op):
                     f"{self.where} ({self.name}): values of {c!r} give the same column name(s) {clashes}",
                     hint="clean the values first (e.g. with a `derive`), or use `categorical`",
                 )
-
-    def get_state(self):
-        return None if self.categories_ is None else {"categories": self.categories_}
-
-    def set_state(self, state):
-        self.categories_ = {c: list(v) for c, v in state["categories"].items()}
 
     def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
         out = {}
