@@ -53,6 +53,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ltm-rows", type=_count, default=8_000_000)
     p.add_argument("--memory-fraction", type=float, default=0.5,
                    help="the workers' memory limits together, as a fraction of the data's in-memory size")
+    p.add_argument("--arrow-pool", choices=["system", "jemalloc", "mimalloc"], default=None,
+                   help="ARROW_DEFAULT_MEMORY_POOL for the larger-than-memory workers (default: pyarrow's)")
+    p.add_argument("--ltm-timeout", type=float, default=900, help="seconds before a stalled features-only run is reported")
     p.add_argument("--data-dir", type=Path, default=RESULTS / "data", help="cache of generated datasets")
     p.add_argument("--json", type=Path, default=None, help="where to write the JSON (default under benchmarks/results/)")
     return p
@@ -74,20 +77,28 @@ def main(argv=None) -> int:
             print(f"--layout(s): {exc}", file=sys.stderr)
             return 2
     rounds = args.rounds or (10 if args.quick else 100)
+    if args.profile:
+        try:
+            import bokeh  # noqa: F401
+        except ImportError:
+            print("--profile: Dask's performance report needs bokeh\n\nHint: pip install bokeh", file=sys.stderr)
+            return 2
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
     if args.scaling:
+        path = args.json or RESULTS / "scaling.json"
         result = suite.scaling(args.data_dir, args.scaling, args.layouts, systems=args.systems, repeat=1 if args.quick else args.repeat,
-                               rounds=rounds, seed=args.seed, log=log)
+                               rounds=rounds, seed=args.seed, checkpoint=lambda r: report.write_json(r, path), log=log)
         report.print_scaling(result)
-        path = report.write_json(result, args.json or RESULTS / "scaling.json")
+        path = report.write_json(result, path)
         png = report.plot_scaling(result, path.with_suffix(".png"))
         print(f"JSON: {path}" + (f"\nPNG: {png}" if png else ""))
     if args.larger_than_memory:
         result = suite.larger_than_memory(args.data_dir, 50_000 if args.quick else args.ltm_rows,
-                                          fraction=args.memory_fraction, layout=args.layout, seed=args.seed, log=log)
+                                          fraction=args.memory_fraction, layout=args.layout, arrow_pool=args.arrow_pool,
+                                          timeout=args.ltm_timeout, seed=args.seed, log=log)
         report.print_ltm(result)
         path = report.write_json(result, args.json or RESULTS / "larger-than-memory.json")
         print(f"JSON: {path}")

@@ -51,6 +51,7 @@ def print_ltm(report: dict, out=print) -> None:
         f"{report['in_memory_bytes'] / mib:.0f} MiB in memory; memory_limit {report['memory_limit_per_worker_bytes'] / mib:.0f} MiB "
         f"x {report['layout']['workers']} worker(s) ({report['memory_limit_total_over_in_memory']:.2f}x the data)")
     m = report["memory_mib"]
+    out(f"  arrow memory pool: {report['arrow_memory_pool']}; completed: {report['completed']}")
     out(f"  {report['total_s']:.1f} s; peak one worker {m['peak_one_workers_process_mib']:.0f} MiB "
         f"({report['peak_one_worker_over_limit']:.2f}x its limit); all workers {m['peak_workers_mib']:.0f} MiB "
         f"({report['peak_workers_over_in_memory']:.2f}x the data); workers restarted: {report['workers_restarted']}")

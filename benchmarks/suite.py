@@ -36,6 +36,7 @@ def cluster(layout: str, memory_limit: str | int | None = "auto"):
     with LocalCluster(
         n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=":0", memory_limit=memory_limit
     ) as c, Client(c) as client:
+        client.get_task_stream()  # installs the scheduler's task-stream plugin (see task_seconds)
         yield client
 
 
@@ -43,6 +44,21 @@ def prediction_auc(path: str) -> float:
     """AUC of the written validation predictions (read back untimed): a check on each system's output."""
     df = pd.read_parquet(path, columns=["label", "prediction"])
     return auc(df["label"].to_numpy(), df["prediction"].to_numpy())
+
+
+def task_seconds(stream: list[dict], top: int = 25) -> dict:
+    """Worker seconds per task prefix and action (compute, transfer, ...), from the scheduler's
+    task stream: where a Dask system spends its workers' time."""
+    from dask.utils import key_split
+
+    totals: dict[str, float] = {}
+    for task in stream:
+        prefix = key_split(task["key"])[:60]
+        for ss in task.get("startstops", ()):
+            name = f"{prefix} [{ss['action']}]"
+            totals[name] = totals.get(name, 0.0) + ss["stop"] - ss["start"]
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    return {k: round(v, 3) for k, v in ranked}
 
 
 def run_once(system: str, client, uri: str, out: Path, *, rounds: int, storage_options: dict | None = None,
@@ -55,11 +71,13 @@ def run_once(system: str, client, uri: str, out: Path, *, rounds: int, storage_o
             from distributed import performance_report
 
             report = performance_report(filename=str(profile))
+        since = time.time()
         with MemorySampler(dask_roles()) as mem, report:
             start = time.perf_counter()
             result = fn(client, uri, out, storage_options, rounds=rounds)
             total = time.perf_counter() - start
         memory = mem.result()
+        result["task_seconds"] = task_seconds(client.get_task_stream(start=since))
     else:
         start = time.perf_counter()
         result, memory = _systems.run_local(system, uri, out, storage_options, rounds=rounds)
@@ -182,9 +200,10 @@ def compare(cache: Path, rows: int, *, repeat: int, layout: str, systems: list[s
 
 
 def scaling(cache: Path, sizes: list[int], layouts: list[str], *, systems: list[str], repeat: int = 1,
-            rounds: int = ROUNDS, seed: int = 0, log=print) -> dict:
+            rounds: int = ROUNDS, seed: int = 0, checkpoint=None, log=print) -> dict:
     """The same runs over sizes and worker layouts. Single-process systems ignore the layout and
-    run with the first one only."""
+    run with the first one only. ``checkpoint(report)`` is called after every point, so an
+    interrupted sweep keeps what it measured."""
     points = []
     work = Path(tempfile.mkdtemp(prefix="dpipe-bench-"))
     try:
@@ -206,8 +225,14 @@ def scaling(cache: Path, sizes: list[int], layouts: list[str], *, systems: list[
                         points.append({"layout": layout if s in _systems.DASK_SYSTEMS else "1 process", "rows": rows,
                                        "system": s, "dataset_bytes": dataset_bytes(root), **summary})
                         log(f"  {summary['total_s']['median']:.2f} s, peak {summary['memory_mib']['peak_total_mib']:.0f} MiB")
+                        if checkpoint:
+                            checkpoint(_scaling_report(points, sizes, layouts, rounds))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return _scaling_report(points, sizes, layouts, rounds)
+
+
+def _scaling_report(points: list[dict], sizes: list[int], layouts: list[str], rounds: int) -> dict:
     growth = []
     for key in dict.fromkeys((p["system"], p["layout"]) for p in points):
         series = sorted((p for p in points if (p["system"], p["layout"]) == key), key=lambda p: p["rows"])
@@ -232,27 +257,46 @@ def _in_memory_bytes(root: Path, rows: int) -> int:
     return int(first.memory_usage(deep=True).sum() / max(len(first), 1) * rows)
 
 
-def larger_than_memory(cache: Path, rows: int, *, fraction: float, layout: str, seed: int = 0, log=print) -> dict:
+def larger_than_memory(cache: Path, rows: int, *, fraction: float, layout: str, arrow_pool: str | None = None,
+                       timeout: float = 900, seed: int = 0, log=print) -> dict:
     """dpipe's features-only job (read, fit, transform, write Parquet) with worker memory limits
-    adding up to ``fraction`` of the data's in-memory size."""
+    adding up to ``fraction`` of the data's in-memory size.
+
+    ``arrow_pool`` sets ``ARROW_DEFAULT_MEMORY_POOL`` for the workers (``system`` returns freed
+    memory to the OS; pyarrow's default pool keeps it, which Dask sees as unmanaged memory and
+    pauses the workers). A run that stalls past ``timeout`` seconds is reported, not waited on.
+    """
+    import os
+
     root = dataset(cache, rows, seed=seed, log=log)
     workers, threads = parse_layout(layout)
     in_memory = _in_memory_bytes(root, rows)
     limit = int(fraction * in_memory / workers)
     work = Path(tempfile.mkdtemp(prefix="dpipe-bench-"))
+    saved = os.environ.get("ARROW_DEFAULT_MEMORY_POOL")
+    if arrow_pool:
+        os.environ["ARROW_DEFAULT_MEMORY_POOL"] = arrow_pool  # inherited by the worker processes
+    stalled = False
     try:
         with cluster(layout, memory_limit=limit) as client:
             before = set(client.scheduler_info(n_workers=-1)["workers"])
             log(f"features-only: {rows:,} rows, {in_memory / 2**20:.0f} MiB in memory, "
-                f"{workers} worker(s) x {limit / 2**20:.0f} MiB")
+                f"{workers} worker(s) x {limit / 2**20:.0f} MiB, arrow pool {arrow_pool or 'default'}")
             with MemorySampler(dask_roles()) as mem:
                 start = time.perf_counter()
-                result = _systems.run_dpipe_features(client, str(root), work / "features")
+                try:
+                    result = _systems.run_dpipe_features(client, str(root), work / "features", timeout=timeout)
+                except TimeoutError:
+                    stalled, result = True, {"stages": {}}
                 total = time.perf_counter() - start
             after = set(client.scheduler_info(n_workers=-1)["workers"])
             written = sum(p.stat().st_size for p in (work / "features").glob("*.parquet"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if saved is None:
+            os.environ.pop("ARROW_DEFAULT_MEMORY_POOL", None)
+        else:
+            os.environ["ARROW_DEFAULT_MEMORY_POOL"] = saved
     m = mem.result()
     return {
         "mode": "larger_than_memory",
@@ -262,6 +306,8 @@ def larger_than_memory(cache: Path, rows: int, *, fraction: float, layout: str, 
         "in_memory_bytes": in_memory,
         "memory_limit_per_worker_bytes": limit,
         "memory_limit_total_over_in_memory": limit * workers / in_memory,
+        "arrow_memory_pool": arrow_pool or "default",
+        "completed": not stalled,
         "total_s": total,
         "stages_s": result["stages"],
         "output_bytes": written,

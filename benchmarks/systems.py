@@ -218,17 +218,23 @@ def run_floor(uri: str, out: Path, storage_options: dict | None = None, *, round
 
 
 # -- dpipe, features only (no training) -------------------------------------------------------
-def run_dpipe_features(client, uri: str, out: Path, storage_options: dict | None = None, *, write: bool = True) -> dict:
+def run_dpipe_features(client, uri: str, out: Path, storage_options: dict | None = None, *, write: bool = True,
+                       timeout: float | None = None) -> dict:
     """Read, fit, transform and write Parquet with dpipe's building blocks (``dpipe.io.read``,
     ``FeaturePipeline.fit/transform``, ``dpipe.io.write_parquet`` into a ``StagedOutput``): dpipe
     has no features-only job mode yet. Statistics are learned from every row (no split here).
-    With ``write=False`` it stops after the fit pass (to count the bytes the fit reads)."""
+    With ``write=False`` it stops after the fit pass (to count the bytes the fit reads); a pass
+    taking more than ``timeout`` seconds raises ``TimeoutError``."""
     import dpipe
     from dpipe.io import StagedOutput, read, write_parquet
     from dpipe.pipeline import FeaturePipeline
 
+    from distributed import wait
+
     def compute(*collections):
-        return tuple(client.gather(client.compute(list(collections))))
+        futures = client.compute(list(collections))
+        wait(futures, timeout=timeout)
+        return tuple(client.gather(futures))
 
     job = dpipe.job_from_dict(dpipe_job(uri, str(out), storage_options))
     st = Stages()
