@@ -70,15 +70,23 @@ class FragmentTask:
     schema: pa.Schema
     columns: tuple[str, ...]
     filter: ds.Expression | None = None
+    fs_token: str = ""
 
     def __dask_tokenize__(self):
-        return (self.uri, str(self.fragment.partition_expression), self.columns, str(self.filter))
+        # The filesystem's token (a hash of its options) keeps two reads of one URL with other
+        # storage_options from sharing Dask keys, and so from sharing one filesystem.
+        return (self.uri, self.fs_token, str(self.fragment.partition_expression), self.columns, str(self.filter))
 
 
-def read_fragment(task: FragmentTask) -> pd.DataFrame:
-    """Read one file (runs on a worker); partition columns come from the file's directory."""
+def read_fragment(task: FragmentTask, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read one file (runs on a worker); partition columns come from the file's directory.
+
+    ``columns`` (a subset of ``task.columns``) is how Dask pushes a column projection of the
+    frame into the read: with it, a computation that needs fewer columns reads fewer bytes.
+    """
+    columns = list(task.columns) if columns is None else list(columns)
     try:
-        table = task.fragment.to_table(schema=task.schema, columns=list(task.columns), filter=task.filter)
+        table = task.fragment.to_table(schema=task.schema, columns=columns, filter=task.filter)
     except FileNotFoundError:
         raise StorageError(
             f"source: file {task.uri!r} disappeared while reading",
@@ -209,10 +217,12 @@ def read(
             schema=schema,
             columns=tuple(selected),
             filter=expression,
+            fs_token=str(getattr(fs, "_fs_token", "")),
         )
         for fragment in fragments
     ]
     meta = arrow_to_pandas(pa.schema([schema.field(c) for c in selected]).empty_table())
+    # `read_fragment` takes `columns=`, so Dask pushes projections (`frame[["a", "b"]]`) into it.
     frame = dd.from_map(read_fragment, tasks, meta=meta, label=f"dpipe-read-{format}", enforce_metadata=False)
     return Source(
         uri=uri,
