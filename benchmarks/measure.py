@@ -1,8 +1,8 @@
 """Measurement: stage timers, peak RSS of a process tree, and a filesystem that counts bytes read.
 
-``countingfile://`` is an fsspec protocol over the local disk. Every file opened through it
-appends ``bytes<TAB>path`` to ``<counter_dir>/<pid>.tsv`` when closed, so reads in worker
-processes are counted too (the filesystem pickles with its ``counter_dir`` into Dask tasks and
+``countingfile://`` is an fsspec protocol over the local disk. Every read through it appends
+``bytes<TAB>path`` to ``<counter_dir>/<pid>.tsv`` at once, so reads in worker processes are
+counted too (the filesystem pickles with its ``counter_dir`` into Dask tasks and
 pyarrow fragments). Pyarrow and pandas use it through ``pyarrow.fs.PyFileSystem(FSSpecHandler(fs))``.
 """
 
@@ -21,27 +21,37 @@ from fsspec.implementations.local import LocalFileSystem
 PROTOCOL = "countingfile"
 
 
+_LOGS: dict[str, int] = {}
+
+
+def _log(counter_dir: str, line: str) -> None:
+    """Append one line to this process's log, unbuffered: counts survive a worker that is killed
+    and files that are never closed."""
+    path = os.path.join(counter_dir, f"{os.getpid()}.tsv")
+    fd = _LOGS.get(path)
+    if fd is None:
+        fd = _LOGS[path] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(fd, line.encode())
+
+
 class _CountingFile:
-    """A read-only file proxy that counts the bytes handed out."""
+    """A read-only file proxy that logs every read's size as it happens."""
 
     def __init__(self, f, path: str, counter_dir: str):
-        self._f, self._path, self._dir, self._n, self._done = f, path, counter_dir, 0, False
+        self._f, self._path, self._dir = f, path, counter_dir
+        _log(counter_dir, f"open\t{path}\n")
 
     def read(self, size=-1):
         data = self._f.read(size)
-        self._n += len(data)
+        _log(self._dir, f"{len(data)}\t{self._path}\n")
         return data
 
     def readinto(self, buffer):
         n = self._f.readinto(buffer)
-        self._n += n or 0
+        _log(self._dir, f"{n or 0}\t{self._path}\n")
         return n
 
     def close(self):
-        if not self._done:
-            self._done = True
-            with open(os.path.join(self._dir, f"{os.getpid()}.tsv"), "a") as log:
-                log.write(f"{self._n}\t{self._path}\n")
         self._f.close()
 
     def __enter__(self):
@@ -49,10 +59,6 @@ class _CountingFile:
 
     def __exit__(self, *exc):
         self.close()
-
-    def __del__(self):
-        if not self._done:
-            self.close()
 
     def __getattr__(self, name):
         return getattr(self._f, name)
@@ -95,8 +101,10 @@ def bytes_read(counter_dir: Path) -> dict:
     for log in Path(counter_dir).glob("*.tsv"):
         for line in log.read_text().splitlines():
             n, _ = line.split("\t", 1)
-            total += int(n)
-            opens += 1
+            if n == "open":
+                opens += 1
+            else:
+                total += int(n)
     return {"bytes": total, "opens": opens}
 
 
