@@ -170,7 +170,9 @@ def compare(cache: Path, rows: int, *, repeat: int, layout: str, systems: list[s
                     if s in _systems.DASK_SYSTEMS:
                         run_once(s, client, str(warm), work / "warm", rounds=2)
             for i in range(repeat):
-                for s in systems:  # alternate, so drift on a shared machine hits every system
+                # Alternate, so drift on a shared machine hits every system, and rotate who goes
+                # first: the first run after the warm-up is often the slowest.
+                for s in systems[i % len(systems):] + systems[: i % len(systems)]:
                     log(f"run {i + 1}/{repeat}: {s} ({rows:,} rows, {layout})")
                     profile = profile_dir / f"{s}-rows{rows}.html" if profile_dir and i == 0 and s in _systems.DASK_SYSTEMS else None
                     r = run_once(s, client, str(root), work / f"{s}-{i}", rounds=rounds, profile=profile)
@@ -213,9 +215,9 @@ def scaling(cache: Path, sizes: list[int], layouts: list[str], *, systems: list[
                 for s in systems:
                     if s in _systems.DASK_SYSTEMS:
                         run_once(s, client, str(warm), work / "warm", rounds=2)
-                for rows in sizes:
+                for j, rows in enumerate(sizes):
                     root = dataset(cache, rows, seed=seed, log=log)
-                    for s in systems:
+                    for s in systems[j % len(systems):] + systems[: j % len(systems)]:  # rotate who goes first
                         if s not in _systems.DASK_SYSTEMS and k > 0:
                             continue
                         log(f"{layout} {rows:,} rows: {s}")
