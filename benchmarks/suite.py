@@ -79,10 +79,8 @@ def run_once(system: str, client, uri: str, out: Path, *, rounds: int, storage_o
         memory = mem.result()
         result["task_seconds"] = task_seconds(client.get_task_stream(start=since))
     else:
-        start = time.perf_counter()
         result, memory = _systems.run_local(system, uri, out, storage_options, rounds=rounds)
         total = sum(result["stages"].values())  # measured inside the process, after its imports
-        del start
     result["prediction_auc"] = prediction_auc(result.pop("predictions"))
     shutil.rmtree(out, ignore_errors=True)
     return {"total_s": total, **result, "memory": memory}
