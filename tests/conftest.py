@@ -131,10 +131,13 @@ def remote_scheduler(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("remote")
     scheduler_file = tmp / "scheduler.json"
+    # The workers must import this checkout's dpipe, not whichever one is installed (an editable
+    # install may point at another working tree).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     scheduler = subprocess.Popen(
         [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
          "--dashboard-address", ":0", "--scheduler-file", str(scheduler_file)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp, env=env,
     )
     procs = [scheduler]
     try:
@@ -143,7 +146,7 @@ def remote_scheduler(tmp_path_factory):
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file),
                  "--nthreads", "1", "--memory-limit", "2GiB", "--no-dashboard", "--host", "127.0.0.1"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp, env=env,
             ))
         import json
 

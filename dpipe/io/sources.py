@@ -109,20 +109,26 @@ class FragmentTask:
     columns: tuple[str, ...]
     filter: ds.Expression | None = None
     bad_file_log: BadFileLog | None = None
+    fs_token: str = ""
 
     def __dask_tokenize__(self):
+        # The filesystem's token (a hash of its options) keeps two reads of one URL with other
+        # storage_options from sharing Dask keys, and so from sharing one filesystem.
         skip = self.bad_file_log.uri if self.bad_file_log else None
-        return (self.uri, str(self.fragment.partition_expression), self.columns, str(self.filter), skip)
+        return (self.uri, self.fs_token, str(self.fragment.partition_expression), self.columns, str(self.filter), skip)
 
 
-def read_fragment(task: FragmentTask) -> pd.DataFrame:
+def read_fragment(task: FragmentTask, columns: list[str] | None = None) -> pd.DataFrame:
     """Read one file (runs on a worker); partition columns come from the file's directory.
 
+    ``columns`` (a subset of ``task.columns``) is how Dask pushes a column projection of the
+    frame into the read: with it, a computation that needs fewer columns reads fewer bytes.
     With a ``bad_file_log`` a file that cannot be read gives an empty frame of the right columns
     and types, and the file and its error are recorded in the log instead of failing the task.
     """
+    columns = list(task.columns) if columns is None else list(columns)
     try:
-        table = task.fragment.to_table(schema=task.schema, columns=list(task.columns), filter=task.filter)
+        table = task.fragment.to_table(schema=task.schema, columns=columns, filter=task.filter)
     except FileNotFoundError:
         raise StorageError(
             f"source: file {task.uri!r} disappeared while reading",
@@ -137,7 +143,7 @@ def read_fragment(task: FragmentTask) -> pd.DataFrame:
                 " or set `quarantine.bad_files: skip` to leave such files out",
             ) from None
         task.bad_file_log.record(task.uri, error)
-        table = pa.schema([task.schema.field(c) for c in task.columns]).empty_table()
+        table = pa.schema([task.schema.field(c) for c in columns]).empty_table()
     return arrow_to_pandas(table)
 
 
@@ -282,10 +288,12 @@ def read(
             columns=tuple(selected),
             filter=expression,
             bad_file_log=bad_file_log if on_bad_file == "skip" else None,
+            fs_token=str(getattr(fs, "_fs_token", "")),
         )
         for fragment in fragments
     ]
     meta = arrow_to_pandas(pa.schema([schema.field(c) for c in selected]).empty_table())
+    # `read_fragment` takes `columns=`, so Dask pushes projections (`frame[["a", "b"]]`) into it.
     frame = dd.from_map(read_fragment, tasks, meta=meta, label=f"dpipe-read-{format}", enforce_metadata=False)
     return Source(
         uri=uri,

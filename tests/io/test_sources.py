@@ -186,3 +186,32 @@ def test_dictionary_columns_are_read_as_their_values(tmp_path):
     parts = [p.compute(scheduler="sync") for p in src.frame.to_delayed()]
     assert all(p.dtypes.equals(meta.dtypes) for p in parts)
     assert pd.concat(parts)["c"].tolist() == ["a", "b", "c", "a"]
+
+
+def test_a_column_projection_is_pushed_into_the_read(demo_root, monkeypatch):
+    import dpipe.io.sources as sources
+
+    seen = []
+    original = sources.read_fragment
+
+    def spy(task, columns=None):
+        seen.append(columns)
+        return original(task, columns=columns)
+
+    monkeypatch.setattr(sources, "read_fragment", spy)
+    src = read(str(demo_root / "events"), columns=["event_id", "age", "country"])
+    df = src.frame[["age"]].compute(scheduler="sync")
+    assert list(df.columns) == ["age"] and len(df) == 20_000
+    assert seen == [["age"]] * 4  # each file read for that column only
+    seen.clear()
+    full = src.frame.compute(scheduler="sync")
+    assert list(full.columns) == ["event_id", "age", "country"] and df["age"].equals(full["age"])
+
+
+def test_other_storage_options_give_other_dask_keys(demo_root):
+    from dask.base import tokenize
+
+    a = read(str(demo_root / "events")).frame
+    b = read(str(demo_root / "events"), storage_options={"auto_mkdir": True}).frame
+    assert tokenize(a) != tokenize(b)
+    assert tokenize(a) == tokenize(read(str(demo_root / "events")).frame)

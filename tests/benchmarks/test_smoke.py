@@ -1,0 +1,77 @@
+"""The benchmark suite runs and writes well-formed JSON. Timings are never checked."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def test_split_rule_is_dpipes():
+    from benchmarks.workload import ID, SPLIT_SEED, VALID_FRACTION, valid_mask
+    from dpipe.train import VALID, Labeler
+
+    pdf = pd.DataFrame({ID: np.arange(5_000, dtype="int64"), "label": np.zeros(5_000, dtype="int8")})
+    labeler = Labeler(column="label", expr=None, split_key=(ID,), valid_fraction=VALID_FRACTION, seed=SPLIT_SEED)
+    np.testing.assert_array_equal(labeler(pdf)[VALID].to_numpy(), valid_mask(pdf[ID].to_numpy()))
+
+
+def test_data_is_deterministic_and_counted(tmp_path):
+    import pyarrow.parquet as pq
+
+    from benchmarks.data import dataset, dataset_bytes
+    from benchmarks.measure import CountingFileSystem, bytes_read, counting_uri
+
+    a = dataset(tmp_path / "a", 3_000, seed=1, log=lambda m: None)
+    b = dataset(tmp_path / "b", 3_000, seed=1, log=lambda m: None)
+    ta, tb = pq.read_table(a), pq.read_table(b)
+    assert ta.num_rows == 3_000 and ta.equals(tb)
+    counter = tmp_path / "counter"
+    counter.mkdir()
+    fs = CountingFileSystem(counter_dir=str(counter))
+    root = CountingFileSystem._strip_protocol(counting_uri(a))
+    for path in fs.find(root):
+        with fs.open(path, "rb") as f:
+            f.read()
+    assert bytes_read(counter) == {"bytes": dataset_bytes(a) + len(b'{"rows": 3000, "seed": 1}'), "opens": 13}
+
+
+@pytest.mark.timeout(600)
+def test_quick_run_writes_well_formed_json(tmp_path):
+    out = tmp_path / "quick.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out), "--data-dir", str(tmp_path / "data")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=590,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    systems = report["systems"]
+    assert set(systems) == {"dpipe", "handwritten", "pandas", "floor"}
+    for name, s in systems.items():
+        assert all(_number(s["total_s"][k]) for k in ("median", "min", "max")), name
+        assert s["stages_s"] and all(_number(v["median"]) for v in s["stages_s"].values()), name
+        assert 0.5 < s["valid_auc"] <= 1 and 0.5 < s["prediction_auc"] <= 1, name
+        assert _number(s["rows_per_s"]) and _number(s["memory_mib"]["peak_total_mib"]), name
+        assert s["memory_mib"]["peak_total_mib"] > 0, name
+        assert _number(report["bytes_read"][name]["per_projected_byte"]), name
+    assert set(systems["pandas"]["stages_s"]) == {"read", "fit", "transform", "matrix", "train", "predict"}
+    assert _number(report["bytes_read"]["dpipe_fit_only"]["per_projected_byte"])
+    for key in ("dpipe/handwritten", "dpipe/pandas", "dpipe/floor", "dpipe_non_training/floor_scan",
+                "dpipe_matrix+train/floor_matrix+train", "dpipe_peak_memory/handwritten_peak_memory",
+                "dpipe_fit_reads_per_input_byte"):
+        assert _number(report["ratios"][key]), key
+    aucs = [s["valid_auc"] for s in systems.values()]
+    assert max(aucs) - min(aucs) < 0.05  # the same work, so about the same model
