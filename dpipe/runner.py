@@ -121,6 +121,8 @@ class Plan:
     tables: dict[str, Source] = field(default_factory=dict)
     exclude: set[str] = field(default_factory=set)
     label_join: Join | None = None
+    #: Source columns the fit pass reads (``None``: all of them).
+    fit_columns: list[str] | None = None
 
 
 def plan(job: JobSpec, *, bad_file_log: BadFileLog | None = None) -> Plan:
@@ -196,7 +198,26 @@ def plan(job: JobSpec, *, bad_file_log: BadFileLog | None = None) -> Plan:
     model_input = ModelInput.infer(
         final_meta, features=job.train.features, exclude=exclude, allow_missing=not pipeline.fitted
     )
-    return Plan(job, source, labeler, pipeline, model_input, labeler.label_inputs, tables, exclude, label_join)
+    plan_ = Plan(job, source, labeler, pipeline, model_input, labeler.label_inputs, tables, exclude, label_join)
+    plan_.fit_columns = _fit_columns(plan_)
+    return plan_
+
+
+def _fit_columns(p: Plan) -> list[str] | None:
+    """The source columns the fit pass needs, or ``None`` when that is all of them.
+
+    With quarantine on, every column is read: quarantined rows are written whole, and a file
+    that cannot be read must be found (and skipped) in the fit pass, not later by the load.
+    """
+    job = p.job
+    if job.quarantine is not None:
+        return None
+    needed = p.pipeline.required_columns(set()) | set(p.labeler.split_key)
+    needed |= set(p.label_join.spec.left_keys) if p.label_join else p.label_inputs
+    for check in job.checks:
+        needed |= set(getattr(check, "columns", None) or []) | {getattr(check, "column", None)}
+    columns = [c for c in p.source.frame.columns if c in needed]
+    return None if len(columns) == len(p.source.frame.columns) else columns
 
 
 def _label_join(job: JobSpec) -> Join | None:
@@ -289,17 +310,25 @@ def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bo
         if gate.needs_prepass:
             with reporter.stage("checks", "finding duplicated keys to quarantine"):
                 gate.prepass(compute)
-        checked = gate.apply(p.source.frame)
-        with_label = p.label_join.apply(checked) if p.label_join else checked
-        labeled = with_label.map_partitions(p.labeler, meta=p.labeler(with_label._meta))
-        raw = p.source.frame
+        def prepare(frame):
+            checked = gate.apply(frame)
+            with_label = p.label_join.apply(checked) if p.label_join else checked
+            return checked, with_label, with_label.map_partitions(p.labeler, meta=p.labeler(with_label._meta))
+
+        # Every column, for the model. Then the fit pass's frame: only the columns the statistics,
+        # checks, label and split read, so Dask reads just those from the files (a `map_partitions`
+        # hides the projection from Dask otherwise). Prepared last, so the gate and the label join
+        # measure this frame, in the fit pass's single computation.
+        labeled = prepare(p.source.frame)[2]
+        raw = p.source.frame if p.fit_columns is None else p.source.frame[p.fit_columns]
+        checked, with_label, fit_labeled = prepare(raw)
         classify = job.train.objective.startswith(("binary:", "multi:"))
 
         def extras(frame) -> dict[str, Any]:
             train_labels = frame[~frame[VALID]][LABEL]
             return {
                 "rows_read": raw.map_partitions(len, meta=("rows", "int64")).sum(),
-                "rows_labeled": labeled.map_partitions(len, meta=("rows", "int64")).sum(),
+                "rows_labeled": fit_labeled.map_partitions(len, meta=("rows", "int64")).sum(),
                 "rows_per_partition": frame.map_partitions(len, meta=("rows", "int64")),
                 "valid_rows": frame[VALID].sum(),
                 "train_labels": train_labels.value_counts(split_out=1) if classify else train_labels.count(),
@@ -313,7 +342,7 @@ def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bo
 
         with reporter.stage("fit", f"learning feature statistics ({len(p.pipeline.ops)} ops)"):
             report = p.pipeline.fit(
-                labeled,
+                fit_labeled,
                 fit_rows=lambda frame: frame[~frame[VALID]],
                 extras=extras,
                 extra_inputs={LABEL, VALID},

@@ -396,3 +396,16 @@ def events_columns(root) -> list[str]:
     import pyarrow.dataset as pads
 
     return pads.dataset(root / "events", partitioning="hive").schema.names
+
+
+def test_the_fit_pass_reads_only_the_columns_the_statistics_need(demo_root, tmp_path):
+    from dpipe.runner import plan
+
+    p = plan(job_from_dict(job_dict(demo_root, tmp_path / "bundle")))
+    # Ops' inputs, the label and the split key; `sessions` (a feature nothing transforms) and
+    # `date` are read only by the load stage.
+    assert p.fit_columns == ["event_id", "age", "income", "tenure_days", "pages_per_session", "country", "device",
+                             "plan", "converted"]
+    with_quarantine = job_dict(demo_root, tmp_path / "b2", checks=[{"check": "not_null", "columns": ["age"]}],
+                               quarantine={"max_fraction": 0.5})
+    assert plan(job_from_dict(with_quarantine)).fit_columns is None
