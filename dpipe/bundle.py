@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass, field
 
@@ -62,16 +61,7 @@ class Bundle:
         """Read a bundle written by ``dpipe run``."""
         import xgboost as xgb
 
-        fs, path = resolve(uri, storage_options, where="bundle")
-        path = path.rstrip("/")
-        with storage_errors("bundle", uri):
-            if not fs.exists(f"{path}/{MANIFEST}"):
-                what = "is not a complete model bundle (no manifest.json)" if fs.exists(path) else "does not exist"
-                raise BundleError(f"bundle: {uri!r} {what}", hint="pass the `output.uri` of a finished `dpipe run`")
-            try:
-                raw = {name: fs.cat_file(f"{path}/{name}") for name in (MODEL, PIPELINE, METRICS, MANIFEST)}
-            except FileNotFoundError as exc:
-                raise BundleError(f"bundle: {uri!r} is incomplete: {exc}") from None
+        raw = read_files(uri, storage_options, (MODEL, PIPELINE, METRICS, MANIFEST))
         try:
             pipeline_data = json.loads(raw[PIPELINE])
             booster = xgb.Booster()
@@ -94,3 +84,16 @@ class Bundle:
                 hint="write it again with `dpipe run`; do not edit the files of a bundle",
             ) from None
 
+
+def read_files(uri: str, storage_options: dict | None, names) -> dict[str, bytes]:
+    """The raw bytes of the named files of a committed bundle (its manifest marks it complete)."""
+    fs, path = resolve(uri, storage_options, where="bundle")
+    path = path.rstrip("/")
+    with storage_errors("bundle", uri):
+        if not fs.exists(f"{path}/{MANIFEST}"):
+            what = "is not a complete model bundle (no manifest.json)" if fs.exists(path) else "does not exist"
+            raise BundleError(f"bundle: {uri!r} {what}", hint="pass the `output.uri` of a finished `dpipe run`")
+        try:
+            return {name: fs.cat_file(f"{path}/{name}") for name in names}
+        except FileNotFoundError as exc:
+            raise BundleError(f"bundle: {uri!r} is incomplete: {exc}") from None

@@ -14,9 +14,8 @@ import shutil
 import textwrap
 from typing import Any
 
-from dpipe.bundle import MANIFEST, PIPELINE
+from dpipe.bundle import MANIFEST, PIPELINE, read_files
 from dpipe.errors import BundleError
-from dpipe.io.fs import resolve, storage_errors
 
 ELLIPSIS = "..."
 ITEM_WIDTH = 24  # the most one list item or string may take before it is cut
@@ -25,13 +24,7 @@ VERSION_LIBRARIES = ("dpipe", "dask", "distributed", "pandas", "pyarrow", "xgboo
 
 def read_bundle_json(uri: str, storage_options: dict | None = None) -> tuple[dict, dict]:
     """Return ``(pipeline, manifest)`` of the bundle at ``uri``, as saved (no op is built)."""
-    fs, path = resolve(uri, storage_options, where="bundle")
-    path = path.rstrip("/")
-    with storage_errors("bundle", uri):
-        if not fs.exists(f"{path}/{MANIFEST}"):
-            what = "is not a complete model bundle (no manifest.json)" if fs.exists(path) else "does not exist"
-            raise BundleError(f"bundle: {uri!r} {what}", hint="pass the `output.uri` of a finished `dpipe run`")
-        raw = {name: fs.cat_file(f"{path}/{name}") for name in (PIPELINE, MANIFEST)}
+    raw = read_files(uri, storage_options, (PIPELINE, MANIFEST))
     try:
         pipeline, manifest = json.loads(raw[PIPELINE]), json.loads(raw[MANIFEST])
     except ValueError as exc:

@@ -25,6 +25,9 @@ class _Vocabulary(Op):
         super().__init__(spec, where)
         self.categories_: dict | None = None
 
+    def fit(self, df):
+        return {f"counts:{c}": value_counts(df, c) for c in self.spec.columns}
+
     def get_state(self):
         return None if self.categories_ is None else {"categories": self.categories_}
 
@@ -74,9 +77,6 @@ class Categorical(_Vocabulary):
             return self.transform(meta)
         dtype = "category" if self.spec.encoding == "category" else "float32"
         return meta.astype({c: dtype for c in self.spec.columns})
-
-    def fit(self, df):
-        return {f"counts:{c}": value_counts(df, c) for c in self.spec.columns}
 
     def finalize(self, stats):
         self.categories_ = {}
@@ -207,9 +207,6 @@ class OneHot(_Vocabulary):
         if self.categories_ is None:
             return meta.drop(columns=list(self.spec.columns))
         return self.transform(meta)
-
-    def fit(self, df):
-        return {f"counts:{c}": value_counts(df, c) for c in self.spec.columns}
 
     def finalize(self, stats):
         self.categories_ = {}
