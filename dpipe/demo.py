@@ -78,8 +78,7 @@ def make_events(rows: int, *, days: int = 10, seed: int = 0, start: str = "2024-
     first = dt.date.fromisoformat(start)
     day_of_row = np.arange(n) * days // max(n, 1)
     return {
-        (first + dt.timedelta(days=int(d))).isoformat(): table.filter(pa.array(day_of_row == d))
-        for d in range(days)
+        (first + dt.timedelta(days=int(d))).isoformat(): table.filter(pa.array(day_of_row == d)) for d in range(days)
     }
 
 
@@ -207,8 +206,10 @@ def write_flights_data(
             for name, table in tables.items():
                 if name == "flights":
                     months = table.column("month").to_numpy()
-                    parts = {f"flights/month={m}": table.filter(pa.array(months == m)).drop_columns(["month"])
-                             for m in np.unique(months)}
+                    parts = {
+                        f"flights/month={m}": table.filter(pa.array(months == m)).drop_columns(["month"])
+                        for m in np.unique(months)
+                    }
                 else:
                     parts = {name: table}
                 for folder, part in parts.items():

@@ -176,9 +176,7 @@ class Expression:
         return self._names.get(name, name)
 
     def _is_func(self, node: ast.Name) -> bool:
-        return any(
-            isinstance(p, ast.Call) and p.func is node for p in ast.walk(self._tree)
-        )
+        return any(isinstance(p, ast.Call) and p.func is node for p in ast.walk(self._tree))
 
     def _fail(self, what: str) -> None:
         raise ExpressionError(

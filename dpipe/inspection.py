@@ -97,9 +97,7 @@ def state_lines(state: Any, columns: list[str], width: int) -> list[str]:
     if not isinstance(state, dict):
         return [summarize(state, width)]
     known = set(columns)
-    per_column = {
-        k: v for k, v in state.items() if isinstance(v, dict) and v and (not known or set(v) <= known)
-    }
+    per_column = {k: v for k, v in state.items() if isinstance(v, dict) and v and (not known or set(v) <= known)}
     lines = []
     others = {k: v for k, v in state.items() if k not in per_column}
     if others:
@@ -159,8 +157,10 @@ def render(pipeline: dict, manifest: dict, *, uri: str, width: int | None = None
     features = list(model_input.get("features", []))
     categorical = set(model_input.get("categorical", []))
     header.append(f"features ({len(features)}):")
-    for kind, names in (("numeric", [f for f in features if f not in categorical]),
-                        ("categorical", [f for f in features if f in categorical])):
+    for kind, names in (
+        ("numeric", [f for f in features if f not in categorical]),
+        ("categorical", [f for f in features if f in categorical]),
+    ):
         if names:
             header.append(f"  {kind} ({len(names)}): " + ", ".join(names))
     phases = manifest.get("fit_phases")
@@ -168,15 +168,23 @@ def render(pipeline: dict, manifest: dict, *, uri: str, width: int | None = None
         passes = [f"{i}) {', '.join(p) if p else '(row counts only)'}" for i, p in enumerate(phases, 1)]
         header.append(f"fit passes ({len(phases)}): " + "  ".join(passes))
     # The header is wrapped, not cut: every feature name is worth seeing.
-    lines = [part for line in header for part in textwrap.wrap(
-        line, width, subsequent_indent="    ", break_on_hyphens=False)]
+    lines = [
+        part for line in header for part in textwrap.wrap(line, width, subsequent_indent="    ", break_on_hyphens=False)
+    ]
 
     rows = []
     for entry in pipeline["ops"]:
         spec = entry.get("spec") or {}
         inputs, outputs = step_columns(entry)
-        rows.append((str(entry.get("where", "?")), str(spec.get("op", "?")), columns_text(inputs, outputs),
-                     entry.get("state"), list(dict.fromkeys(inputs + outputs))))
+        rows.append(
+            (
+                str(entry.get("where", "?")),
+                str(spec.get("op", "?")),
+                columns_text(inputs, outputs),
+                entry.get("state"),
+                list(dict.fromkeys(inputs + outputs)),
+            )
+        )
     head = ("step", "op", "columns", "fitted state")
     w_where = max([len(head[0])] + [len(r[0]) for r in rows])
     w_op = max([len(head[1])] + [len(r[1]) for r in rows])

@@ -239,10 +239,7 @@ class FeaturePipeline:
     def to_dict(self) -> dict:
         return {
             "format_version": FORMAT_VERSION,
-            "ops": [
-                {"spec": spec_dict(op), "where": op.where, "state": op.get_state()}
-                for op in self.ops
-            ],
+            "ops": [{"spec": spec_dict(op), "where": op.where, "state": op.get_state()} for op in self.ops],
             # What fitted the state; informational only (`from_dict` ignores it).
             "versions": library_versions(("dpipe", "dask", "pandas", "pyarrow", "xgboost")),
         }

@@ -24,8 +24,9 @@ committed atomically with the bundle.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -232,7 +233,8 @@ class QualityGate:
         self._marked = None
         # Checks evaluated row by row; a failing `unique` check counts duplicates with a groupby.
         self.masked = [
-            (i, c) for i, c in enumerate(self.checks)
+            (i, c)
+            for i, c in enumerate(self.checks)
             if c.check in _MASKED or (c.check == "unique" and c.action == "quarantine")
         ]
         self.unique_fail = [(i, c) for i, c in enumerate(self.checks) if c.check == "unique" and c.action == "fail"]

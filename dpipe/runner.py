@@ -20,9 +20,9 @@ from dpipe import cluster as _cluster
 from dpipe import quality as _quality
 from dpipe.bundle import Bundle, library_versions
 from dpipe.errors import ColumnError, DataError, SpecError
+from dpipe.expr import Expression
 from dpipe.io import StagedOutput, read, write_parquet
 from dpipe.io.sources import BadFileLog, Source
-from dpipe.expr import Expression
 from dpipe.ops.tables import Join
 from dpipe.pipeline import FeaturePipeline
 from dpipe.spec import JobSpec, redacted
@@ -147,7 +147,7 @@ def plan(job: JobSpec, *, bad_file_log: BadFileLog | None = None) -> Plan:
     label_join = _label_join(job)
     tables = {}
     if label_join is not None:
-        tables.update({"label.join": t for t in [table_reader()(job.label.join.source, "label.join.source")]})
+        tables["label.join"] = table_reader()(job.label.join.source, "label.join.source")
         label_join.bind({"source": tables["label.join"]})
         meta = label_join.describe(meta)
     if job.label.column:
@@ -299,7 +299,9 @@ def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bo
     reporter = Reporter(enabled=progress)
     started = dt.datetime.now(dt.UTC)
     with reporter.stage("plan", "checking the spec against the source schema"):
-        out = StagedOutput(job.output.uri, job.output.storage_options, overwrite=job.output.overwrite, marker="manifest.json")
+        out = StagedOutput(
+            job.output.uri, job.output.storage_options, overwrite=job.output.overwrite, marker="manifest.json"
+        )
         bad_files = _quality.bad_file_log(job, out)
         p = plan(job, bad_file_log=bad_files)
     reporter.log(f"source: {len(p.source.files)} file(s) from {job.source.uri}")
@@ -310,6 +312,7 @@ def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bo
         if gate.needs_prepass:
             with reporter.stage("checks", "finding duplicated keys to quarantine"):
                 gate.prepass(compute)
+
         def prepare(frame):
             checked = gate.apply(frame)
             with_label = p.label_join.apply(checked) if p.label_join else checked
@@ -371,9 +374,7 @@ def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bo
         )
         with reporter.stage("load", "transforming and placing data on every worker"):
             # The placed partitions live as long as these frames reference their futures.
-            train_part, valid_part = spread_train_valid(
-                client, model_frame, list(report.extras["rows_per_partition"])
-            )
+            train_part, valid_part = spread_train_valid(client, model_frame, list(report.extras["rows_per_partition"]))
         features = p.model_input.features
         with reporter.stage("train", f"xgboost.dask, up to {job.train.num_boost_round} rounds"):
             booster, metrics = train_booster(
@@ -418,7 +419,9 @@ def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bo
             uri = out.commit()
     reporter.log(f"bundle committed: {uri}")
     manifest["timings"] = dict(reporter.timings)
-    return RunResult(job=job.name, bundle_uri=uri, metrics=metrics, rows=rows, timings=dict(reporter.timings), manifest=manifest)
+    return RunResult(
+        job=job.name, bundle_uri=uri, metrics=metrics, rows=rows, timings=dict(reporter.timings), manifest=manifest
+    )
 
 
 def _check_rows(job: JobSpec, extras: dict, classify: bool, quarantined: int = 0) -> dict:
@@ -500,8 +503,9 @@ def predict(
         needed = b.pipeline.required_columns([*b.model_input.features, *ids])
         columns = [c for c in src.frame.columns if c in needed]
         if len(columns) < len(src.frame.columns):
-            src = read(src_spec.uri, format=src_spec.format, columns=columns, storage_options=storage_options,
-                       where="source")
+            src = read(
+                src_spec.uri, format=src_spec.format, columns=columns, storage_options=storage_options, where="source"
+            )
         meta = b.pipeline.describe(src.frame._meta)
         missing = [c for c in b.model_input.features if c not in meta.columns]
         if missing:

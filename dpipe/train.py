@@ -202,9 +202,7 @@ def spread_train_valid(
     placed, where, workers = _place(client, df, rows_per_partition)
     out = []
     for valid in (False, True):
-        pieces = [
-            client.submit(_side, f, valid, workers=[w], allow_other_workers=False) for f, w in zip(placed, where)
-        ]
+        pieces = [client.submit(_side, f, valid, workers=[w], allow_other_workers=False) for f, w in zip(placed, where)]
         counts, holders = list(client.gather(client.map(len, pieces))), list(where)
         share = max(sum(counts) // len(workers), 1)
         while True:
@@ -253,9 +251,7 @@ def _place(client, df: dd.DataFrame, rows_per_partition: list[int] | None):
         assignment[i] = target
         load[target] += max(sizes[i], 1)
     parts = df.to_delayed(optimize_graph=True)
-    futures = [
-        client.compute(part, workers=[assignment[i]], allow_other_workers=False) for i, part in enumerate(parts)
-    ]
+    futures = [client.compute(part, workers=[assignment[i]], allow_other_workers=False) for i, part in enumerate(parts)]
     from distributed import wait
 
     with client.as_current():
@@ -324,7 +320,11 @@ def train_booster(client, params: dict, train_spec, X_train, y_train, X_valid, y
         ) from None
     booster, history = out["booster"], out["history"]
     rounds = booster.num_boosted_rounds()
-    best = booster.best_iteration if train_spec.early_stopping_rounds and "best_iteration" in booster.attributes() else rounds - 1
+    best = (
+        booster.best_iteration
+        if train_spec.early_stopping_rounds and "best_iteration" in booster.attributes()
+        else rounds - 1
+    )
     if best + 1 < rounds:
         booster = booster[: best + 1]
     metrics = {

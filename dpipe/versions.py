@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import platform
 
@@ -18,8 +19,6 @@ def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
     """
     versions = {"python": platform.python_version()}
     for name in names:
-        try:
+        with contextlib.suppress(ImportError, AttributeError):
             versions[name] = importlib.import_module(name).__version__
-        except (ImportError, AttributeError):
-            pass
     return versions

@@ -44,9 +44,12 @@ def demo_root(tmp_path_factory) -> Path:
 def client():
     from distributed import Client, LocalCluster
 
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="2GiB"
-    ) as cluster, Client(cluster, set_as_default=False) as c:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="2GiB"
+        ) as cluster,
+        Client(cluster, set_as_default=False) as c,
+    ):
         yield c
 
 
@@ -135,19 +138,50 @@ def remote_scheduler(tmp_path_factory):
     # install may point at another working tree).
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     scheduler = subprocess.Popen(
-        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-         "--dashboard-address", ":0", "--scheduler-file", str(scheduler_file)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp, env=env,
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--dashboard-address",
+            ":0",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp,
+        env=env,
     )
     procs = [scheduler]
     try:
         _wait_for(scheduler_file.exists, 60, "dask scheduler", scheduler)
         for _ in range(2):
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file),
-                 "--nthreads", "1", "--memory-limit", "2GiB", "--no-dashboard", "--host", "127.0.0.1"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp, env=env,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "distributed.cli.dask_worker",
+                        "--scheduler-file",
+                        str(scheduler_file),
+                        "--nthreads",
+                        "1",
+                        "--memory-limit",
+                        "2GiB",
+                        "--no-dashboard",
+                        "--host",
+                        "127.0.0.1",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    cwd=tmp,
+                    env=env,
+                )
+            )
         import json
 
         address = json.loads(scheduler_file.read_text())["address"]
@@ -179,8 +213,12 @@ def job_dict(demo_root: Path, out: Path, **sections) -> dict:
         ],
         "label": {"column": "converted"},
         "split": {"valid_fraction": 0.25, "seed": 3, "key": ["event_id"]},
-        "train": {"num_boost_round": 30, "early_stopping_rounds": 5, "params": {"max_depth": 4, "eta": 0.3},
-                  "exclude": ["date"]},
+        "train": {
+            "num_boost_round": 30,
+            "early_stopping_rounds": 5,
+            "params": {"max_depth": 4, "eta": 0.3},
+            "exclude": ["date"],
+        },
         "output": {"uri": str(out)},
     }
     for key, value in sections.items():

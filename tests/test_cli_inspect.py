@@ -36,13 +36,15 @@ def bundle(tmp_path):
 
     rng = np.random.default_rng(0)
     n = 200
-    data = pd.DataFrame({
-        "age": np.where(rng.random(n) < 0.1, np.nan, rng.normal(40, 10, n)),
-        "income": rng.lognormal(10, 0.5, n),
-        "sessions": rng.integers(0, 5, n),
-        "plan": pd.array(rng.choice(["free", "basic", "pro"], n), dtype="string[pyarrow]"),
-        "country": pd.array([f"country-{i % 40:02d}" for i in range(n)], dtype="string[pyarrow]"),
-    })
+    data = pd.DataFrame(
+        {
+            "age": np.where(rng.random(n) < 0.1, np.nan, rng.normal(40, 10, n)),
+            "income": rng.lognormal(10, 0.5, n),
+            "sessions": rng.integers(0, 5, n),
+            "plan": pd.array(rng.choice(["free", "basic", "pro"], n), dtype="string[pyarrow]"),
+            "country": pd.array([f"country-{i % 40:02d}" for i in range(n)], dtype="string[pyarrow]"),
+        }
+    )
     pipe = FeaturePipeline.from_specs([OP_MODELS[s["op"]](**s) for s in STEPS])
     report = pipe.fit(dd.from_pandas(data, npartitions=2), compute=partial(dask.compute, scheduler="sync"))
     features = ["age", "income", "sessions", "log_income", "plan", "country"]
@@ -98,18 +100,20 @@ def test_unknown_ops_and_any_json_state_are_summarised(bundle, capsys, monkeypat
     monkeypatch.setenv("COLUMNS", "160")
     path = bundle / "pipeline.json"
     data = json.loads(path.read_text())
-    data["ops"].append({
-        "spec": {"op": "bucketize_future", "columns": ["age", "income"], "bins": 100},
-        "where": "features[5]",
-        "state": {
-            "edges": {"age": list(np.linspace(0, 1, 100).round(3)), "income": [1, 2]},
-            "total": 12345.678901,
-            "flag": True,
-            "missing": None,
-            "nested": {"a": {"b": [1, 2, 3]}},
-            "note": "x" * 300,
-        },
-    })
+    data["ops"].append(
+        {
+            "spec": {"op": "bucketize_future", "columns": ["age", "income"], "bins": 100},
+            "where": "features[5]",
+            "state": {
+                "edges": {"age": list(np.linspace(0, 1, 100).round(3)), "income": [1, 2]},
+                "total": 12345.678901,
+                "flag": True,
+                "missing": None,
+                "nested": {"a": {"b": [1, 2, 3]}},
+                "note": "x" * 300,
+            },
+        }
+    )
     path.write_text(json.dumps(data))
     code, out, _ = inspect(capsys, bundle)
     assert code == 0

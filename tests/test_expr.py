@@ -94,11 +94,13 @@ def test_type_errors_are_expression_errors(df):
 @pytest.mark.parametrize("text", ["where(x > 1, flag, False)", "flag if x > 1 else 0", "where(x > 1, n, 0)"])
 def test_where_with_a_nullable_column_gives_numbers_not_objects(text):
     # Booleans are read as pandas' nullable `boolean`; numpy's where would make objects of them.
-    df = pd.DataFrame({
-        "flag": pd.array([True, None, True], dtype="boolean"),
-        "n": pd.array([5, None, 7], dtype="Int64"),
-        "x": [1.0, 2.0, 3.0],
-    })
+    df = pd.DataFrame(
+        {
+            "flag": pd.array([True, None, True], dtype="boolean"),
+            "n": pd.array([5, None, 7], dtype="Int64"),
+            "x": [1.0, 2.0, 3.0],
+        }
+    )
     out = Expression(text).evaluate(df)
     assert out.dtype == "float64"
     first, missing, last = out.tolist()

@@ -19,29 +19,46 @@ def sync(*collections):
 
 
 def spec(tmp_path, checks, **more) -> dict:
-    return {"source": {"uri": str(tmp_path / "data")}, "label": {"column": "y"},
-            "output": {"uri": str(tmp_path / "out")}, "checks": checks, **more}
+    return {
+        "source": {"uri": str(tmp_path / "data")},
+        "label": {"column": "y"},
+        "output": {"uri": str(tmp_path / "out")},
+        "checks": checks,
+        **more,
+    }
 
 
 def check(**kw):
-    return job_from_dict({"source": {"uri": "x"}, "label": {"column": "y"}, "output": {"uri": "o"},
-                          "checks": [kw], **({"quarantine": {}} if kw.get("action") == "quarantine" else {})}).checks[0]
+    return job_from_dict(
+        {
+            "source": {"uri": "x"},
+            "label": {"column": "y"},
+            "output": {"uri": "o"},
+            "checks": [kw],
+            **({"quarantine": {}} if kw.get("action") == "quarantine" else {}),
+        }
+    ).checks[0]
 
 
-FRAME = pd.DataFrame({
-    "x": [1.0, None, 5.0, -1.0, 101.0],
-    "c": pd.array(["N1", "N2", None, "X3", "N"], dtype=pd.StringDtype("pyarrow")),
-    "k": [1, 2, 2, 3, 1],
-})
+FRAME = pd.DataFrame(
+    {
+        "x": [1.0, None, 5.0, -1.0, 101.0],
+        "c": pd.array(["N1", "N2", None, "X3", "N"], dtype=pd.StringDtype("pyarrow")),
+        "k": [1, 2, 2, 3, 1],
+    }
+)
 
 
-@pytest.mark.parametrize("kw, expected", [
-    ({"check": "not_null", "columns": ["x", "c"]}, [False, True, True, False, False]),
-    ({"check": "range", "column": "x", "min": 0, "max": 100}, [False, False, False, True, True]),
-    ({"check": "range", "column": "x", "min": 5}, [True, False, False, True, False]),
-    ({"check": "allowed_values", "column": "c", "values": ["N1", "N2"]}, [False, False, False, True, True]),
-    ({"check": "regex", "column": "c", "pattern": "N[0-9]"}, [False, False, False, True, True]),
-])
+@pytest.mark.parametrize(
+    "kw, expected",
+    [
+        ({"check": "not_null", "columns": ["x", "c"]}, [False, True, True, False, False]),
+        ({"check": "range", "column": "x", "min": 0, "max": 100}, [False, False, False, True, True]),
+        ({"check": "range", "column": "x", "min": 5}, [True, False, False, True, False]),
+        ({"check": "allowed_values", "column": "c", "values": ["N1", "N2"]}, [False, False, False, True, True]),
+        ({"check": "regex", "column": "c", "pattern": "N[0-9]"}, [False, False, False, True, True]),
+    ],
+)
 def test_row_masks_ignore_missing_values_except_not_null(kw, expected):
     assert quality.violations(check(**kw), FRAME).tolist() == expected
 
@@ -64,12 +81,22 @@ def test_default_names_and_spec_errors():
         ([{"check": "regex", "column": "c", "pattern": "("}], r"checks\[0\].pattern: not a valid regular expression"),
         ([{"check": "range", "column": "x"}], r"checks\[0\]: give `min`, `max` or both"),
         ([{"check": "range", "column": "x", "min": 5, "max": 1}], r"`min` \(5\) is greater than `max` \(1\)"),
-        ([{"check": "null_fraction", "column": "x", "max": 0.1, "action": "quarantine"}],
-         r"checks\[0\].action: a dataset check can only `fail`"),
-        ([{"check": "unique", "columns": ["a"], "colums": 1}], r"checks\[0\].colums: unknown key.*did you mean 'columns'"),
-        ([{"check": "not_null", "columns": ["a"]}] * 2, r"checks: checks\[1\] is named 'not_null\(a\)' like checks\[0\]"),
-        ([{"check": "not_null", "columns": ["a"], "action": "quarantine"}],
-         r"quarantine: checks\[0\] quarantine rows but the job has no `quarantine` section"),
+        (
+            [{"check": "null_fraction", "column": "x", "max": 0.1, "action": "quarantine"}],
+            r"checks\[0\].action: a dataset check can only `fail`",
+        ),
+        (
+            [{"check": "unique", "columns": ["a"], "colums": 1}],
+            r"checks\[0\].colums: unknown key.*did you mean 'columns'",
+        ),
+        (
+            [{"check": "not_null", "columns": ["a"]}] * 2,
+            r"checks: checks\[1\] is named 'not_null\(a\)' like checks\[0\]",
+        ),
+        (
+            [{"check": "not_null", "columns": ["a"], "action": "quarantine"}],
+            r"quarantine: checks\[0\] quarantine rows but the job has no `quarantine` section",
+        ),
     ]
     for checks, message in cases:
         with pytest.raises(SpecError, match=message):
@@ -97,10 +124,18 @@ def data(tmp_path):
 def test_plan_time_columns_and_types_name_the_check(data):
     meta = read(str(data / "data")).frame._meta
     for checks, message in [
-        ([{"check": "not_null", "columns": ["x", "nope"]}],
-         r"(?s)checks\[0\] \(not_null\(x,nope\)\): column\(s\) \['nope'\] not found in the source; available: \['id'.*Hint: fix `checks\[0\]`"),
-        ([{"check": "range", "column": "s", "min": 0}], r"checks\[0\] \(range\(s\)\): numeric bounds \[0\] need a numeric column"),
-        ([{"check": "regex", "column": "x", "pattern": "a"}], r"checks\[0\] \(regex\(x\)\): a regex needs a text column"),
+        (
+            [{"check": "not_null", "columns": ["x", "nope"]}],
+            r"(?s)checks\[0\] \(not_null\(x,nope\)\): column\(s\) \['nope'\] not found in the source; available: \['id'.*Hint: fix `checks\[0\]`",
+        ),
+        (
+            [{"check": "range", "column": "s", "min": 0}],
+            r"checks\[0\] \(range\(s\)\): numeric bounds \[0\] need a numeric column",
+        ),
+        (
+            [{"check": "regex", "column": "x", "pattern": "a"}],
+            r"checks\[0\] \(regex\(x\)\): a regex needs a text column",
+        ),
     ]:
         with pytest.raises(ColumnError, match=message):
             quality.check_columns(job_from_dict(spec(data, checks)), meta)
@@ -125,9 +160,11 @@ def evaluate(gate):
 
 
 def test_gate_quarantines_first_failing_check_and_writes_rows(data):
-    checks = [{"check": "range", "column": "x", "min": 0, "max": 100, "action": "quarantine"},
-              {"check": "regex", "column": "s", "pattern": "N[0-9]", "action": "quarantine"},
-              {"check": "unique", "columns": ["id"], "action": "quarantine"}]
+    checks = [
+        {"check": "range", "column": "x", "min": 0, "max": 100, "action": "quarantine"},
+        {"check": "regex", "column": "s", "pattern": "N[0-9]", "action": "quarantine"},
+        {"check": "unique", "columns": ["id"], "action": "quarantine"},
+    ]
     gate, out = gate_for(data, checks, {"max_fraction": 1.0})
     with out:
         clean, values = evaluate(gate)
@@ -137,11 +174,16 @@ def test_gate_quarantines_first_failing_check_and_writes_rows(data):
     assert sorted(clean.compute(scheduler="sync")["id"]) == [1, 3, 5]
     assert written["id"].tolist() == [2, 4, 4, 6]
     assert dict(zip(written["id"].astype(str) + written["__source_file"].str[-9:], written["__check"])) == {
-        "2a.parquet": "range(x)", "4a.parquet": "unique(id)", "4b.parquet": "range(x)", "6b.parquet": "regex(s)",
+        "2a.parquet": "range(x)",
+        "4a.parquet": "unique(id)",
+        "4b.parquet": "range(x)",
+        "6b.parquet": "regex(s)",
     }
     assert report["quarantined_rows"] == 4
     assert [(c["name"], c["violations"], c["quarantined"]) for c in report["checks"]] == [
-        ("range(x)", 2, 2), ("regex(s)", 2, 1), ("unique(id)", 2, 1),
+        ("range(x)", 2, 2),
+        ("regex(s)", 2, 1),
+        ("unique(id)", 2, 1),
     ]
 
 
@@ -150,16 +192,21 @@ def test_gate_limits(data):
     gate, out = gate_for(data, checks, {"max_fraction": 0.5, "max_rows": 1})
     with out:
         _, values = evaluate(gate)
-        with pytest.raises(DataError, match=r"quarantine: 2 of 7 rows \(28.57%\) would be quarantined, more than"
-                                            r" `quarantine.max_rows` \(1\); per check: not_null\(x,s\): 2"):
+        with pytest.raises(
+            DataError,
+            match=r"quarantine: 2 of 7 rows \(28.57%\) would be quarantined, more than"
+            r" `quarantine.max_rows` \(1\); per check: not_null\(x,s\): 2",
+        ):
             gate.finish(values, rows_read=7)
 
 
 def test_gate_fail_checks_and_dataset_checks(data):
-    checks = [{"check": "range", "column": "x", "max": 100},
-              {"check": "unique", "columns": ["id"]},
-              {"check": "null_fraction", "column": "s", "max": 0.5},
-              {"check": "row_count", "min": 1, "max": 5}]
+    checks = [
+        {"check": "range", "column": "x", "max": 100},
+        {"check": "unique", "columns": ["id"]},
+        {"check": "null_fraction", "column": "s", "max": 0.5},
+        {"check": "row_count", "min": 1, "max": 5},
+    ]
     gate, out = gate_for(data, checks)
     with out:
         _, values = evaluate(gate)
@@ -202,8 +249,11 @@ def test_checks_and_the_quarantine_write_share_one_read_of_each_file(data, monke
         return original(task)
 
     monkeypatch.setattr(sources, "read_fragment", counting)
-    checks = [{"check": "range", "column": "x", "min": 0, "action": "quarantine"},
-              {"check": "not_null", "columns": ["s"]}, {"check": "null_fraction", "column": "x", "max": 1.0}]
+    checks = [
+        {"check": "range", "column": "x", "min": 0, "action": "quarantine"},
+        {"check": "not_null", "columns": ["s"]},
+        {"check": "null_fraction", "column": "x", "max": 1.0},
+    ]
     gate, out = gate_for(data, checks, {"max_fraction": 1.0})
     with out:
         _, values = evaluate_with(gate, lambda clean: {"rows": clean.map_partitions(len, meta=("n", "int64")).sum()})

@@ -97,11 +97,13 @@ def test_prediction_columns_are_the_same_in_meta_empty_and_full_partitions(objec
     import xgboost as xgb
 
     n = 300
-    pdf = pd.DataFrame({
-        "id": np.arange(n),
-        "a": np.linspace(0, 1, n).astype("float32"),
-        "c": pd.Categorical(np.array(["x", "y", "z"])[np.arange(n) % 3]),
-    })
+    pdf = pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "a": np.linspace(0, 1, n).astype("float32"),
+            "c": pd.Categorical(np.array(["x", "y", "z"])[np.arange(n) % 3]),
+        }
+    )
     y = (pdf["a"] * 3).astype(int).clip(0, 2)
     if objective.startswith("binary"):
         y = (y > 0).astype(int)
@@ -109,7 +111,7 @@ def test_prediction_columns_are_the_same_in_meta_empty_and_full_partitions(objec
     dtrain = xgb.DMatrix(model_input(pdf), y, enable_categorical=True)
     booster = xgb.train({"objective": objective, **params}, dtrain, 3)
     bounds = [0, 0, 100, n]  # the first partition is empty
-    frame = dd.from_map(lambda i: pdf.iloc[bounds[i]:bounds[i + 1]], range(3), meta=pdf.iloc[:0])
+    frame = dd.from_map(lambda i: pdf.iloc[bounds[i] : bounds[i + 1]], range(3), meta=pdf.iloc[:0])
 
     preds = predict_frame(booster, frame, model_input, ["id"])
 
@@ -144,12 +146,14 @@ def test_every_worker_gets_training_and_validation_rows(client, sizes):
     # either matrix.
     n = sum(sizes)
     categories = pd.CategoricalDtype(pd.Index(["a", "b", "c"], dtype="str"))
-    pdf = pd.DataFrame({
-        "x": np.arange(n, dtype="float32"),
-        "c": pd.Categorical.from_codes(np.arange(n) % 3, dtype=categories),
-        LABEL: (np.arange(n) % 2).astype("float32"),
-        VALID: np.arange(n) >= n - sizes[-1],
-    })
+    pdf = pd.DataFrame(
+        {
+            "x": np.arange(n, dtype="float32"),
+            "c": pd.Categorical.from_codes(np.arange(n) % 3, dtype=categories),
+            LABEL: (np.arange(n) % 2).astype("float32"),
+            VALID: np.arange(n) >= n - sizes[-1],
+        }
+    )
     frame = dd.from_pandas(pdf, npartitions=len(sizes), sort=False)
 
     train, valid = spread_train_valid(client, frame, sizes)
@@ -158,6 +162,7 @@ def test_every_worker_gets_training_and_validation_rows(client, sizes):
     assert client.gather(counts) == [n - sizes[-1], sizes[-1], False, True]
     spec = TrainSpec(num_boost_round=2, early_stopping_rounds=None)
     with client.as_current():
-        _, metrics = train_booster(client, xgb_params(spec), spec, train[["x", "c"]], train[LABEL],
-                                   valid[["x", "c"]], valid[LABEL])
+        _, metrics = train_booster(
+            client, xgb_params(spec), spec, train[["x", "c"]], train[LABEL], valid[["x", "c"]], valid[LABEL]
+        )
     assert metrics["rounds_trained"] == 2

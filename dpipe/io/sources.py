@@ -307,7 +307,9 @@ def read(
 
 
 def _filter_columns(filters: list) -> list[str]:
-    groups = filters if filters and isinstance(filters[0], list) and isinstance(filters[0][0], (list, tuple)) else [filters]
+    groups = (
+        filters if filters and isinstance(filters[0], list) and isinstance(filters[0][0], (list, tuple)) else [filters]
+    )
     return sorted({f[0] for group in groups for f in group})
 
 

@@ -37,7 +37,9 @@ def moments(df, columns: list[str]):
 
     The result (a pandas frame indexed by column) gives ``var = m2 / n`` (population variance).
     """
-    meta = pd.DataFrame({"n": pd.Series(dtype="float64"), "mean": pd.Series(dtype="float64"), "m2": pd.Series(dtype="float64")})
+    meta = pd.DataFrame(
+        {"n": pd.Series(dtype="float64"), "mean": pd.Series(dtype="float64"), "m2": pd.Series(dtype="float64")}
+    )
     return df[list(columns)].reduction(
         chunk=_chunk_moments,
         combine=_merge_moments,

@@ -130,7 +130,6 @@ class Categorical(Strict):
     _check_unique = field_validator("columns")(_unique)
 
 
-
 def _bounds(pair: list[float], what: str, low: float, high: float) -> list[float]:
     if len(pair) != 2:
         raise ValueError(f"`{what}` needs two numbers [low, high], got {pair}")
@@ -261,7 +260,16 @@ class Drop(Strict):
 
 #: Parts the ``datetime_parts`` op can extract.
 DATETIME_PARTS = (
-    "year", "quarter", "month", "day", "dayofyear", "weekday", "hour", "minute", "is_weekend", "epoch_seconds",
+    "year",
+    "quarter",
+    "month",
+    "day",
+    "dayofyear",
+    "weekday",
+    "hour",
+    "minute",
+    "is_weekend",
+    "epoch_seconds",
 )
 
 

@@ -12,8 +12,8 @@ from pydantic import Field, field_validator, model_validator
 from dpipe.expr import check_expression
 from dpipe.spec.base import Strict
 from dpipe.spec.features import OpSpec
-from dpipe.spec.source import SourceSpec
 from dpipe.spec.quality import CheckSpec, QuarantineSpec, check_names_unique
+from dpipe.spec.source import SourceSpec
 
 
 class LabelJoin(Strict):

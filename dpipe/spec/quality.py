@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from dpipe.spec.base import Strict
 
 Action = Literal["fail", "quarantine"]
-Bound = Union[int, float, str, None]
+Bound = int | float | str | None
 
 
 def _iso(value: Any) -> Any:
@@ -98,7 +98,9 @@ class RangeCheck(_RowCheck):
             raise ValueError("give `min`, `max` or both")
         if self.min is not None and self.max is not None:
             if isinstance(self.min, str) != isinstance(self.max, str):
-                raise ValueError(f"`min` and `max` must both be numbers or both be text (got {self.min!r}, {self.max!r})")
+                raise ValueError(
+                    f"`min` and `max` must both be numbers or both be text (got {self.min!r}, {self.max!r})"
+                )
             if self.min > self.max:
                 raise ValueError(f"`min` ({self.min!r}) is greater than `max` ({self.max!r})")
         return self
@@ -205,7 +207,7 @@ CHECK_NAMES = tuple(CHECK_MODELS)
 ROW_CHECKS = ("not_null", "range", "allowed_values", "regex", "unique")
 
 CheckSpec = Annotated[
-    Union[NotNullCheck, RangeCheck, AllowedValuesCheck, RegexCheck, UniqueCheck, RowCountCheck, NullFractionCheck],
+    NotNullCheck | RangeCheck | AllowedValuesCheck | RegexCheck | UniqueCheck | RowCountCheck | NullFractionCheck,
     Field(discriminator="check"),
 ]
 

@@ -54,7 +54,11 @@ def test_quick_run_writes_well_formed_json(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out), "--data-dir", str(tmp_path / "data")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=590,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=590,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -69,9 +73,15 @@ def test_quick_run_writes_well_formed_json(tmp_path):
         assert _number(report["bytes_read"][name]["per_projected_byte"]), name
     assert set(systems["pandas"]["stages_s"]) == {"read", "fit", "transform", "matrix", "train", "predict"}
     assert _number(report["bytes_read"]["dpipe_fit_only"]["per_projected_byte"])
-    for key in ("dpipe/handwritten", "dpipe/pandas", "dpipe/floor", "dpipe_non_training/floor_scan",
-                "dpipe_matrix+train/floor_matrix+train", "dpipe_peak_memory/handwritten_peak_memory",
-                "dpipe_fit_reads_per_input_byte"):
+    for key in (
+        "dpipe/handwritten",
+        "dpipe/pandas",
+        "dpipe/floor",
+        "dpipe_non_training/floor_scan",
+        "dpipe_matrix+train/floor_matrix+train",
+        "dpipe_peak_memory/handwritten_peak_memory",
+        "dpipe_fit_reads_per_input_byte",
+    ):
         assert _number(report["ratios"][key]), key
     aucs = [s["valid_auc"] for s in systems.values()]
     assert max(aucs) - min(aucs) < 0.05  # the same work, so about the same model

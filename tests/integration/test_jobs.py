@@ -25,7 +25,11 @@ JOBS = sorted(p for p in (ROOT / "jobs").glob("*.yaml") if p.stem != "flights")
 def cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "dpipe.cli", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
     )
 
 
@@ -36,10 +40,16 @@ def leftovers(parent: Path) -> list[str]:
 @pytest.mark.parametrize("spec", JOBS, ids=[p.stem for p in JOBS])
 def test_example_job_validates_and_runs(spec, demo_root, tmp_path):
     overrides = [
-        "--set", f"source.uri={demo_root / 'events'}",
-        "--set", f"output.uri={tmp_path / 'bundle'}",
-        "--set", "train.num_boost_round=15",
-        "--set", "cluster.n_workers=2", "--set", "cluster.threads_per_worker=1",
+        "--set",
+        f"source.uri={demo_root / 'events'}",
+        "--set",
+        f"output.uri={tmp_path / 'bundle'}",
+        "--set",
+        "train.num_boost_round=15",
+        "--set",
+        "cluster.n_workers=2",
+        "--set",
+        "cluster.threads_per_worker=1",
     ]
     checked = cli("validate", spec, *overrides)
     assert checked.returncode == 0, checked.stderr
@@ -67,8 +77,14 @@ def test_example_job_validates_and_runs(spec, demo_root, tmp_path):
 @pytest.fixture(scope="module")
 def trained(demo_root, client, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained") / "bundle"
-    job = dpipe.job_from_dict(job_dict(demo_root, out, output={"uri": str(out), "valid_predictions": True},
-                                       train={"num_boost_round": 40, "early_stopping_rounds": 5}))
+    job = dpipe.job_from_dict(
+        job_dict(
+            demo_root,
+            out,
+            output={"uri": str(out), "valid_predictions": True},
+            train={"num_boost_round": 40, "early_stopping_rounds": 5},
+        )
+    )
     return job, dpipe.run(job, client=client, progress=False)
 
 
@@ -138,22 +154,31 @@ def test_columns_with_missing_values_in_some_files_only(client, tmp_path):
         code, flag, x = rng.integers(0, 5, n), rng.random(n) < 0.5, rng.random(n)
         y = (code == 2) ^ flag ^ (x > 0.8)
         gaps = rng.random(n) < 0.1
-        pq.write_table(pa.table({
-            "id": np.arange(k * n, (k + 1) * n),
-            "code": pa.array(code, mask=gaps if k % 2 else None),
-            "flag": pa.array(flag, mask=gaps if k % 2 == 0 else None),
-            "x": x,
-            "y": pa.array(y),
-        }), tmp_path / "src" / f"part-{k}.parquet")
-    job = dpipe.job_from_dict({
-        "source": {"uri": str(tmp_path / "src")},
-        "id_columns": ["id"],
-        "features": [{"op": "categorical", "columns": ["code"]},
-                     {"op": "derive", "name": "flag_if_x", "expr": "where(x > 0.5, flag, False)"}],
-        "label": {"column": "y"},
-        "train": {"num_boost_round": 20, "params": {"max_depth": 4}},
-        "output": {"uri": str(tmp_path / "bundle"), "valid_predictions": True},
-    })
+        pq.write_table(
+            pa.table(
+                {
+                    "id": np.arange(k * n, (k + 1) * n),
+                    "code": pa.array(code, mask=gaps if k % 2 else None),
+                    "flag": pa.array(flag, mask=gaps if k % 2 == 0 else None),
+                    "x": x,
+                    "y": pa.array(y),
+                }
+            ),
+            tmp_path / "src" / f"part-{k}.parquet",
+        )
+    job = dpipe.job_from_dict(
+        {
+            "source": {"uri": str(tmp_path / "src")},
+            "id_columns": ["id"],
+            "features": [
+                {"op": "categorical", "columns": ["code"]},
+                {"op": "derive", "name": "flag_if_x", "expr": "where(x > 0.5, flag, False)"},
+            ],
+            "label": {"column": "y"},
+            "train": {"num_boost_round": 20, "params": {"max_depth": 4}},
+            "output": {"uri": str(tmp_path / "bundle"), "valid_predictions": True},
+        }
+    )
     result = dpipe.run(job, client=client, progress=False)
     assert result.rows["read"] == 4000 and result.manifest["features"]["categorical"] == ["code"]
     assert result.metrics["valid"]["auc"] > 0.95  # flag is read as booleans, not as text
@@ -258,7 +283,9 @@ def test_label_expression_leaves_its_inputs_out_of_the_features(demo_root, clien
 def test_non_numeric_feature_is_caught_before_compute(demo_root, tmp_path):
     spec = job_dict(demo_root, tmp_path / "out")
     spec["features"] = [f for f in spec["features"] if f["op"] != "categorical"]
-    with pytest.raises(ColumnError, match=r"(?s)neither numeric nor categorical.*Hint: encode them with a `categorical` op"):
+    with pytest.raises(
+        ColumnError, match=r"(?s)neither numeric nor categorical.*Hint: encode them with a `categorical` op"
+    ):
         dpipe.run(dpipe.job_from_dict(spec), progress=False)  # no client: fails before starting a cluster
 
 
@@ -272,18 +299,49 @@ def _write(tmp_path, spec) -> Path:
 @pytest.mark.parametrize(
     ("change", "code", "message"),
     [
-        (lambda s: s["features"].append({"op": "standardize", "columns": ["age"]}), 2, r"features\[5\]: unknown op 'standardize'"),
+        (
+            lambda s: s["features"].append({"op": "standardize", "columns": ["age"]}),
+            2,
+            r"features\[5\]: unknown op 'standardize'",
+        ),
         (lambda s: s["train"].update(rounds=3), 2, r"train.rounds: unknown key; allowed keys: .*num_boost_round"),
-        (lambda s: s["split"].update(valid_fraction="half"), 2, r"split.valid_fraction: Input should be a valid number"),
-        (lambda s: s["features"].append({"op": "derive", "name": "x", "expr": "age +* 2"}), 2, r"features\[5\].expr: cannot parse"),
-        (lambda s: s["features"].append({"op": "standard_scale", "columns": ["incme"]}), 2,
-         r"features\[5\] \(standard_scale\): column\(s\) \['incme'\] not found.*did you mean 'income'"),
+        (
+            lambda s: s["split"].update(valid_fraction="half"),
+            2,
+            r"split.valid_fraction: Input should be a valid number",
+        ),
+        (
+            lambda s: s["features"].append({"op": "derive", "name": "x", "expr": "age +* 2"}),
+            2,
+            r"features\[5\].expr: cannot parse",
+        ),
+        (
+            lambda s: s["features"].append({"op": "standard_scale", "columns": ["incme"]}),
+            2,
+            r"features\[5\] \(standard_scale\): column\(s\) \['incme'\] not found.*did you mean 'income'",
+        ),
         (lambda s: s["label"].update(column="convertd"), 2, r"label.column: column\(s\) \['convertd'\] not found"),
-        (lambda s: s["source"].update(uri="/nonexistent/events"), 1, r"source.uri: '/nonexistent/events' does not exist"),
-        (lambda s: s["source"].update(filters=[["date", ">", "2030-01-01"]]), 1, r"no file under .* matches `source.filters`"),
+        (
+            lambda s: s["source"].update(uri="/nonexistent/events"),
+            1,
+            r"source.uri: '/nonexistent/events' does not exist",
+        ),
+        (
+            lambda s: s["source"].update(filters=[["date", ">", "2030-01-01"]]),
+            1,
+            r"no file under .* matches `source.filters`",
+        ),
     ],
-    ids=["unknown-op", "unknown-key", "wrong-type", "bad-expression", "missing-column", "missing-label",
-         "missing-path", "filters-match-nothing"],
+    ids=[
+        "unknown-op",
+        "unknown-key",
+        "wrong-type",
+        "bad-expression",
+        "missing-column",
+        "missing-label",
+        "missing-path",
+        "filters-match-nothing",
+    ],
 )
 def test_cli_bad_input(demo_root, tmp_path, change, code, message):
     spec = job_dict(demo_root, tmp_path / "out")
@@ -315,8 +373,17 @@ def test_cli_predict_and_demo_data(tmp_path, trained):
     _, result = trained
     made = cli("demo-data", tmp_path / "demo", "--rows", "3000", "--days", "2")
     assert made.returncode == 0 and "wrote 3000 rows in 2 files" in made.stdout
-    done = cli("predict", result.bundle_uri, "--source", tmp_path / "demo" / "events", "--output", tmp_path / "scores",
-               "--id-columns", "event_id,date", "--quiet")
+    done = cli(
+        "predict",
+        result.bundle_uri,
+        "--source",
+        tmp_path / "demo" / "events",
+        "--output",
+        tmp_path / "scores",
+        "--id-columns",
+        "event_id,date",
+        "--quiet",
+    )
     assert done.returncode == 0, done.stderr
     scores = pd.read_parquet(tmp_path / "scores")
     assert list(scores.columns) == ["event_id", "date", "prediction"] and len(scores) == 3000
@@ -387,7 +454,9 @@ def test_label_from_a_joined_table(client, demo_root, tmp_path):
     # Too many rows without an outcome is an error, if asked for.
     spec["label"]["join"]["max_unmatched_fraction"] = 0.05
     spec["output"]["uri"] = str(tmp_path / "other")
-    with pytest.raises(DataError, match=r"label.join \(join .*outcomes.* on \['id'\]\): \d+ of \d+ rows \(10\.0%\) found no match"):
+    with pytest.raises(
+        DataError, match=r"label.join \(join .*outcomes.* on \['id'\]\): \d+ of \d+ rows \(10\.0%\) found no match"
+    ):
         dpipe.run(job_from_dict(spec), client=client, progress=False)
     assert not (tmp_path / "other").exists()
 
@@ -404,8 +473,18 @@ def test_the_fit_pass_reads_only_the_columns_the_statistics_need(demo_root, tmp_
     p = plan(job_from_dict(job_dict(demo_root, tmp_path / "bundle")))
     # Ops' inputs, the label and the split key; `sessions` (a feature nothing transforms) and
     # `date` are read only by the load stage.
-    assert p.fit_columns == ["event_id", "age", "income", "tenure_days", "pages_per_session", "country", "device",
-                             "plan", "converted"]
-    with_quarantine = job_dict(demo_root, tmp_path / "b2", checks=[{"check": "not_null", "columns": ["age"]}],
-                               quarantine={"max_fraction": 0.5})
+    assert p.fit_columns == [
+        "event_id",
+        "age",
+        "income",
+        "tenure_days",
+        "pages_per_session",
+        "country",
+        "device",
+        "plan",
+        "converted",
+    ]
+    with_quarantine = job_dict(
+        demo_root, tmp_path / "b2", checks=[{"check": "not_null", "columns": ["age"]}], quarantine={"max_fraction": 0.5}
+    )
     assert plan(job_from_dict(with_quarantine)).fit_columns is None

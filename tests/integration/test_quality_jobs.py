@@ -52,8 +52,13 @@ QUARANTINE_CHECKS = [
 
 def test_quarantined_rows_are_written_with_check_and_file_and_left_out_of_training(demo_root, client, tmp_path):
     out = tmp_path / "out"
-    spec = job_dict(demo_root, out, checks=QUARANTINE_CHECKS, quarantine={"max_fraction": 0.2},
-                    output={"uri": str(out), "valid_predictions": True})
+    spec = job_dict(
+        demo_root,
+        out,
+        checks=QUARANTINE_CHECKS,
+        quarantine={"max_fraction": 0.2},
+        output={"uri": str(out), "valid_predictions": True},
+    )
     result = run(spec, client)
 
     ref = reference(demo_root)
@@ -78,7 +83,10 @@ def test_quarantined_rows_are_written_with_check_and_file_and_left_out_of_traini
     assert by_name["has_income"]["violations"] == int(no_income.sum())
     assert by_name["has_income"]["quarantined"] == int((no_income & ~bad_age).sum())
     assert by_name["allowed_values(device)"] == {
-        "name": "allowed_values(device)", "check": "allowed_values", "action": "fail", "violations": 0
+        "name": "allowed_values(device)",
+        "check": "allowed_values",
+        "action": "fail",
+        "violations": 0,
     }
     assert quality["quarantined_rows"] == len(expected) == result.rows["quarantined"]
     assert quality["bad_files"] == [] and quality["prepasses"] == 0
@@ -92,18 +100,29 @@ def test_quarantined_rows_are_written_with_check_and_file_and_left_out_of_traini
 
 def test_rows_add_up(demo_root, client, tmp_path):
     spec = job_dict(
-        demo_root, tmp_path / "out",
+        demo_root,
+        tmp_path / "out",
         checks=[{"check": "range", "column": "age", "max": 70, "action": "quarantine"}],
         quarantine={"max_fraction": 0.1},
         label={"expr": "tenure_days > 100"},  # missing tenure: no label
-        features=[{"op": "categorical", "columns": ["country", "device", "plan"]},
-                  {"op": "filter", "expr": "sessions >= 3"}],
+        features=[
+            {"op": "categorical", "columns": ["country", "device", "plan"]},
+            {"op": "filter", "expr": "sessions >= 3"},
+        ],
         train={"exclude": ["date", "converted"]},
     )
     rows = run(spec, client).rows
     assert rows["quarantined"] > 0 and rows["dropped_missing_label"] > 0 and rows["dropped_by_filters"] > 0
-    assert rows["read"] == 20_000 == (
-        rows["quarantined"] + rows["dropped_missing_label"] + rows["dropped_by_filters"] + rows["train"] + rows["valid"]
+    assert (
+        rows["read"]
+        == 20_000
+        == (
+            rows["quarantined"]
+            + rows["dropped_missing_label"]
+            + rows["dropped_by_filters"]
+            + rows["train"]
+            + rows["valid"]
+        )
     )
     ref = reference(demo_root)
     quarantined = ref["age"] > 70
@@ -143,7 +162,10 @@ def test_failing_checks_are_all_reported_with_counts_and_samples(demo_root, clie
     assert text.startswith("data quality: 7 problems:\n")
     assert f"  - checks[0] `not_null(age,income)`: {n_missing} of 20000 rows violate it; e.g. age=None, income=" in text
     assert f"({first})" in text
-    assert f"checks[1] `range(sessions)`: {int((ref['sessions'] > 12).sum())} of 20000 rows violate it; e.g. sessions=" in text
+    assert (
+        f"checks[1] `range(sessions)`: {int((ref['sessions'] > 12).sum())} of 20000 rows violate it; e.g. sessions="
+        in text
+    )
     assert f"checks[2] `allowed_values(device)`: {int((ref['device'] == 'tablet').sum())} of 20000" in text
     assert "device='tablet'" in text
     assert "checks[3]" not in text and "checks[5]" not in text
@@ -162,9 +184,13 @@ def test_unique_with_quarantine_takes_one_prepass_and_quarantines_every_duplicat
     dup = pd.read_parquet(data / "date=2024-01-01" / "part-0.parquet").head(30)
     (data / "date=2024-01-02" / "extra.parquet").write_bytes(b"")
     dup.to_parquet(data / "date=2024-01-02" / "extra.parquet", index=False)
-    spec = job_dict(demo_root, tmp_path / "out", source={"uri": str(data)},
-                    checks=[{"check": "unique", "columns": ["event_id"], "action": "quarantine"}],
-                    quarantine={"max_fraction": 0.1})
+    spec = job_dict(
+        demo_root,
+        tmp_path / "out",
+        source={"uri": str(data)},
+        checks=[{"check": "unique", "columns": ["event_id"], "action": "quarantine"}],
+        quarantine={"max_fraction": 0.1},
+    )
     result = run(spec, client)
     got = pd.read_parquet(tmp_path / "out" / "quarantine")
     assert sorted(got["event_id"]) == sorted(dup["event_id"].tolist() * 2)
@@ -239,8 +265,13 @@ def test_cli_validate_checks_the_checks_section(demo_root, tmp_path):
         path = tmp_path / "job.yaml"
         path.write_text(yaml.safe_dump(job_dict(demo_root, tmp_path / "out", checks=checks)))
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        return subprocess.run([sys.executable, "-m", "dpipe.cli", "validate", str(path)],
-                              capture_output=True, text=True, env=env, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "dpipe.cli", "validate", str(path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
 
     ok = validate([{"check": "not_null", "columns": ["age"]}])
     assert ok.returncode == 0 and "; 1 quality check(s)" in ok.stdout

@@ -40,12 +40,21 @@ def bundle(tmp_path_factory, demo_root, client):
 def test_cli_run_on_remote_scheduler(remote_scheduler, demo_root, tmp_path):
     # The file's own uris point nowhere: the run only works if the --set overrides are applied.
     spec = tmp_path / "job.yaml"
-    spec.write_text(yaml.safe_dump(job_dict(demo_root, tmp_path / "unused", source={"uri": "missing/events"},
-                                            train=FAST_TRAIN)))
+    spec.write_text(
+        yaml.safe_dump(job_dict(demo_root, tmp_path / "unused", source={"uri": "missing/events"}, train=FAST_TRAIN))
+    )
     out = tmp_path / "runs" / "m1"
 
-    proc = dpipe_cli("run", str(spec), "--scheduler", remote_scheduler,
-                     "--set", f"source.uri={demo_root / 'events'}", "--set", f"output.uri={out}")
+    proc = dpipe_cli(
+        "run",
+        str(spec),
+        "--scheduler",
+        remote_scheduler,
+        "--set",
+        f"source.uri={demo_root / 'events'}",
+        "--set",
+        f"output.uri={out}",
+    )
 
     assert proc.returncode == 0, proc.stderr
     assert f"connected to {remote_scheduler} (2 workers, 2 threads)" in proc.stderr
@@ -91,7 +100,9 @@ def test_unreachable_scheduler_is_a_cluster_error(demo_root, tmp_path):
     out = tmp_path / "m1"
     job = dpipe.job_from_dict(job_dict(demo_root, out, train=FAST_TRAIN, cluster={"timeout": 2}))
 
-    with pytest.raises(dpipe.ClusterError, match=rf"(?s)cannot reach the Dask scheduler at '{re.escape(address)}'.*Hint:"):
+    with pytest.raises(
+        dpipe.ClusterError, match=rf"(?s)cannot reach the Dask scheduler at '{re.escape(address)}'.*Hint:"
+    ):
         dpipe.run(job, scheduler=address, progress=False)
 
     assert list(tmp_path.iterdir()) == []
@@ -127,8 +138,9 @@ def test_cli_unreachable_scheduler_prints_one_error_line(demo_root, tmp_path):
 def test_cli_predict_on_remote_scheduler(bundle, remote_scheduler, demo_root, tmp_path):
     out = tmp_path / "scores"
 
-    proc = dpipe_cli("predict", bundle, "--source", str(demo_root / "events"), "--output", str(out),
-                     "--scheduler", remote_scheduler)
+    proc = dpipe_cli(
+        "predict", bundle, "--source", str(demo_root / "events"), "--output", str(out), "--scheduler", remote_scheduler
+    )
 
     assert proc.returncode == 0, proc.stderr
     assert f"connected to {remote_scheduler}" in proc.stderr

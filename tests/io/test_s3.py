@@ -178,7 +178,9 @@ def test_unreachable_endpoint_is_a_storage_error_without_the_secret():
         "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1},
     }
 
-    with pytest.raises(dpipe.StorageError, match=r"(?s)cannot reach the storage for 's3://bucket/events'.*Hint:.*endpoint") as info:
+    with pytest.raises(
+        dpipe.StorageError, match=r"(?s)cannot reach the storage for 's3://bucket/events'.*Hint:.*endpoint"
+    ) as info:
         read("s3://bucket/events", storage_options=options)
 
     assert secret not in str(info.value)
@@ -195,8 +197,11 @@ def test_unknown_storage_option_is_a_storage_error_naming_the_key(s3):
 
 
 def test_bad_credentials_are_a_storage_error_without_the_secret(s3_server_with_auth, demo_root, tmp_path):
-    options = {"key": "AKIAWRONGKEY", "secret": "not-the-secret-123",
-               "client_kwargs": {"endpoint_url": s3_server_with_auth}}
+    options = {
+        "key": "AKIAWRONGKEY",
+        "secret": "not-the-secret-123",
+        "client_kwargs": {"endpoint_url": s3_server_with_auth},
+    }
     s3fs.S3FileSystem.clear_instance_cache()
     with pytest.raises(dpipe.StorageError) as info:
         read("s3://some-bucket/events", storage_options=options)
@@ -213,8 +218,12 @@ def test_bad_credentials_are_a_storage_error_without_the_secret(s3_server_with_a
 
     spec = job_dict(demo_root, tmp_path / "out", source={"uri": "s3://some-bucket/events", "storage_options": options})
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
-    done = subprocess.run([sys.executable, "-m", "dpipe.cli", "run", str(tmp_path / "job.yaml")],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "dpipe.cli", "run", str(tmp_path / "job.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert done.stderr.count("dpipe: error: source.uri: access to 's3://some-bucket/events' was denied") == 1
     assert "not-the-secret-123" not in done.stderr and "Traceback" not in done.stderr

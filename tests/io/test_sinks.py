@@ -5,7 +5,7 @@ from dpipe.io import StagedOutput
 
 
 def _files(fs, path):
-    return sorted(p[len(path):] for p in fs.find(path)) if fs.exists(path) else []
+    return sorted(p[len(path) :] for p in fs.find(path)) if fs.exists(path) else []
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -42,12 +42,11 @@ def test_failure_after_writing_leaves_destination_and_no_staging(target):
     with StagedOutput(f"{uri}/bundle", options) as out:
         out.write_bytes("model.ubj", b"v1")
         out.commit()
-    with pytest.raises(RuntimeError, match="boom"):
-        with StagedOutput(f"{uri}/bundle", options) as out:
-            out.write_bytes("model.ubj", b"half")
-            out.write_bytes("part-00000.parquet", b"half")
-            assert _files(fs, out.staging)  # something really was staged
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), StagedOutput(f"{uri}/bundle", options) as out:
+        out.write_bytes("model.ubj", b"half")
+        out.write_bytes("part-00000.parquet", b"half")
+        assert _files(fs, out.staging)  # something really was staged
+        raise RuntimeError("boom")
     fs.invalidate_cache()
     assert fs.cat_file(f"{root}/bundle/model.ubj") == b"v1"
     assert _files(fs, f"{root}/bundle") == ["/_SUCCESS", "/model.ubj"]

@@ -117,7 +117,9 @@ def test_filters_that_match_no_partition(demo_root):
 
 
 def test_bad_filter_value_type(demo_root):
-    with pytest.raises(SpecError, match=r"source.filters: the filter values do not match the column types \{'age': 'double'\}"):
+    with pytest.raises(
+        SpecError, match=r"source.filters: the filter values do not match the column types \{'age': 'double'\}"
+    ):
         read(str(demo_root / "events"), filters=[["age", ">", "old"]])
 
 

@@ -151,7 +151,10 @@ def test_describe_names_a_missing_column_and_guesses(numbers, op, params):
 # -- fill_missing --------------------------------------------------------------------------------
 def test_fill_missing_mean_matches_pandas(numbers):
     op = fit(make("fill_missing", columns=["age", "income"], strategy="mean"), dd.from_pandas(numbers, npartitions=6))
-    assert op.values_ == {"age": pytest.approx(numbers["age"].mean()), "income": pytest.approx(numbers["income"].mean())}
+    assert op.values_ == {
+        "age": pytest.approx(numbers["age"].mean()),
+        "income": pytest.approx(numbers["income"].mean()),
+    }
     out = apply(op, dd.from_pandas(numbers, npartitions=6))
     pd.testing.assert_frame_equal(out, numbers.fillna({"age": op.values_["age"], "income": op.values_["income"]}))
     assert out[["age", "income"]].notna().all().all()
@@ -160,7 +163,10 @@ def test_fill_missing_mean_matches_pandas(numbers):
 @pytest.mark.parametrize("n", [999, 1000])  # odd and even counts of values
 def test_fill_missing_median_is_exact_on_small_data(numbers, n):
     df = numbers.iloc[:n]
-    op = fit(make("fill_missing", columns=["age", "income", "sessions"], strategy="median"), dd.from_pandas(df, npartitions=6))
+    op = fit(
+        make("fill_missing", columns=["age", "income", "sessions"], strategy="median"),
+        dd.from_pandas(df, npartitions=6),
+    )
     assert op.values_ == {c: df[c].median() for c in ("age", "income", "sessions")}
 
 
@@ -168,7 +174,9 @@ def test_fill_missing_median_of_many_skewed_values_is_within_rank_tolerance():
     rng = np.random.default_rng(3)
     x = rng.pareto(1.5, 100_000)
     x[rng.random(len(x)) < 0.05] = np.nan
-    op = fit(make("fill_missing", columns=["x"], strategy="median"), dd.from_pandas(pd.DataFrame({"x": x}), npartitions=12))
+    op = fit(
+        make("fill_missing", columns=["x"], strategy="median"), dd.from_pandas(pd.DataFrame({"x": x}), npartitions=12)
+    )
     valid = x[~np.isnan(x)]
     assert rank_error(valid, op.values_["x"], 0.5) < 0.005
     assert op.values_["x"] == pytest.approx(np.median(valid), rel=0.02)
@@ -318,7 +326,9 @@ def test_categorical_codes_do_not_depend_on_order_of_appearance(cities, encoding
 
 def test_categorical_rejects_float_columns(numbers):
     op = make("categorical", "features[4]", columns=["age"])
-    with pytest.raises(ColumnError, match=r"features\[4\] \(categorical\): float columns cannot be categories: \{'age'"):
+    with pytest.raises(
+        ColumnError, match=r"features\[4\] \(categorical\): float columns cannot be categories: \{'age'"
+    ):
         op.describe(numbers.iloc[:0])
 
 
@@ -344,6 +354,7 @@ def test_categorical_integer_column_with_missing_values_in_some_files():
         out = op.transform(part)["code"]
         assert out.dtype.categories.dtype == "int64"
         assert out.cat.codes.tolist() == ([0, 1, 0] if len(part) and part["code"].notna().all() else [1, -1, 0])
+
 
 # -- filter / derive -----------------------------------------------------------------------------
 @pytest.fixture

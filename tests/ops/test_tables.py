@@ -107,7 +107,10 @@ def test_inner_join_drops_and_counts_unmatched_rows_in_training_only(flights, pl
 def test_join_keys_missing_values_match_nothing_and_ids_keep_their_type(tmp_path):
     big = 2**60
     left = pd.DataFrame(
-        {"uid": pd.array([big, big + 1, big + 2, None], dtype="Int64"), "k": pd.array(["a", None, "b", None], dtype=STRING)}
+        {
+            "uid": pd.array([big, big + 1, big + 2, None], dtype="Int64"),
+            "k": pd.array(["a", None, "b", None], dtype=STRING),
+        }
     )
     right = pd.DataFrame(
         {"uid": np.array([big + 1, big + 3], dtype="uint64"), "k": pd.array([None, "b"], dtype=STRING), "v": [1, 2]}
@@ -135,7 +138,9 @@ def test_join_fails_on_too_many_unmatched_rows(flights, planes):
     pipe = pipeline(
         {"op": "join", "source": {"uri": planes}, "on": ["tailnum"], "prefix": "p_", "max_unmatched_fraction": 0.01}
     )
-    with pytest.raises(DataError, match=r"features\[0\] \(join .* on \['tailnum'\]\): \d+ of 2000 rows .* found no match"):
+    with pytest.raises(
+        DataError, match=r"features\[0\] \(join .* on \['tailnum'\]\): \d+ of 2000 rows .* found no match"
+    ):
         pipe.fit(_frame(flights), extras=lambda f: {"n": f.shape[0]}, compute=CountingCompute())
 
 

@@ -109,7 +109,10 @@ def test_yaml_errors_name_the_line(tmp_path):
 
 def test_environment_variables_are_interpolated_and_secrets_redacted(monkeypatch):
     monkeypatch.setenv("DPIPE_TEST_SECRET", "s3cr3t")
-    spec = {**MINIMAL, "source": {"uri": "s3://b/x", "storage_options": {"secret": "${DPIPE_TEST_SECRET}", "key": "${NOPE:-anon}"}}}
+    spec = {
+        **MINIMAL,
+        "source": {"uri": "s3://b/x", "storage_options": {"secret": "${DPIPE_TEST_SECRET}", "key": "${NOPE:-anon}"}},
+    }
     job = job_from_dict(spec)
     assert job.source.storage_options == {"secret": "s3cr3t", "key": "anon"}
     dumped = redacted(job)
