@@ -22,6 +22,7 @@ from dpipe.errors import (
     DpipeError,
     ExpressionError,
     SpecError,
+    StateError,
     StorageError,
     TrainingError,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "ExpressionError",
     "JobSpec",
     "SpecError",
+    "StateError",
     "StorageError",
     "TrainingError",
     "job_from_dict",

@@ -98,3 +98,8 @@ class ClusterError(DpipeError, ConnectionError):
 
 class BundleError(DpipeError, ValueError):
     """A model bundle is missing, incomplete or from an incompatible version."""
+
+
+class StateError(DpipeError, RuntimeError):
+    """An object was used before the step that prepares it: a pipeline before ``fit``, an op
+    that reads a table before ``bind``. A bug in the calling code, not in the data."""
