@@ -82,7 +82,7 @@ class Bundle:
             raise BundleError(
                 f"bundle: {uri!r} is corrupt: {what}",
                 hint="write it again with `dpipe run`; do not edit the files of a bundle",
-            ) from None
+            ) from exc
 
 
 def read_files(uri: str, storage_options: dict | None, names) -> dict[str, bytes]:
@@ -96,4 +96,4 @@ def read_files(uri: str, storage_options: dict | None, names) -> dict[str, bytes
         try:
             return {name: fs.cat_file(f"{path}/{name}") for name in names}
         except FileNotFoundError as exc:
-            raise BundleError(f"bundle: {uri!r} is incomplete: {exc}") from None
+            raise BundleError(f"bundle: {uri!r} is incomplete: {exc}") from exc

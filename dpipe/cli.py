@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import traceback
 
@@ -98,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _configure_logging(args)
     try:
         return _COMMANDS[args.command](args) or 0
     except DpipeError as exc:
@@ -116,6 +118,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _configure_logging(args) -> None:
+    """Progress lines of the ``dpipe`` logger to stderr: none with ``--quiet``, debug lines
+    (XGBoost's own among them) with ``--verbose``."""
+    from dpipe.progress import configure_logging
+
+    if getattr(args, "quiet", False):
+        level = logging.WARNING
+    elif getattr(args, "verbose", False):
+        level = logging.DEBUG
+    else:
+        level = logging.INFO
+    configure_logging(level=level)
+
+
 def _print_error(message: str, args) -> None:
     if getattr(args, "verbose", False):
         traceback.print_exc(file=sys.stderr)
@@ -128,7 +144,7 @@ def _storage_options(raw: str | None) -> dict | None:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise SpecError(f"--storage-options: not valid JSON: {exc.msg}") from None
+        raise SpecError(f"--storage-options: not valid JSON: {exc.msg}") from exc
     if not isinstance(value, dict):
         raise SpecError("--storage-options: expected a JSON object")
     return value

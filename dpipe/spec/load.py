@@ -52,15 +52,15 @@ def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> Job
     path = Path(path)
     try:
         text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError(f"job spec {str(path)!r} not found", hint="check the path") from None
+    except FileNotFoundError as exc:
+        raise SpecError(f"job spec {str(path)!r} not found", hint="check the path") from exc
     try:
         data = yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"{path}: not valid YAML{where}: {problem}") from None
+        raise SpecError(f"{path}: not valid YAML{where}: {problem}") from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -78,7 +78,7 @@ def job_from_dict(data: dict, overrides: list[str] | None = None, origin: str = 
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        raise spec_error_from(exc, origin) from None
+        raise spec_error_from(exc, origin) from exc
 
 
 def apply_override(data: dict, item: str) -> None:

@@ -1,0 +1,76 @@
+"""The run's manifest (its lineage): built in one place from the stages' results.
+
+``manifest.json`` is what a bundle's reader, a later incremental run and ``dpipe show`` rely on:
+the resolved spec (``storage_options`` values redacted), exactly what was read (files with their
+size and version, every table's lineage), the row accounting, what each op did to the rows, the
+fit passes, data quality, stage timings, the cluster and library versions.
+:attr:`dpipe.runner.RunResult.manifest` is this same dictionary, as written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from dpipe.spec import JobSpec, redacted
+from dpipe.versions import library_versions
+
+
+def source_lineage(source: Any, *, uri: str, format: str | None = None) -> dict[str, Any]:
+    """What exactly was read from one source: its uri, kind, files and its connector's record."""
+    entry: dict[str, Any] = {"uri": uri}
+    if format is not None:
+        entry["format"] = format
+    entry["files"] = list(source.files)
+    lineage = getattr(source, "lineage", None)
+    if callable(lineage):
+        entry["lineage"] = lineage()
+    return entry
+
+
+def run_manifest(
+    job: JobSpec,
+    *,
+    source: Any,
+    tables: Mapping[str, Any],
+    rows: Mapping[str, Any],
+    steps: Mapping[str, Any],
+    features: Mapping[str, Any],
+    fit_phases: list[list[str]],
+    quality: Mapping[str, Any],
+    timings: Mapping[str, float],
+    cluster: Mapping[str, Any],
+    started: dt.datetime,
+    finished: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """The manifest of a training run, from the plan's, fit's and training's results."""
+    versions = library_versions()
+    return {
+        "dpipe_version": versions.get("dpipe"),
+        "job": job.name,
+        "started_at": started.isoformat(),
+        "finished_at": (finished or dt.datetime.now(dt.UTC)).isoformat(),
+        "spec": redacted(job),
+        "input": source_lineage(source, uri=job.source.uri, format=job.source.format),
+        "tables": {where: source_lineage(t, uri=t.uri) for where, t in tables.items()},
+        "rows": dict(rows),
+        "steps": dict(steps),
+        "features": dict(features),
+        "fit_phases": [list(p) for p in fit_phases],
+        "quality": dict(quality),
+        "timings": dict(timings),
+        "cluster": dict(cluster),
+        "versions": versions,
+    }
+
+
+def cluster_info(client: Any) -> dict[str, Any]:
+    """The scheduler's address and the workers and threads the run had."""
+    info = client.scheduler_info(n_workers=-1)
+    workers = info["workers"].values()
+    return {
+        "scheduler": info.get("address"),
+        "workers": len(workers),
+        "threads": sum(w["nthreads"] for w in workers),
+    }

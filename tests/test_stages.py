@@ -1,0 +1,188 @@
+"""The run's stages one at a time: plan, fit, place, train, write, each with a frozen result."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+import pytest
+import xgboost as xgb
+
+import dpipe
+from dpipe import stages
+from dpipe.io import StagedOutput
+from dpipe.plan import plan
+from dpipe.spec import job_from_dict
+from dpipe.train import TrainConfig, route_xgboost_logs
+from tests.conftest import job_dict
+
+
+class CountingCompute:
+    """``dask.compute`` on the session cluster that counts its calls."""
+
+    def __init__(self, client):
+        self.client, self.calls = client, 0
+
+    def __call__(self, *collections):
+        self.calls += 1
+        return tuple(self.client.gather(self.client.compute(list(collections))))
+
+
+@pytest.fixture(scope="module")
+def job(demo_root, tmp_path_factory):
+    return job_from_dict(job_dict(demo_root, tmp_path_factory.mktemp("stages") / "bundle"))
+
+
+@pytest.fixture(scope="module")
+def planned(job):
+    return plan(job)
+
+
+@pytest.fixture(scope="module")
+def fitted(planned, client):
+    gate = stages.quality_gate(planned)
+    pre = stages.prepass(planned, gate, CountingCompute(client))
+    return gate, pre, stages.fit(planned, gate, pre, CountingCompute(client))
+
+
+@pytest.fixture(scope="module")
+def placed(planned, fitted, client):
+    gate, pre, fit = fitted
+    return stages.place(client, planned, fit, gate, pre)
+
+
+def test_a_plan_is_immutable_and_derives_what_it_can(planned):
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        planned.job = None
+    # The fit pass reads the ops' inputs, the label and the split key only.
+    assert planned.fit_columns == ["event_id", "age", "income", "tenure_days", "pages_per_session", "country"] + [
+        "device",
+        "plan",
+        "converted",
+    ] or set(planned.fit_columns) == {
+        "event_id",
+        "age",
+        "income",
+        "tenure_days",
+        "pages_per_session",
+        "country",
+        "device",
+        "plan",
+        "converted",
+    }
+    assert planned.label_inputs == {"converted"} and planned.classify
+    assert not planned.new_pipeline().fitted
+    assert planned.new_pipeline() is not planned.new_pipeline()
+
+
+def test_fit_is_one_computation_per_phase_and_leaves_the_plan_unfitted(planned, client, demo_root):
+    gate = stages.quality_gate(planned)
+    compute = CountingCompute(client)
+    pre = stages.prepass(planned, gate, compute)
+    assert compute.calls == 0  # no check needs a pre-pass
+    fitted = stages.fit(planned, gate, pre, compute)
+    assert compute.calls == len(fitted.phases) == 2  # fills and vocabularies, then the derived column's scale
+    assert fitted.pipeline.fitted and not planned.pipeline.fitted
+    rows = fitted.rows
+    assert rows["read"] == 20_000 == rows["train"] + rows["valid"] + rows["dropped_by_filters"]
+    assert sum(fitted.rows_per_partition) == rows["train"] + rows["valid"]
+    assert fitted.passes == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fitted.rows = {}
+    # Fitting the same plan again learns the same statistics: nothing was kept between the calls.
+    again = stages.fit(planned, gate, pre, CountingCompute(client))
+    assert [op.get_state() for op in again.pipeline.ops] == [op.get_state() for op in fitted.pipeline.ops]
+
+
+def test_fit_takes_other_input_rows(planned, client):
+    """What an incremental run does: the same plan fitted on some of the rows."""
+    gate = stages.quality_gate(planned)
+    pre = stages.prepass(planned, gate, CountingCompute(client))
+    first_two = planned.source.frame.partitions[:2]
+    fitted = stages.fit(planned, gate, pre, CountingCompute(client), frame=first_two)
+    expected = int(first_two.map_partitions(len).sum().compute(scheduler="sync"))
+    assert fitted.rows["read"] == expected < 20_000
+    assert len(fitted.rows_per_partition) == 2
+
+
+def test_place_puts_both_sides_on_every_worker(placed, fitted, client):
+    _, _, fit = fitted
+    workers = set(client.scheduler_info(n_workers=-1)["workers"])
+    for frame in (placed.train, placed.valid):
+        holders = client.who_has(client.futures_of(frame))
+        assert {w for ws in holders.values() for w in ws} == workers
+    assert len(placed.train) == fit.rows["train"] and len(placed.valid) == fit.rows["valid"]
+    assert placed.features == fit.model_input.features
+
+
+class StopAfter(xgb.callback.TrainingCallback):
+    """Stops training after ``rounds`` rounds (returning True from after_iteration)."""
+
+    def __init__(self, rounds: int):
+        self.rounds = rounds
+
+    def after_iteration(self, model, epoch, evals_log):
+        return epoch + 1 >= self.rounds
+
+
+def test_train_reuses_placed_data_with_callbacks_and_a_previous_model(placed, job, client):
+    config = TrainConfig.from_spec(job.train).replace(num_boost_round=8, early_stopping_rounds=None)
+    first = stages.train(client, placed, config)
+    assert first.metrics["rounds_trained"] == 8
+    stopped = stages.train(client, placed, config.replace(callbacks=(StopAfter(3),)))
+    assert stopped.metrics["rounds_trained"] == 3
+    more = stages.train(client, placed, config.replace(num_boost_round=4, xgb_model=first.booster))
+    assert more.booster.num_boosted_rounds() == 12  # continued from the first booster's 8 rounds
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.metrics = {}
+
+
+def test_write_stages_a_bundle_that_loads(planned, fitted, placed, job, client, tmp_path):
+    _, _, fit = fitted
+    trained = stages.train(client, placed, TrainConfig.from_spec(job.train).replace(num_boost_round=5))
+    with StagedOutput(str(tmp_path / "bundle"), marker="manifest.json") as out:
+        stages.write(out, planned, fit, placed, trained, CountingCompute(client), {"job": "stage-test"})
+        uri = out.commit()
+    bundle = dpipe.bundle.Bundle.load(uri)
+    assert bundle.manifest == {"job": "stage-test"}
+    assert bundle.model_input.features == fit.model_input.features
+
+
+def test_run_result_manifest_is_what_manifest_json_holds(demo_root, client, tmp_path):
+    job = job_from_dict(job_dict(demo_root, tmp_path / "bundle", train={"num_boost_round": 5}))
+    result = dpipe.run(job, client=client, progress=False)
+    written = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert json.loads(json.dumps(result.manifest, default=str)) == written
+    assert set(result.timings) == {"plan", "fit", "load", "train", "write"}
+    assert "write" not in written["timings"]  # the manifest cannot time the write that produces it
+    assert written["input"]["lineage"]["datums"]  # what exactly was read, for new-data-only runs
+
+
+def test_progress_goes_to_the_dpipe_logger_not_to_the_terminal(demo_root, client, tmp_path, caplog, capsys):
+    job = job_from_dict(job_dict(demo_root, tmp_path / "bundle", train={"num_boost_round": 3}))
+    with caplog.at_level(logging.INFO, logger="dpipe"):
+        dpipe.run(job, client=client)
+    messages = [r.getMessage() for r in caplog.records if r.name == "dpipe"]
+    assert any(m.startswith("rows: 20000 read") for m in messages)
+    assert any(m.startswith("bundle committed: ") for m in messages)
+    out, err = capsys.readouterr()
+    assert "[dpipe]" not in out + err  # a library prints nothing; the CLI adds the handler
+
+
+def test_xgboost_console_lines_go_to_the_dpipe_xgboost_logger(client, caplog):
+    import numpy as np
+
+    route_xgboost_logs(client)
+    assert all(client.run(_routed).values())
+    rng = np.random.default_rng(0)
+    data = xgb.DMatrix(rng.normal(size=(200, 3)), label=rng.integers(0, 2, 200))
+    with caplog.at_level(logging.DEBUG, logger="dpipe.xgboost"):
+        xgb.train({"verbosity": 3, "nthread": 1}, data, num_boost_round=1)
+    assert any(r.name == "dpipe.xgboost" for r in caplog.records)
+
+
+def _routed() -> bool:
+    import xgboost.core
+
+    return getattr(xgboost.core._LIB, "dpipe_log_callback", None) is not None
