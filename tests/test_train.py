@@ -4,18 +4,17 @@ import pandas as pd
 import pytest
 
 from dpipe.errors import DataError, TrainingError
+from dpipe.placement import spread_partitions, spread_train_valid
 from dpipe.spec import TrainSpec
 from dpipe.train import (
     LABEL,
     VALID,
     Labeler,
     ModelInput,
+    TrainConfig,
     check_label,
     predict_frame,
-    spread_partitions,
-    spread_train_valid,
     train_booster,
-    xgb_params,
 )
 
 
@@ -133,7 +132,7 @@ def test_xgboost_failure_is_its_first_line_without_the_stack_trace(client, train
     df = dd.from_pandas(pd.DataFrame({"x": np.arange(200.0), "y": np.arange(200) % 2}), npartitions=2)
     spec = TrainSpec(num_boost_round=2, **train)
     with client.as_current(), pytest.raises(TrainingError, match=message) as info:
-        train_booster(client, xgb_params(spec), spec, df[["x"]], df["y"], df[["x"]], df["y"])
+        train_booster(client, TrainConfig.from_spec(spec), df[["x"]], df["y"], df[["x"]], df["y"])
     text = str(info.value)
     assert "[bt]" not in text and "Stack trace" not in text
     assert text.startswith("train: XGBoost failed: ") and "Hint:" in text
@@ -163,6 +162,6 @@ def test_every_worker_gets_training_and_validation_rows(client, sizes):
     spec = TrainSpec(num_boost_round=2, early_stopping_rounds=None)
     with client.as_current():
         _, metrics = train_booster(
-            client, xgb_params(spec), spec, train[["x", "c"]], train[LABEL], valid[["x", "c"]], valid[LABEL]
+            client, TrainConfig.from_spec(spec), train[["x", "c"]], train[LABEL], valid[["x", "c"]], valid[LABEL]
         )
     assert metrics["rounds_trained"] == 2

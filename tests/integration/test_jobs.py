@@ -417,13 +417,13 @@ def test_predict_reads_only_the_columns_the_model_needs(trained, demo_root, clie
 
     _, result = trained
     asked = []
-    real_read = runner.read
+    real_open = runner.open_source
 
-    def spy(uri, **kwargs):
+    def spy(spec, **kwargs):
         asked.append(kwargs.get("columns"))
-        return real_read(uri, **kwargs)
+        return real_open(spec, **kwargs)
 
-    monkeypatch.setattr(runner, "read", spy)
+    monkeypatch.setattr(runner, "open_source", spy)
     dpipe.predict(result.bundle_uri, str(demo_root / "events"), str(tmp_path / "s"), client=client, progress=False)
     needed = {"event_id", "age", "tenure_days", "income", "sessions", "pages_per_session", "country", "device", "plan"}
     assert set(asked[-1]) == needed  # not `converted` (the label) nor `date` (excluded)
