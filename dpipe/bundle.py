@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from dpipe.errors import BundleError
 from dpipe.io.fs import resolve, storage_errors
@@ -34,7 +35,7 @@ MANIFEST = "manifest.json"
 class Bundle:
     """A trained model with everything needed to reproduce its inputs at prediction time."""
 
-    booster: object
+    booster: Any  # xgboost.Booster
     pipeline: FeaturePipeline
     model_input: ModelInput
     id_columns: list[str] = field(default_factory=list)

@@ -262,8 +262,8 @@ def _demo_data(args) -> int:
     if rows < 1 or days < 1:
         raise SpecError(f"--rows and --days must be positive integers. Instead got {rows} and {days}")
     path = args.path or "data/demo"
-    files = write_demo_data(path, rows=rows, days=days, seed=args.seed, storage_options=options)
-    print(f"wrote {rows} rows in {len(files)} files under {path}/events")
+    written = write_demo_data(path, rows=rows, days=days, seed=args.seed, storage_options=options)
+    print(f"wrote {rows} rows in {len(written)} files under {path}/events")
     return 0
 
 

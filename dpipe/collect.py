@@ -60,23 +60,23 @@ class Collector:
 class Collected(Mapping[str, Mapping[str, Any]]):
     """Computed values by consumer; a consumer that registered nothing gets an empty mapping."""
 
-    values: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    by_consumer: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __getitem__(self, consumer: str) -> Mapping[str, Any]:
-        return self.values[consumer]
+        return self.by_consumer[consumer]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.values)
+        return iter(self.by_consumer)
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.by_consumer)
 
     def of(self, consumer: str) -> Mapping[str, Any]:
-        return self.values.get(consumer, {})
+        return self.by_consumer.get(consumer, {})
 
     def merged(self, other: Collected) -> Collected:
         """These values plus ``other``'s (later passes add consumers; none is computed twice)."""
-        twice = sorted(set(self.values) & set(other.values))
+        twice = sorted(set(self.by_consumer) & set(other.by_consumer))
         if twice:
             raise ValueError(f"consumers {twice} were computed in two passes")
-        return Collected({**self.values, **other.values})
+        return Collected({**self.by_consumer, **other.by_consumer})

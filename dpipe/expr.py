@@ -268,7 +268,7 @@ class Expression:
         if isinstance(node, ast.Name):
             return df[self._column(node.id)]
         if isinstance(node, ast.List | ast.Tuple | ast.Set):
-            return [e.value for e in node.elts]
+            return [e.value for e in node.elts if isinstance(e, ast.Constant)]  # checked: literals only
         if isinstance(node, ast.BinOp):
             return _BINOPS[type(node.op)](self._eval(node.left, df), self._eval(node.right, df))
         if isinstance(node, ast.UnaryOp):
@@ -305,7 +305,7 @@ class Expression:
             return result
         if isinstance(node, ast.IfExp):
             return _where(self._eval(node.test, df), self._eval(node.body, df), self._eval(node.orelse, df))
-        if isinstance(node, ast.Call):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             return FUNCTIONS[node.func.id](*(self._eval(a, df) for a in node.args))
         raise AssertionError(f"unchecked node {type(node).__name__}")  # pragma: no cover
 

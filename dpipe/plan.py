@@ -100,7 +100,7 @@ def plan(job: JobSpec, *, bad_file_log: BadFileLog | None = None, open_table: Ta
     tables: dict[str, Any] = {}
     label_join = _label_join(job)
     if label_join is not None:
-        tables["label.join"] = open_table(job.label.join.source, "label.join.source")
+        tables["label.join"] = open_table(label_join.spec.source, "label.join.source")
         label_join.bind({"source": tables["label.join"]})
         meta = label_join.describe(meta)
     if job.label.column:
@@ -166,8 +166,8 @@ def _label_join(job: JobSpec) -> Join | None:
     if job.label.column:
         columns = [job.label.column]
     else:
-        columns = sorted(Expression(job.label.expr, where="label.expr").columns)
-    right_keys = spec.on or spec.right_on
+        columns = sorted(Expression(job.label.expr or "", where="label.expr").columns)
+    right_keys = spec.on or spec.right_on or []
     join = JoinSpec(
         op="join",
         source=spec.source,

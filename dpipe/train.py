@@ -42,7 +42,11 @@ class Labeler:
 
     @property
     def label_inputs(self) -> set[str]:
-        return {self.column} if self.column else set(Expression(self.expr, where="label.expr").columns)
+        return {self.column} if self.column else set(self._expression().columns)
+
+    def _expression(self) -> Expression:
+        assert self.expr is not None  # the spec gives exactly one of `column` and `expr`
+        return Expression(self.expr, where="label.expr")
 
     def __call__(self, pdf: pd.DataFrame) -> pd.DataFrame:
         if self.column:
@@ -51,7 +55,7 @@ class Labeler:
                 y = y.astype("float32")
             y = pd.to_numeric(y, errors="coerce").astype("float32")
         else:
-            value = Expression(self.expr, where="label.expr").evaluate(pdf)
+            value = self._expression().evaluate(pdf)
             y = pd.Series(value, index=pdf.index).astype("float32")
             unknown = pdf[sorted(self.label_inputs)].isna().any(axis=1)
             y = y.mask(unknown)
@@ -310,7 +314,7 @@ def route_xgboost_logs(client=None) -> None:
 def _route_here() -> None:
     import xgboost.core as core
 
-    lib = core._LIB
+    lib: Any = core._LIB
     if getattr(lib, "dpipe_log_callback", None) is not None:
         return
 

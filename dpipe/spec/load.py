@@ -102,8 +102,7 @@ def apply_override(data: dict, item: str) -> None:
             raise SpecError(f"--set {key}: {format_loc(tuple(parts[:i]))} is not a section")
         if not last:
             node = node[part] if isinstance(part, int) else node.setdefault(part, {})
-    last = parts[-1]
-    node[last] = value
+    node[parts[-1]] = value
 
 
 def _interpolate_env(value: Any, origin: str) -> Any:

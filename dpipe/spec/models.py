@@ -145,7 +145,7 @@ class JobSpec(Strict):
     name: str = Field(default="job", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     source: SourceSpec
     id_columns: list[str] = Field(default_factory=list)
-    features: list[OpSpec] = Field(default_factory=list)
+    features: list[OpSpec] = Field(default_factory=list)  # type: ignore[valid-type]  # built from the op table
     label: LabelSpec
     split: SplitSpec = Field(default_factory=SplitSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
