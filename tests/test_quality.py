@@ -1,6 +1,8 @@
-"""Quality checks on small pandas/Dask data: specs, per-row masks, the gate, plan-time columns."""
+"""Quality checks on small pandas/Dask data: specs, check classes, the gate's stages, plan-time columns."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import dask
 import numpy as np
@@ -9,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dpipe import quality
-from dpipe.errors import ColumnError, DataError, SpecError
+from dpipe.errors import ColumnError, DataError, SpecError, StateError
 from dpipe.io import StagedOutput, read
 from dpipe.spec import job_from_dict
 
@@ -60,15 +62,17 @@ FRAME = pd.DataFrame(
     ],
 )
 def test_row_masks_ignore_missing_values_except_not_null(kw, expected):
-    assert quality.violations(check(**kw), FRAME).tolist() == expected
+    assert quality.build_check(check(**kw)).mask(FRAME).tolist() == expected
 
 
 def test_unique_mask_uses_the_duplicated_keys():
-    c = check(check="unique", columns=["k"])
-    assert quality.violations(c, FRAME, pd.Index([1, 2])).tolist() == [True, True, True, False, True]
-    two = check(check="unique", columns=["k", "c"])
+    c = quality.build_check(check(check="unique", columns=["k"], action="quarantine"))
+    assert c.mask(FRAME, pd.Index([1, 2])).tolist() == [True, True, True, False, True]
+    two = quality.build_check(check(check="unique", columns=["k", "c"], action="quarantine"))
     dups = pd.MultiIndex.from_tuples([(2, "N2")], names=["k", "c"])
-    assert quality.violations(two, FRAME, dups).tolist() == [False, True, False, False, False]
+    assert two.mask(FRAME, dups).tolist() == [False, True, False, False, False]
+    with pytest.raises(StateError, match=r"checks\[0\] \(unique\(k\)\): the duplicated keys come from the pre-pass"):
+        c.mask(FRAME)
 
 
 def test_default_names_and_spec_errors():
@@ -146,17 +150,23 @@ def gate_for(tmp_path, checks, quarantine=None):
     out = StagedOutput(job.output.uri)
     log = quality.bad_file_log(job, out)
     source = read(job.source.uri, on_bad_file="skip" if log else "raise", bad_file_log=log)
-    return quality.QualityGate(job, source, out, log), out
+    return quality.QualityGate(job.checks, job.quarantine, source.files), source, out
 
 
-def evaluate(gate):
-    gate.prepass(sync)
-    clean = gate.apply(gate.source.frame)
-    values = gate.lazy_values()
-    values["rows_read"] = gate.source.frame.map_partitions(len, meta=("n", "int64")).sum()
-    keys = list(values)
-    results = dict(zip(keys, sync(*values.values())))
-    return clean, results
+def computed(lazy: dict) -> dict:
+    return dict(zip(lazy, sync(*lazy.values())))
+
+
+def rows(frame):
+    return frame.map_partitions(len, meta=("n", "int64")).sum()
+
+
+def evaluate(gate, source, out=None):
+    """Pre-pass, checks and the row count, as the runner does: the rows to train on and the values."""
+    pre = gate.prepass(source.frame, sync)
+    checked = gate.apply(source.frame, pre, quarantine_to=out)
+    values = computed({**checked.lazy, "rows_read": rows(source.frame)})
+    return checked.frame, values
 
 
 def test_gate_quarantines_first_failing_check_and_writes_rows(data):
@@ -165,12 +175,12 @@ def test_gate_quarantines_first_failing_check_and_writes_rows(data):
         {"check": "regex", "column": "s", "pattern": "N[0-9]", "action": "quarantine"},
         {"check": "unique", "columns": ["id"], "action": "quarantine"},
     ]
-    gate, out = gate_for(data, checks, {"max_fraction": 1.0})
+    gate, source, out = gate_for(data, checks, {"max_fraction": 1.0})
     with out:
-        clean, values = evaluate(gate)
-        report = gate.finish(values, rows_read=int(values["rows_read"]))
+        clean, values = evaluate(gate, source, out)
+        report = gate.evaluate(values, rows_read=int(values["rows_read"]))
         written = pd.read_parquet(out.staged_path("quarantine")).sort_values("id")
-    assert gate.prepasses == 1
+    assert report["prepasses"] == 1
     assert sorted(clean.compute(scheduler="sync")["id"]) == [1, 3, 5]
     assert written["id"].tolist() == [2, 4, 4, 6]
     assert dict(zip(written["id"].astype(str) + written["__source_file"].str[-9:], written["__check"])) == {
@@ -189,15 +199,15 @@ def test_gate_quarantines_first_failing_check_and_writes_rows(data):
 
 def test_gate_limits(data):
     checks = [{"check": "not_null", "columns": ["x", "s"], "action": "quarantine"}]
-    gate, out = gate_for(data, checks, {"max_fraction": 0.5, "max_rows": 1})
+    gate, source, out = gate_for(data, checks, {"max_fraction": 0.5, "max_rows": 1})
     with out:
-        _, values = evaluate(gate)
+        _, values = evaluate(gate, source, out)
         with pytest.raises(
             DataError,
             match=r"quarantine: 2 of 7 rows \(28.57%\) would be quarantined, more than"
             r" `quarantine.max_rows` \(1\); per check: not_null\(x,s\): 2",
         ):
-            gate.finish(values, rows_read=7)
+            gate.evaluate(values, rows_read=7)
 
 
 def test_gate_fail_checks_and_dataset_checks(data):
@@ -207,11 +217,11 @@ def test_gate_fail_checks_and_dataset_checks(data):
         {"check": "null_fraction", "column": "s", "max": 0.5},
         {"check": "row_count", "min": 1, "max": 5},
     ]
-    gate, out = gate_for(data, checks)
+    gate, source, out = gate_for(data, checks)
     with out:
-        _, values = evaluate(gate)
+        _, values = evaluate(gate, source)
         with pytest.raises(DataError) as info:
-            gate.finish(values, rows_read=7)
+            gate.evaluate(values, rows_read=7)
     assert str(info.value).splitlines()[:4] == [
         "data quality: 3 problems:",
         "  - checks[0] `range(x)`: 1 of 7 rows violate it; e.g. x=200.0 (" + str(data / "data" / "b.parquet") + ")",
@@ -254,15 +264,81 @@ def test_checks_and_the_quarantine_write_share_one_read_of_each_file(data, monke
         {"check": "not_null", "columns": ["s"]},
         {"check": "null_fraction", "column": "x", "max": 1.0},
     ]
-    gate, out = gate_for(data, checks, {"max_fraction": 1.0})
+    gate, source, out = gate_for(data, checks, {"max_fraction": 1.0})
     with out:
-        _, values = evaluate_with(gate, lambda clean: {"rows": clean.map_partitions(len, meta=("n", "int64")).sum()})
+        checked = gate.apply(source.frame, quarantine_to=out)
+        values = computed({**checked.lazy, "rows": rows(checked.frame)})
     assert sorted(calls) == sorted(gate.files) and len(calls) == 2  # one compute, each file read once
     assert values["rows"] == 6
 
 
-def evaluate_with(gate, more):
-    clean = gate.apply(gate.source.frame)
-    values = {**gate.lazy_values(), **more(clean)}
-    keys = list(values)
-    return clean, dict(zip(keys, sync(*values.values())))
+# -- the gate's stages: explicit inputs, frozen results, any order ----------------------------
+ORDER_CHECKS = [
+    {"check": "range", "column": "x", "min": 0, "max": 100, "action": "quarantine"},
+    {"check": "unique", "columns": ["id"], "action": "quarantine"},
+    {"check": "regex", "column": "s", "pattern": "N[0-9]"},
+    {"check": "null_fraction", "column": "x", "max": 0.5},
+]
+
+
+def test_apply_and_evaluate_need_no_call_order(data):
+    """The model's frame (every column) and the fit pass's projection, applied in either order."""
+    gate, source, _ = gate_for(data, ORDER_CHECKS, {"max_fraction": 1.0})
+    state = dict(vars(gate))
+    pre = gate.prepass(source.frame, sync)
+    full, fit = source.frame, source.frame[["id", "x", "s"]]
+    results = set()
+    for order in [(full, fit), (fit, full)]:
+        checked = dict(zip(map(id, order), [gate.apply(frame, pre) for frame in order]))
+        for frame in (full, fit):
+            with pytest.raises(DataError) as info:
+                gate.evaluate(computed(checked[id(frame)].lazy), rows_read=7)
+            clean = checked[id(frame)].frame
+            results.add((str(info.value), tuple(sorted(clean.compute(scheduler="sync")["id"])), tuple(clean.columns)))
+    assert vars(gate) == state  # nothing stored on the gate
+    message = {r[0] for r in results}
+    assert len(message) == 1 and message.pop().splitlines()[:2] == [
+        "data quality: 1 problem:",
+        f"  - checks[2] `regex(s)`: 2 of 7 rows violate it; e.g. s='Q' ({data / 'data' / 'a.parquet'}),"
+        f" s='Z' ({data / 'data' / 'b.parquet'})",
+    ]
+    assert {r[1:] for r in results} == {((1, 3, 5, 6), ("id", "x", "s", "y")), ((1, 3, 5, 6), ("id", "x", "s"))}
+    # The same rows checked twice are the same graph, computed once.
+    assert gate.apply(full, pre).frame._name == gate.apply(full, pre).frame._name
+
+
+def test_stage_results_are_frozen_and_required(data):
+    gate, source, out = gate_for(data, ORDER_CHECKS, {"max_fraction": 1.0})
+    assert gate.needs_prepass
+    with pytest.raises(StateError, match=r"\['checks\[1\]'\] need the duplicated keys of `QualityGate.prepass`"):
+        gate.apply(source.frame)
+    pre = gate.prepass(source.frame, sync)
+    assert pre.passes == 1 and list(pre.duplicated[1]) == [4]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pre.passes = 0
+    checked = gate.apply(source.frame, pre)
+    assert "write" not in checked.lazy  # the model's frame: nothing is written
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        checked.frame = None
+    with pytest.raises(StateError, match=r"`values` lack 'violations': pass the computed `Checked.lazy`"):
+        gate.evaluate({"prepasses": 1, "quarantined": pd.Series(dtype="int64")}, rows_read=7)
+    plain = quality.QualityGate([check(check="row_count", min=1)])
+    assert not plain.needs_prepass and plain.prepass(source.frame, None) is quality.NO_PREPASS
+    checked = plain.apply(source.frame)
+    assert checked.frame is source.frame
+    report = plain.evaluate(computed(checked.lazy), rows_read=7)
+    assert report["prepasses"] == 0 and report["quarantine"] is None and report["bad_files"] == []
+
+
+def test_evaluate_logs_bad_files_and_a_summary(data):
+    checks = [{"check": "not_null", "columns": ["x"], "action": "quarantine"}]
+    gate, source, _ = gate_for(data, checks, {"max_fraction": 1.0})
+    lines = []
+    records = [{"file": "c.parquet", "error": "not parquet"}]
+    values = computed(gate.apply(source.frame).lazy)
+    report = gate.evaluate(values, rows_read=7, bad_files=records, log=lines.append)
+    assert lines == [
+        "skipped unreadable file c.parquet: not parquet",
+        "quality: 1 check(s) passed, 1 row(s) quarantined",
+    ]
+    assert report["bad_files"] == records and report["quarantined_rows"] == 1 and report["quarantine"] == "quarantine"
