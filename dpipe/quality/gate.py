@@ -196,10 +196,10 @@ class QualityGate:
     ) -> dict[str, Any]:
         """The manifest's ``quality`` section; raises :class:`DataError` naming every failed check.
 
-        ``values`` are :attr:`Checked.lazy` of the frame ``rows_read`` counts, computed (from
-        any frame with the same rows: the fit pass may read fewer columns); ``bad_files`` the skipped input files
-        (:meth:`BadFileLog.records`), each logged. Each check reports ``violations``: offending rows
-        for row checks (every row of a duplicated key for ``unique``), missing values for
+        ``values`` are :attr:`Checked.lazy`, computed, of a frame with the rows ``rows_read``
+        counts (the fit pass's projection will do); ``bad_files`` are the skipped input files
+        (:meth:`BadFileLog.records`), each logged. Each check reports ``violations``: offending
+        rows for row checks (every row of a duplicated key for ``unique``), missing values for
         ``null_fraction``, and 0 or 1 for ``row_count``.
         """
         codes = {int(k): int(v) for k, v in _need(values, "quarantined").items()} if self.quarantines else {}
