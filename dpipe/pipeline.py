@@ -1,22 +1,24 @@
 """The feature pipeline: plan fit phases, fit with one Dask computation per phase, transform.
 
 Planning follows NVTabular: every op whose inputs do not depend on a not-yet-fitted op is fitted
-in the same phase, and all statistics of a phase (plus any extra statistics the caller asks for,
-such as row counts) are computed by a single ``dask.compute``. An op that reads the output of a
-stateful op, directly or through derived columns or row filters, goes to the next phase.
+in the same phase, and all statistics of a phase (plus what the caller measures on the same rows,
+such as row counts) are computed by a single ``dask.compute``, through one
+:class:`~dpipe.collect.Collector` per phase. An op that reads the output of a stateful op,
+directly or through derived columns or row filters, goes to the next phase.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import dask
 import pandas as pd
 
-from dpipe.errors import BundleError
+from dpipe.collect import Collected, Collector, Compute
+from dpipe.errors import BundleError, StateError
 from dpipe.ops import Op, build_op, spec_dict
 from dpipe.spec import OP_MODELS
 from dpipe.spec.features import CustomOp
@@ -24,13 +26,18 @@ from dpipe.versions import library_versions
 
 FORMAT_VERSION = 1
 
+#: ``extras(frame)``: lazy values to compute with the statistics, by consumer name.
+Extras = Callable[[Any], Mapping[str, Mapping[str, Any]]]
 
-@dataclass
+
+@dataclass(frozen=True)
 class FitReport:
-    """What fitting did: the planned phases and the extra statistics computed alongside."""
+    """What fitting did: the planned phases, the caller's extras, and what row-changing ops did."""
 
+    #: Locations of the ops fitted in each phase (one computation each).
     phases: list[list[str]] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
+    #: The computed ``extras``, by the consumer names the caller registered them under.
+    extras: Collected = field(default_factory=Collected)
     #: What each row-changing op did (rows in/out, unmatched join keys), by its location.
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -136,11 +143,16 @@ class FeaturePipeline:
         df,
         *,
         fit_rows: Callable[[Any], Any] | None = None,
-        extras: Callable[[Any], dict[str, Any]] | None = None,
+        extras: Extras | None = None,
         extra_inputs: set[str] = frozenset(),
-        compute: Callable[..., tuple] = dask.compute,
+        compute: Compute = dask.compute,
     ) -> FitReport:
         """Learn every op's statistics in as few ``compute`` calls as the dependencies allow.
+
+        Each phase builds one :class:`~dpipe.collect.Collector`: every op fitted in it registers
+        its statistics under its location (``features[2]``), every row-changing op its lazy
+        measurements under ``features[2].rows`` (:func:`rows_consumer`), and ``extras`` its
+        values under its own names; ``compute`` is called once for all of them.
 
         Parameters
         ----------
@@ -151,22 +163,29 @@ class FeaturePipeline:
             an op sees. Stateless row filters apply to all rows either way.
         extras
             Called with the fully transformed frame; returns further lazy values to compute in
-            the same pass (row counts, label distribution, ...). Stateful ops never change the
-            row set, so the extras' rows are exact even before later phases are fitted.
+            the same pass, by consumer: ``{"rows": {"read": ..., "valid": ...}}``. Stateful ops
+            never change the row set, so the extras' rows are exact even before later phases are
+            fitted. Consumer names must differ from the ops' (``features[i]``, ``features[i].rows``).
         extra_inputs
             Columns the extras read, so they wait for the ops that produce them.
         compute
             The function that computes a phase (``dask.compute`` or ``client.compute``-based);
             injected so tests can count computations.
+
+        Examples
+        --------
+        >>> report = pipe.fit(ddf, extras=lambda f: {"rows": {"n": f.map_partitions(len).sum()}})
+        >>> report.extras["rows"]["n"]
         """
         fit_rows = fit_rows or (lambda frame: frame)
-        report = FitReport()
         needs, op_phases, extras_phase = self._schedule(set(extra_inputs))
-        measured = [i for i, op in enumerate(self.ops) if op.filters_rows]
         # Row changes are measured along with statistics, never by a pass of their own.
         n_phases = max([p + 1 for p in op_phases] + [extras_phase + 1 if extras else 0])
+        phases: list[list[str]] = []
+        steps: dict[str, dict[str, Any]] = {}
+        computed_extras = Collected()
         for phase in range(n_phases):
-            lazy: dict[tuple[int, str], Any] = {}
+            collector = Collector()
             frame = df
             for i, op in enumerate(self.ops):
                 if needs[i] > phase:
@@ -176,39 +195,43 @@ class FeaturePipeline:
                     # After a skipped filter, every op is skipped too (rows are not final).
                     continue
                 if op_phases[i] == phase:
-                    for key, value in op.fit(fit_rows(frame)).items():
-                        lazy[(i, key)] = value
-                if op.fitted:
-                    before, frame = frame, op.apply(frame)
-                    if i in measured and needs[i] == phase:
-                        # Measured once, in the first pass where the op's input is final.
-                        for key, value in op.diagnose(before, frame).items():
-                            lazy[(i, "diagnose:" + key)] = value
+                    collector.register(op.where, op.fit(fit_rows(frame)))
+                if not op.fitted:
+                    continue
+                if needs[i] == phase:
+                    # Measured once, in the first pass where the op's input is final.
+                    frame, measured = op.apply_measured(frame)
+                    if measured:
+                        collector.register(rows_consumer(op), measured)
+                else:
+                    frame = op.apply(frame)
+            consumers: list[str] = []
             if extras and phase == extras_phase:
-                for key, value in extras(frame).items():
-                    lazy[(-1, key)] = value
-            keys = list(lazy)
-            values = compute(*(lazy[k] for k in keys)) if keys else ()
-            results = dict(zip(keys, values))
+                for consumer, values in extras(frame).items():
+                    collector.register(consumer, values)
+                    consumers.append(consumer)
+            results = collector.compute(compute)
             names = []
             for i, op in enumerate(self.ops):
-                mine = {key: v for (j, key), v in results.items() if j == i}
-                diagnosed = {k.removeprefix("diagnose:"): v for k, v in mine.items() if k.startswith("diagnose:")}
-                if diagnosed:
-                    report.steps[op.where] = {"op": op.name, **op.check(diagnosed)}
+                if rows_consumer(op) in results:
+                    steps[op.where] = {"op": op.name, **op.check(results[rows_consumer(op)])}
                 if op_phases[i] == phase:
-                    op.finalize({k: v for k, v in mine.items() if not k.startswith("diagnose:")})
+                    op.finalize(dict(results.of(op.where)))
                     names.append(op.where)
-            report.extras.update({key: v for (j, key), v in results.items() if j == -1})
-            report.phases.append(names)
-        return report
+            if consumers:
+                computed_extras = Collected({c: results[c] for c in consumers})
+            phases.append(names)
+        return FitReport(phases=phases, extras=computed_extras, steps=steps)
 
     # -- applying ----------------------------------------------------------------------------
     def transform_partition(self, pdf: pd.DataFrame) -> pd.DataFrame:
         """Apply every op to one pandas frame (only for pipelines of partition-wise ops)."""
-        frame_ops = [op.where for op in self.ops if not _partition_wise(op)]
+        frame_ops = [op.where for op in self.ops if not op.partition_wise]
         if frame_ops:
-            raise RuntimeError(f"ops {frame_ops} need the whole Dask DataFrame; use transform()")
+            raise StateError(
+                f"ops {frame_ops} need the whole Dask DataFrame",
+                hint="use `pipeline.transform(df)` on a Dask DataFrame",
+            )
         for op in self.ops:
             pdf = op.transform(pdf)
         return pdf
@@ -221,10 +244,13 @@ class FeaturePipeline:
         """
         unfitted = [op.where for op in self.ops if not op.fitted]
         if unfitted:
-            raise RuntimeError(f"pipeline is not fitted: {unfitted}")
+            raise StateError(
+                f"pipeline is not fitted: {unfitted}",
+                hint="call `pipeline.fit(df)` first, or load a fitted pipeline (`FeaturePipeline.from_json`)",
+            )
         run: list[Op] = []
         for op in [*self.ops, None]:
-            if op is not None and _partition_wise(op):
+            if op is not None and op.partition_wise:
                 run.append(op)
                 continue
             if run:
@@ -271,8 +297,9 @@ class FeaturePipeline:
         return cls.from_dict(json.loads(text))
 
 
-def _partition_wise(op: Op) -> bool:
-    return getattr(op, "partition_wise", type(op).apply is Op.apply)
+def rows_consumer(op: Op) -> str:
+    """The collector name of an op's row measurements in the fit pass (``features[2].rows``)."""
+    return f"{op.where}.rows"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from dask.callbacks import Callback
 
-from dpipe.errors import BundleError
+from dpipe.errors import BundleError, StateError
 from dpipe.pipeline import FeaturePipeline
 from dpipe.spec import OP_MODELS
 
@@ -208,7 +208,7 @@ def test_fit_rows_select_statistics_rows_and_extras_share_a_phase(data):
     report = pipe.fit(
         ddf,
         fit_rows=lambda frame: frame[frame["split"] == "train"],
-        extras=lambda frame: {"rows": frame.map_partitions(len).sum(), "c": frame["c"].value_counts()},
+        extras=lambda frame: {"test": {"rows": frame.map_partitions(len).sum(), "c": frame["c"].value_counts()}},
         extra_inputs={"c"},
         compute=counter,
     )
@@ -221,9 +221,9 @@ def test_fit_rows_select_statistics_rows_and_extras_share_a_phase(data):
     scaled = (a - a_train.mean()) / a_train.std(ddof=0)
     # The filter applies to every row; only the statistics come from the training rows.
     kept = scaled * 2 > 0.5
-    assert report.extras["rows"] == kept.sum()
+    assert report.extras["test"]["rows"] == kept.sum()
     assert pipe.ops[5].mean_["e"] == pytest.approx(data.loc[kept & (data["split"] == "train"), "e"].mean())
-    assert report.extras["c"].to_dict() == data.loc[kept, "c"].value_counts().to_dict()
+    assert report.extras["test"]["c"].to_dict() == data.loc[kept, "c"].value_counts().to_dict()
 
 
 def test_stateless_ops_over_unfitted_columns_are_not_applied_early(data):
@@ -282,7 +282,7 @@ def test_json_round_trip_gives_identical_output(data):
 
 def test_transform_refuses_an_unfitted_pipeline(data):
     pipe = pipeline(*MIXED)
-    with pytest.raises(RuntimeError, match=r"pipeline is not fitted: \['features\[0\]', 'features\[1\]'"):
+    with pytest.raises(StateError, match=r"pipeline is not fitted: \['features\[0\]', 'features\[1\]'"):
         pipe.transform(dd.from_pandas(data, npartitions=2))
 
 

@@ -7,13 +7,16 @@ An op is built from its spec model and its location in the spec (``features[2]``
 * ``describe(meta)`` maps an empty pandas frame to the frame the op would produce (schema checks);
 * stateful ops return lazy Dask statistics from ``fit(df)``; the pipeline computes the statistics
   of every ready op in one ``dask.compute`` and hands the results to ``finalize``, which stores
-  plain JSON-able state in attributes ending in ``_``;
+  plain JSON-able values in the attributes the op names in ``state`` (each ending in ``_``);
+  ``get_state`` / ``set_state`` save and load exactly those, and ``fitted`` derives from them;
 * ``transform(pdf)`` is a pure function of one pandas partition; it never mutates its input;
 * ``apply(df)`` applies the op to a Dask DataFrame: ``map_partitions(transform)`` unless the op
-  needs rows of other partitions (joins, dedupe), which override it;
-* ops that change the row set (``filters_rows``) are measured in the fit pass: ``diagnose``
-  returns lazy counts computed with the statistics, and ``check`` turns them into a report, or
-  a :class:`~dpipe.errors.DataError` when a join explodes or loses too many rows;
+  needs rows of other partitions (joins, dedupe), which override it (``partition_wise`` is then
+  false);
+* ops that change the row set (``filters_rows``) are measured in the fit pass:
+  ``apply_measured(df)`` returns the output frame with lazy measurements of it, computed with the
+  statistics, and ``check`` turns them into a report, or a :class:`~dpipe.errors.DataError`
+  when a join explodes or loses too many rows;
 * ops that read other tables name them in ``sources()``; the runner reads them and hands them
   over with ``bind`` (the op never does I/O itself);
 * ops with ``needs_label`` (target encoding) see the internal label, validation and fold columns
@@ -24,13 +27,17 @@ Stateful ops never add or drop rows: only stateless ops such as ``filter`` may.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import pandas as pd
 
-from dpipe.errors import ColumnError
+from dpipe.errors import BundleError, ColumnError
 
 NUMERIC_HINT = "cast or encode the column first, or remove it from the op"
+#: The dtype of text columns the ops produce.
+STRING = pd.StringDtype("pyarrow")
 
 
 class Op:
@@ -38,10 +45,15 @@ class Op:
 
     An op of your own that sets no ``name`` is named by its import path (``mypkg.features:Winsorize``),
     the way a spec refers to it; messages and fit reports show that name.
+
+    Fitted state is declared once, in ``state``: the names of the attributes ``finalize`` sets,
+    each ending in ``_`` (``("mean_", "scale_")``). They are saved as JSON under their names
+    without the ``_`` (``{"mean": ..., "scale": ...}``); before the fit they are unset (or None).
     """
 
     name: ClassVar[str]
-    stateful: ClassVar[bool] = False
+    #: The fitted attributes, saved and loaded by ``get_state`` / ``set_state``.
+    state: ClassVar[tuple[str, ...]] = ()
     filters_rows: ClassVar[bool] = False
     needs_label: ClassVar[bool] = False
 
@@ -49,15 +61,31 @@ class Op:
         super().__init_subclass__(**kwargs)
         if not hasattr(cls, "name"):
             cls.name = f"{cls.__module__}:{cls.__qualname__}"
+        bad = [a for a in cls.state if not a.endswith("_") or a.startswith("_")]
+        if bad:
+            raise TypeError(f"{cls.__qualname__}.state: fitted attributes are public and end in '_', got {bad}")
 
     def __init__(self, spec, where: str):
         self.spec = spec
         self.where = where
-        #: ``transform`` alone is correct per partition (no ``apply`` of its own).
-        self.partition_wise = type(self).apply is Op.apply
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.where})"
+
+    @property
+    def stateful(self) -> bool:
+        """Whether ``fit`` learns state from the training rows.
+
+        Ops where this is fixed set a class attribute (``stateful = True``); ops where it depends
+        on the spec (``clip`` with ``quantiles``) override this property.
+        """
+        return False
+
+    @property
+    def partition_wise(self) -> bool:
+        """Whether ``transform`` alone is right on each partition, so the pipeline may chain it
+        with its neighbours in one ``map_partitions``: true unless the op has its own ``apply``."""
+        return type(self).apply is Op.apply
 
     # -- columns -----------------------------------------------------------------------------
     def input_columns(self) -> set[str]:
@@ -98,17 +126,34 @@ class Op:
         return {}
 
     def finalize(self, stats: dict[str, Any]) -> None:
-        """Store computed statistics as JSON-able state."""
+        """Store computed statistics as JSON-able values in the attributes named by ``state``."""
 
     @property
     def fitted(self) -> bool:
         return not self.stateful or self.get_state() is not None
 
-    def get_state(self) -> dict | None:
-        return None
+    def get_state(self) -> dict[str, Any] | None:
+        """The attributes named by ``state``, keyed without their ``_``; None while all are unset."""
+        values = {attr: getattr(self, attr, None) for attr in self.state}
+        if all(v is None for v in values.values()):
+            return None
+        return {attr.removesuffix("_"): value for attr, value in values.items()}
 
-    def set_state(self, state: dict) -> None:
-        raise NotImplementedError
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Set the attributes named by ``state`` from saved state (a copy: nothing is shared)."""
+        expected = {attr.removesuffix("_") for attr in self.state}
+        if set(state) != expected:
+            raise BundleError(
+                f"{self.where} ({self.name}): saved state has the keys {sorted(state)}; this op reads"
+                f" {sorted(expected)}",
+                hint="re-train the model with this dpipe version",
+            )
+        for attr in self.state:
+            setattr(self, attr, copy.deepcopy(state[attr.removesuffix("_")]))
+        self.state_loaded()
+
+    def state_loaded(self) -> None:
+        """Called by ``set_state`` once the attributes are set: normalise them, reset caches."""
 
     # -- other tables ------------------------------------------------------------------------
     def sources(self) -> dict[str, Any]:
@@ -127,13 +172,18 @@ class Op:
         return df.map_partitions(self.transform, meta=self.describe(df._meta))
 
     # -- measuring ---------------------------------------------------------------------------
-    def diagnose(self, before, after) -> dict[str, Any]:
-        """Lazy measurements of what the op did to the rows, computed in the fit pass."""
-        if not self.filters_rows:
-            return {}
-        return {"rows_in": count_rows(before), "rows_out": count_rows(after)}
+    def apply_measured(self, df) -> tuple[Any, dict[str, Any]]:
+        """``apply(df)`` and lazy measurements of what it did to the rows, for the fit pass.
 
-    def check(self, measured: dict[str, Any]) -> dict[str, Any]:
+        Ops that change the row set (``filters_rows``) measure ``rows_in`` and ``rows_out``; the
+        measurements are built on the returned frame, so one computation gives both.
+        """
+        out = self.apply(df)
+        if not self.filters_rows:
+            return out, {}
+        return out, {"rows_in": count_rows(df), "rows_out": count_rows(out)}
+
+    def check(self, measured: Mapping[str, Any]) -> dict[str, Any]:
         """A JSON-able report of ``measured``; raise :class:`DataError` if it is unacceptable."""
         return {k: to_builtin(v) for k, v in measured.items()}
 
@@ -156,3 +206,21 @@ def to_builtin(value):
     if isinstance(value, float) and value != value:
         return None
     return value
+
+
+def plain(values):
+    """A categorical Series or Index as its values (categories differ between partitions); others as is."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return values.astype(values.dtype.categories.dtype)
+    return values
+
+
+def value_dtype(dtype):
+    """The dtype of a categorical's values; other dtypes as they are."""
+    return dtype.categories.dtype if isinstance(dtype, pd.CategoricalDtype) else dtype
+
+
+def is_temporal(dtype) -> bool:
+    """Date-time, time-delta and period dtypes."""
+    is_time = pd.api.types.is_datetime64_any_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype)
+    return is_time or isinstance(dtype, pd.PeriodDtype)

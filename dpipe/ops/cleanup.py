@@ -7,10 +7,8 @@ import pandas as pd
 
 from dpipe.columns import INTERNAL
 from dpipe.errors import ColumnError, DataError
-from dpipe.ops.base import Op, to_builtin
+from dpipe.ops.base import STRING, Op, is_temporal, plain, to_builtin, value_dtype
 from dpipe.ops.stats import moments, quantile_sketch, sketch_quantile, value_counts
-
-STRING = pd.StringDtype("pyarrow")
 
 
 class FillMissing(Op):
@@ -27,12 +25,21 @@ class FillMissing(Op):
     """
 
     name = "fill_missing"
+    state = ("values_",)
 
     def __init__(self, spec, where):
         super().__init__(spec, where)
-        self.stateful = spec.strategy not in ("constant", "forward")
-        self.values_: dict | None = None if self.stateful else {c: spec.value for c in spec.columns}
-        self.partition_wise = spec.strategy != "forward"
+        if not self.stateful:
+            # Saved although nothing is learned: bundles have always carried the constants.
+            self.values_ = {c: spec.value for c in spec.columns}
+
+    @property
+    def stateful(self) -> bool:
+        return self.spec.strategy not in ("constant", "forward")
+
+    @property
+    def partition_wise(self) -> bool:
+        return self.spec.strategy != "forward"
 
     def input_columns(self) -> set[str]:
         if self.spec.strategy != "forward":
@@ -64,7 +71,7 @@ class FillMissing(Op):
                     f"{self.where} ({self.name}): strategy 'mode' supports numbers, strings and booleans, got {bad}",
                     hint="fill date and time columns with strategy 'constant'",
                 )
-        if self.values_ is None:
+        if not self.fitted:
             return meta
         return self.transform(meta)
 
@@ -85,12 +92,6 @@ class FillMissing(Op):
         else:
             self.values_ = {c: sketch_quantile(stats[f"sketch:{c}"], 0.5) for c in self.spec.columns}
 
-    def get_state(self):
-        return None if self.values_ is None else {"values": self.values_}
-
-    def set_state(self, state):
-        self.values_ = dict(state["values"])
-
     def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
         if self.spec.strategy == "forward":
             return self._forward(pdf)
@@ -110,9 +111,7 @@ def _mode(counts: pd.Series):
     """The most frequent value of computed ``value_counts``; ties go to the smallest value."""
     if counts.empty:
         return None
-    top = counts[counts == counts.max()].index
-    if isinstance(top.dtype, pd.CategoricalDtype):
-        top = top.astype(top.dtype.categories.dtype)
+    top = plain(counts[counts == counts.max()].index)
     try:
         return to_builtin(top.sort_values()[0])
     except TypeError:  # a mixed-type object column: compare as text
@@ -177,7 +176,7 @@ class Cast(Op):
         self.require_columns(meta, self.spec.columns)
         bad = {}
         for c, target in self.spec.columns.items():
-            dtype = _value_dtype(meta[c].dtype)
+            dtype = value_dtype(meta[c].dtype)
             temporal, number = is_temporal(dtype), pd.api.types.is_numeric_dtype(dtype)
             if (target != "string" and target != "datetime" and temporal) or (target == "datetime" and number):
                 bad[c] = f"{dtype} -> {target}"
@@ -206,14 +205,9 @@ class Cast(Op):
         return pdf.assign(**out)
 
 
-def _value_dtype(dtype):
-    return dtype.categories.dtype if isinstance(dtype, pd.CategoricalDtype) else dtype
-
-
 def _cast(series: pd.Series, target: str, fmt: str | None) -> tuple[pd.Series, pd.Series]:
     """``series`` converted to ``target``, and the mask of present values that could not be."""
-    if isinstance(series.dtype, pd.CategoricalDtype):
-        series = series.astype(series.dtype.categories.dtype)
+    series = plain(series)
     present = series.notna()
     if target == "string":
         return series.astype(STRING), pd.Series(False, index=series.index)
@@ -260,11 +254,6 @@ def _cast(series: pd.Series, target: str, fmt: str | None) -> tuple[pd.Series, p
     return floats.where(ok).astype(target), present & ~ok
 
 
-def is_temporal(dtype) -> bool:
-    is_time = pd.api.types.is_datetime64_any_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype)
-    return is_time or isinstance(dtype, pd.PeriodDtype)
-
-
 # -- clip ------------------------------------------------------------------------------------
 class Clip(Op):
     """Limit numbers to ``[lower, upper]``, or to the ``quantiles`` of the training rows.
@@ -280,15 +269,11 @@ class Clip(Op):
     """
 
     name = "clip"
+    state = ("lower_", "upper_")
 
-    def __init__(self, spec, where):
-        super().__init__(spec, where)
-        self.stateful = spec.quantiles is not None
-        self.lower_: dict | None = None
-        self.upper_: dict | None = None
-        if not self.stateful:
-            self.lower_ = {c: spec.lower for c in spec.columns}
-            self.upper_ = {c: spec.upper for c in spec.columns}
+    @property
+    def stateful(self) -> bool:
+        return self.spec.quantiles is not None
 
     def describe(self, meta):
         self.require_columns(meta, self.spec.columns, numeric=True)
@@ -302,19 +287,13 @@ class Clip(Op):
         self.lower_ = {c: sketch_quantile(stats[f"sketch:{c}"], low) for c in self.spec.columns}
         self.upper_ = {c: sketch_quantile(stats[f"sketch:{c}"], high) for c in self.spec.columns}
 
-    def get_state(self):
-        if not self.stateful or self.lower_ is None:
-            return None
-        return {"lower": self.lower_, "upper": self.upper_}
-
-    def set_state(self, state):
-        self.lower_, self.upper_ = dict(state["lower"]), dict(state["upper"])
-
     def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
         out = {}
         for c in self.spec.columns:
+            # Fixed bounds live in the spec only; learned ones are the state.
+            low, high = (self.lower_[c], self.upper_[c]) if self.stateful else (self.spec.lower, self.spec.upper)
             values = pd.Series(pdf[c].to_numpy(dtype="float64", na_value=np.nan), index=pdf.index)
-            out[c] = values.clip(self.lower_[c], self.upper_[c])
+            out[c] = values.clip(low, high)
         return pdf.assign(**out)
 
 

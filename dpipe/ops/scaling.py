@@ -31,11 +31,7 @@ class StandardScale(Op):
 
     name = "standard_scale"
     stateful = True
-
-    def __init__(self, spec, where):
-        super().__init__(spec, where)
-        self.mean_: dict | None = None
-        self.scale_: dict | None = None
+    state = ("mean_", "scale_")
 
     def describe(self, meta):
         self.require_columns(meta, self.spec.columns, numeric=True)
@@ -57,12 +53,6 @@ class StandardScale(Op):
             self.mean_[c] = to_builtin(mean) if self.spec.with_mean else 0.0
             use_std = self.spec.with_std and n > 0 and not constant
             self.scale_[c] = math.sqrt(var) if use_std else 1.0
-
-    def get_state(self):
-        return None if self.mean_ is None else {"mean": self.mean_, "scale": self.scale_}
-
-    def set_state(self, state):
-        self.mean_, self.scale_ = dict(state["mean"]), dict(state["scale"])
 
     def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
         out = {}
@@ -92,11 +82,7 @@ class MinMaxScale(Op):
 
     name = "minmax_scale"
     stateful = True
-
-    def __init__(self, spec, where):
-        super().__init__(spec, where)
-        self.scale_: dict | None = None
-        self.offset_: dict | None = None
+    state = ("scale_", "offset_")
 
     def describe(self, meta):
         self.require_columns(meta, self.spec.columns, numeric=True)
@@ -118,12 +104,6 @@ class MinMaxScale(Op):
             scale = (high - low) / span
             self.scale_[c] = to_builtin(scale)
             self.offset_[c] = to_builtin(low - lo * scale)
-
-    def get_state(self):
-        return None if self.scale_ is None else {"scale": self.scale_, "offset": self.offset_}
-
-    def set_state(self, state):
-        self.scale_, self.offset_ = dict(state["scale"]), dict(state["offset"])
 
     def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
         out = {}
@@ -156,11 +136,7 @@ class RobustScale(Op):
 
     name = "robust_scale"
     stateful = True
-
-    def __init__(self, spec, where):
-        super().__init__(spec, where)
-        self.center_: dict | None = None
-        self.scale_: dict | None = None
+    state = ("center_", "scale_")
 
     def describe(self, meta):
         self.require_columns(meta, self.spec.columns, numeric=True)
@@ -182,12 +158,6 @@ class RobustScale(Op):
             span = sketch_quantile(sketch, q_high) - sketch_quantile(sketch, q_low)
             # scikit-learn's `_handle_zeros_in_scale`.
             self.scale_[c] = 1.0 if span < 10 * EPS else span
-
-    def get_state(self):
-        return None if self.center_ is None else {"center": self.center_, "scale": self.scale_}
-
-    def set_state(self, state):
-        self.center_, self.scale_ = dict(state["center"]), dict(state["scale"])
 
     def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
         out = {}

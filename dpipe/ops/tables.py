@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import dask.dataframe as dd
@@ -9,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from dpipe.columns import LABEL
-from dpipe.errors import ColumnError, DataError
-from dpipe.ops.base import Op, count_rows, to_builtin
+from dpipe.errors import ColumnError, DataError, StateError
+from dpipe.ops.base import Op, count_rows, plain, to_builtin
 
 _MATCH = "__dpipe_match__"
 
@@ -32,11 +33,10 @@ class Join(Op):
     def __init__(self, spec, where):
         super().__init__(spec, where)
         self._table = None
-        self._measured = None
 
     def __getstate__(self):
         # Never pickle the lazy right table into a task graph.
-        return {**self.__dict__, "_table": None, "_measured": None}
+        return {**self.__dict__, "_table": None}
 
     # -- tables ------------------------------------------------------------------------------
     def sources(self):
@@ -47,7 +47,10 @@ class Join(Op):
 
     def _require_bound(self):
         if self._table is None:
-            raise RuntimeError(f"{self.where} ({self.name}): the right table is not opened; call pipeline.bind()")
+            raise StateError(
+                f"{self.where} ({self.name}): the right table is not opened",
+                hint="call `pipeline.bind(read)` (or `op.bind(tables)`) before describing or applying the join",
+            )
 
     # -- columns -----------------------------------------------------------------------------
     def input_columns(self) -> set[str]:
@@ -146,6 +149,27 @@ class Join(Op):
         return self._table.nbytes is not None and self._table.nbytes <= self.spec.broadcast_limit
 
     def apply(self, df):
+        return self._merge(df)[0]
+
+    def apply_measured(self, df):
+        """The joined frame, and its row counts, unmatched rows and right-key duplicates (lazy).
+
+        The counts are built on the merged frame itself, so computing them with the statistics
+        of the fit pass costs no second merge.
+        """
+        out, merged, right, tmp = self._merge(df)
+        sizes = right.groupby(tmp).size()
+        return out, {
+            "rows_in": count_rows(df),
+            "rows_out": count_rows(out),
+            "unmatched": (merged[_MATCH] == "left_only").sum(),
+            "right_rows": count_rows(right),
+            "duplicate_keys": (sizes > 1).sum(),
+            "max_rows_per_key": sizes.max(),
+        }
+
+    def _merge(self, df):
+        """The output, the merged frame with its match indicator, the right side and the key columns."""
         self._require_bound()
         keys = self.spec.left_keys
         right = self._project(self._table.frame)
@@ -162,22 +186,9 @@ class Join(Op):
         # Prediction scores every row it is given: only training drops unmatched rows.
         training = LABEL in df.columns
         out = merged[merged[_MATCH] == "both"] if self.spec.how == "inner" and training else merged
-        self._measured = (df, merged, right, tmp)
-        return out.drop(columns=[_MATCH, *tmp])
+        return out.drop(columns=[_MATCH, *tmp]), merged, right, tmp
 
-    def diagnose(self, before, after):
-        left, merged, right, tmp = self._measured
-        sizes = right.groupby(tmp).size()
-        return {
-            "rows_in": count_rows(left),
-            "rows_out": count_rows(after),
-            "unmatched": (merged[_MATCH] == "left_only").sum(),
-            "right_rows": count_rows(right),
-            "duplicate_keys": (sizes > 1).sum(),
-            "max_rows_per_key": sizes.max(),
-        }
-
-    def check(self, measured: dict[str, Any]) -> dict[str, Any]:
+    def check(self, measured: Mapping[str, Any]) -> dict[str, Any]:
         m = {k: to_builtin(v) for k, v in measured.items()}
         m["max_rows_per_key"] = m["max_rows_per_key"] or 0
         keys, uri = self.spec.right_keys, self.spec.source.uri
@@ -213,11 +224,12 @@ class Aggregate(Op):
 
     name = "aggregate"
     stateful = True
+    #: The fitted statistics, one list per column: the ``by`` keys, then the outputs.
+    state = ("table_",)
 
     def __init__(self, spec, where):
         super().__init__(spec, where)
-        self.table_: dict | None = None
-        self._frame: pd.DataFrame | None = None
+        self._frame: pd.DataFrame | None = None  # ``table_`` as a lookup frame, built on first use
 
     def __getstate__(self):
         return {**self.__dict__, "_frame": None}
@@ -268,11 +280,7 @@ class Aggregate(Op):
         self.table_ = {c: [to_builtin(v) for v in table[c]] for c in table.columns}
         self._frame = None
 
-    def get_state(self):
-        return None if self.table_ is None else {"table": self.table_}
-
-    def set_state(self, state):
-        self.table_ = {c: list(v) for c, v in state["table"].items()}
+    def state_loaded(self):
         self._frame = None
 
     def _lookup_table(self, key_dtypes: dict) -> pd.DataFrame:
@@ -285,7 +293,7 @@ class Aggregate(Op):
 
     def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
         # Keys as plain values: a categorical key's categories differ between partitions.
-        keys = pd.DataFrame({c: _plain(pdf[c]) for c in self.spec.by}, index=pdf.index)
+        keys = pd.DataFrame({c: plain(pdf[c]) for c in self.spec.by}, index=pdf.index)
         table = self._lookup_table(dict(keys.dtypes))
         index = pd.MultiIndex.from_frame(keys) if len(self.spec.by) > 1 else pd.Index(keys[self.spec.by[0]])
         rows = table.index.get_indexer(index) if len(table) else np.full(len(pdf), -1)
@@ -296,12 +304,6 @@ class Aggregate(Op):
             values = np.where(found, values, 0.0 if c == f"{self.spec.output_prefix}count" else np.nan)
             out[c] = pd.Series(values.astype("float64"), index=pdf.index)
         return pdf.assign(**out)
-
-
-def _plain(values: pd.Series) -> pd.Series:
-    if isinstance(values.dtype, pd.CategoricalDtype):
-        return values.astype(values.dtype.categories.dtype)
-    return values
 
 
 class Dedupe(Op):

@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 
 from dpipe.errors import ColumnError, DataError
-from dpipe.ops.base import Op
-from dpipe.ops.cleanup import STRING
+from dpipe.ops.base import STRING, Op, plain, value_dtype
 from dpipe.ops.stats import min_max, quantile_sketch, sketch_quantile
 
 _PARTS = {
@@ -80,8 +79,7 @@ class DatetimeParts(Op):
         return frame.drop(columns=list(self.spec.columns)) if self.spec.drop else frame
 
     def _parse(self, values: pd.Series, column: str) -> pd.Series:
-        if isinstance(values.dtype, pd.CategoricalDtype):
-            values = values.astype(values.dtype.categories.dtype)
+        values = plain(values)
         if pd.api.types.is_datetime64_any_dtype(values.dtype):
             return values
         text = values.astype(STRING)
@@ -98,8 +96,7 @@ class DatetimeParts(Op):
 
 
 def _datetime_like(dtype) -> bool:
-    if isinstance(dtype, pd.CategoricalDtype):
-        dtype = dtype.categories.dtype
+    dtype = value_dtype(dtype)
     return (
         pd.api.types.is_datetime64_any_dtype(dtype)
         or pd.api.types.is_string_dtype(dtype)
@@ -183,14 +180,12 @@ class Bucketize(Op):
     """
 
     name = "bucketize"
+    #: Interior bin edges per column (scikit-learn's ``bin_edges_[1:-1]``: JSON has no inf).
+    state = ("edges_",)
 
-    def __init__(self, spec, where):
-        super().__init__(spec, where)
-        self.stateful = spec.strategy != "fixed"
-        #: Interior bin edges per column (scikit-learn's ``bin_edges_[1:-1]``: JSON has no inf).
-        self.edges_: dict | None = None
-        if not self.stateful:
-            self.edges_ = {c: list(spec.boundaries) for c in spec.columns}
+    @property
+    def stateful(self) -> bool:
+        return self.spec.strategy != "fixed"
 
     def describe(self, meta):
         self.require_columns(meta, self.spec.columns, numeric=True)
@@ -223,17 +218,15 @@ class Bucketize(Op):
                 edges = edges[np.ediff1d(edges, to_begin=np.inf) > 1e-8]
                 self.edges_[c] = [float(e) for e in edges[1:-1]]
 
-    def get_state(self):
-        return None if not self.stateful or self.edges_ is None else {"edges": self.edges_}
-
-    def set_state(self, state):
-        self.edges_ = {c: None if e is None else [float(v) for v in e] for c, e in state["edges"].items()}
+    def state_loaded(self):
+        self.edges_ = {c: None if e is None else [float(v) for v in e] for c, e in self.edges_.items()}
 
     def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
         out = {}
         for c in self.spec.columns:
             x = _floats(pdf[c])
-            edges = self.edges_[c]
+            # Fixed boundaries live in the spec only; learned edges are the state.
+            edges = self.edges_[c] if self.stateful else self.spec.boundaries
             if edges is None:
                 codes = np.full(len(x), np.nan, dtype="float32")
             else:

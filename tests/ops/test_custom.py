@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import types
 from pathlib import Path
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -99,6 +101,24 @@ def test_fit_transform_and_json_round_trip(numbers):
     assert saved["spec"] == ENTRY and saved["state"] == {"bounds": {"x": [low, high]}}
     reloaded = FeaturePipeline.from_json(pipe.to_json())
     assert isinstance(reloaded.ops[0], Winsorize) and reloaded.ops[0].bounds_ == pipe.ops[0].bounds_
+
+
+def test_the_documented_op_declares_its_state_once(numbers):
+    # The example of docs/ops.md, run as written: no get_state/set_state of its own.
+    text = (Path(__file__).resolve().parents[2] / "docs" / "ops.md").read_text()
+    code = text.split("```python\n# mypkg/features.py\n", 1)[1].split("```", 1)[0]
+    module = types.ModuleType("mypkg_features")
+    exec(compile(code, "docs/ops.md", "exec"), module.__dict__)
+    cls = module.Winsorize
+    pipe = FeaturePipeline([cls(cls.Params(columns=["x"], q=0.05), "features[0]")])
+    assert not pipe.fitted
+    pipe.fit(with_empty_partition(numbers), compute=lambda *v: dask.compute(*v, scheduler="sync"))
+    low, high = np.nanquantile(numbers["x"], [0.05, 0.95])
+    assert pipe.ops[0].get_state() == {"bounds": {"x": [pytest.approx(low), pytest.approx(high)]}}
+    loaded = cls(cls.Params(columns=["x"], q=0.05), "features[0]")
+    loaded.set_state(json.loads(json.dumps(pipe.ops[0].get_state())))
+    assert loaded.fitted
+    pd.testing.assert_frame_equal(loaded.transform(numbers), pipe.ops[0].transform(numbers))
 
 
 def test_custom_op_column_errors_name_the_op(numbers):

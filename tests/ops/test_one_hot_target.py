@@ -258,7 +258,7 @@ def test_target_encode_prediction_matches_sklearn(target_case):
     out = transform(pipe, with_empty_partition(new, 2))
     assert (out.dtypes == "float32").all() and not set(INTERNAL) & set(out.columns)
     prior = y_train.mean()
-    assert pipe.ops[0].encoding_["prior"] == pytest.approx(prior, rel=1e-6)
+    assert pipe.ops[0].prior_ == pytest.approx(prior, rel=1e-6)
     for c in ("city", "code"):
         ref = TargetEncoder(smooth=SMOOTH, target_type=target).fit(_objects(train[c]), y_train)
         present = new[c].notna().to_numpy()
@@ -304,7 +304,7 @@ def test_target_encode_training_rows_are_out_of_fold(target_case):
 def test_target_encode_json_round_trip(target_case):
     _, pipe, ddf, _ = target_case
     reloaded = FeaturePipeline.from_json(pipe.to_json())
-    assert reloaded.ops[0].encoding_ == pipe.ops[0].encoding_
+    assert reloaded.ops[0].get_state() == pipe.ops[0].get_state()
     for frame in (ddf, ddf.drop(columns=list(INTERNAL))):
         pd.testing.assert_frame_equal(
             reloaded.transform(frame).compute(scheduler="sync"), pipe.transform(frame).compute(scheduler="sync")

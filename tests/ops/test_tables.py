@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import pickle
+
 import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pytest
 
-from dpipe.errors import ColumnError, DataError, SpecError
+from dpipe.errors import ColumnError, DataError, SpecError, StateError
 from dpipe.pipeline import FeaturePipeline
-from dpipe.runner import table_reader
+from dpipe.plan import table_opener
 from dpipe.spec import job_from_dict
 from tests.test_pipeline import CountingCompute
 
@@ -19,7 +21,7 @@ STRING = pd.StringDtype("pyarrow")
 
 def pipeline(*entries) -> FeaturePipeline:
     pipe = FeaturePipeline.from_specs([_spec(e) for e in entries])
-    pipe.bind(table_reader())
+    pipe.bind(table_opener())
     return pipe
 
 
@@ -75,7 +77,7 @@ def test_join_matches_pandas_merge_and_measures_unmatched_rows(flights, planes, 
         {"op": "join", "source": {"uri": planes}, "on": ["tailnum"], "prefix": "plane_", "strategy": strategy}
     )
     counter = CountingCompute()
-    report = pipe.fit(_frame(flights), extras=lambda f: {"n": f.shape[0]}, compute=counter)
+    report = pipe.fit(_frame(flights), extras=lambda f: {"test": {"n": f.shape[0]}}, compute=counter)
     assert counter.calls == 1  # the measurements ride along with the extras
     out = pipe.transform(_frame(flights)).compute(scheduler="sync")
     right = pd.read_parquet(planes).rename(columns={"year": "plane_year", "seats": "plane_seats"})
@@ -95,7 +97,7 @@ def test_inner_join_drops_and_counts_unmatched_rows_in_training_only(flights, pl
 
     training = flights.assign(**{LABEL: 1.0})
     pipe = pipeline({"op": "join", "source": {"uri": planes}, "on": ["tailnum"], "how": "inner", "columns": ["seats"]})
-    report = pipe.fit(_frame(training), extras=lambda f: {"n": f.shape[0]}, compute=CountingCompute())
+    report = pipe.fit(_frame(training), extras=lambda f: {"test": {"n": f.shape[0]}}, compute=CountingCompute())
     out = pipe.transform(_frame(training)).compute(scheduler="sync")
     step = report.steps["features[0]"]
     assert step["rows_out"] == len(out) == len(flights) - step["unmatched"]
@@ -118,7 +120,7 @@ def test_join_keys_missing_values_match_nothing_and_ids_keep_their_type(tmp_path
     (tmp_path / "r").mkdir()
     right.to_parquet(tmp_path / "r" / "part-0.parquet")
     pipe = pipeline({"op": "join", "source": {"uri": str(tmp_path / "r")}, "on": ["uid"], "columns": ["v"]})
-    report = pipe.fit(_frame(left, 2), extras=lambda f: {"n": f.shape[0]}, compute=CountingCompute())
+    report = pipe.fit(_frame(left, 2), extras=lambda f: {"test": {"n": f.shape[0]}}, compute=CountingCompute())
     out = pipe.transform(_frame(left, 2)).compute(scheduler="sync")
     # 64-bit ids compare exactly (as float64 they would all collide), and keep their dtype.
     assert out["uid"].dtype == "Int64"
@@ -127,11 +129,30 @@ def test_join_keys_missing_values_match_nothing_and_ids_keep_their_type(tmp_path
     assert report.steps["features[0]"]["unmatched"] == 3
     # A missing string key matches nothing, not the right side's missing key.
     pipe = pipeline({"op": "join", "source": {"uri": str(tmp_path / "r")}, "on": ["k"], "columns": ["v"]})
-    report = pipe.fit(_frame(left, 2), extras=lambda f: {"n": f.shape[0]}, compute=CountingCompute())
+    report = pipe.fit(_frame(left, 2), extras=lambda f: {"test": {"n": f.shape[0]}}, compute=CountingCompute())
     out = pipe.transform(_frame(left, 2)).compute(scheduler="sync")
     np.testing.assert_array_equal(out["v"].to_numpy(), [np.nan, np.nan, 2.0, np.nan])
     assert report.steps["features[0]"]["unmatched"] == 3
     assert report.steps["features[0]"]["duplicate_keys"] == 0
+
+
+def test_join_measures_in_the_same_call_that_applies_it(flights, planes):
+    """No state between calls: the measurements come back with the frame, and any order works."""
+    (op,) = pipeline({"op": "join", "source": {"uri": planes}, "on": ["tailnum"], "prefix": "p_"}).ops
+    left = _frame(flights)
+    out, measured = op.apply_measured(left)
+    op.apply(left.head(10, compute=False))  # another application in between changes nothing
+    (computed,) = dask.compute(measured, scheduler="sync")
+    step = op.check(computed)
+    assert step["rows_in"] == step["rows_out"] == len(out.compute(scheduler="sync")) == len(flights)
+    matched = int(flights["tailnum"].isin([f"N{i}" for i in range(50)]).sum())
+    assert step["unmatched"] == len(flights) - matched > 0
+    assert step["right_rows"] == 50 and step["duplicate_keys"] == 0
+    # Pickled into a task, the join leaves its (lazy) right table behind.
+    again = pickle.loads(pickle.dumps(op))
+    assert again._table is None and op._table is not None
+    with pytest.raises(StateError, match=r"features\[0\] \(join\): the right table is not opened"):
+        again.describe(left._meta)
 
 
 def test_join_fails_on_too_many_unmatched_rows(flights, planes):
@@ -141,7 +162,7 @@ def test_join_fails_on_too_many_unmatched_rows(flights, planes):
     with pytest.raises(
         DataError, match=r"features\[0\] \(join .* on \['tailnum'\]\): \d+ of 2000 rows .* found no match"
     ):
-        pipe.fit(_frame(flights), extras=lambda f: {"n": f.shape[0]}, compute=CountingCompute())
+        pipe.fit(_frame(flights), extras=lambda f: {"test": {"n": f.shape[0]}}, compute=CountingCompute())
 
 
 def test_join_refuses_a_right_table_with_duplicate_keys(flights, planes, tmp_path):
@@ -151,10 +172,10 @@ def test_join_refuses_a_right_table_with_duplicate_keys(flights, planes, tmp_pat
     pd.concat([table, table.iloc[:3]], ignore_index=True).to_parquet(dup / "part-0.parquet")
     entry = {"op": "join", "source": {"uri": str(dup)}, "on": ["tailnum"], "prefix": "p_"}
     with pytest.raises(DataError, match=r"3 key\(s\) have more than one row in the right table \(up to 2\)"):
-        pipeline(entry).fit(_frame(flights), extras=lambda f: {"n": f.shape[0]}, compute=CountingCompute())
+        pipeline(entry).fit(_frame(flights), extras=lambda f: {"test": {"n": f.shape[0]}}, compute=CountingCompute())
     # Asked for explicitly, a many-to-many join goes through and reports the growth.
     pipe = pipeline({**entry, "validate": "many_to_many"})
-    report = pipe.fit(_frame(flights), extras=lambda f: {"n": f.shape[0]}, compute=CountingCompute())
+    report = pipe.fit(_frame(flights), extras=lambda f: {"test": {"n": f.shape[0]}}, compute=CountingCompute())
     step = report.steps["features[0]"]
     assert step["rows_out"] == len(flights.merge(table.iloc[:3], on="tailnum")) + len(flights)
 
@@ -234,7 +255,7 @@ def test_aggregate_on_a_categorical_key_with_other_categories_at_prediction():
 def test_dedupe_keeps_one_row_per_key_across_partitions(flights):
     dupes = pd.concat([flights, flights.iloc[::7].assign(delay=lambda d: d["delay"] + 1000)], ignore_index=True)
     pipe = pipeline({"op": "dedupe", "key": ["flight_id"], "order_by": "delay", "keep": "last"})
-    report = pipe.fit(_frame(dupes, 5), extras=lambda f: {"n": f.shape[0]}, compute=CountingCompute())
+    report = pipe.fit(_frame(dupes, 5), extras=lambda f: {"test": {"n": f.shape[0]}}, compute=CountingCompute())
     out = pipe.transform(_frame(dupes, 5)).compute(scheduler="sync").sort_values("flight_id")
     expected = dupes.sort_values("delay", kind="stable").drop_duplicates("flight_id", keep="last")
     pd.testing.assert_frame_equal(out.reset_index(drop=True), expected.sort_values("flight_id").reset_index(drop=True))
@@ -255,7 +276,9 @@ def test_mixed_pipeline_with_join_aggregate_and_encoders_fits_in_the_planned_pas
     # `age`, derived from the filled plane_year: phase 1.
     assert pipe.plan() == ([-1, 0, 0, 0, -1, 1], 0)
     counter = CountingCompute()
-    report = pipe.fit(_frame(flights), extras=lambda f: {"n": f.shape[0]}, extra_inputs={"flight_id"}, compute=counter)
+    report = pipe.fit(
+        _frame(flights), extras=lambda f: {"test": {"n": f.shape[0]}}, extra_inputs={"flight_id"}, compute=counter
+    )
     assert counter.calls == 2
     assert report.phases == [["features[1]", "features[2]", "features[3]"], ["features[5]"]]
     out = pipe.transform(_frame(flights)).compute(scheduler="sync")
