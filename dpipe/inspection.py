@@ -25,6 +25,7 @@ VERSION_LIBRARIES = ("dpipe", "dask", "distributed", "pandas", "pyarrow", "xgboo
 def read_bundle_json(uri: str, storage_options: dict | None = None) -> tuple[dict, dict]:
     """Return ``(pipeline, manifest)`` of the bundle at ``uri``, as saved (no op is built)."""
     raw = read_files(uri, storage_options, (PIPELINE, MANIFEST))
+    problem: str | None
     try:
         pipeline, manifest = json.loads(raw[PIPELINE]), json.loads(raw[MANIFEST])
     except ValueError as exc:

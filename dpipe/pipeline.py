@@ -10,7 +10,7 @@ directly or through derived columns or row filters, goes to the next phase.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,7 +106,7 @@ class FeaturePipeline:
         return needed
 
     # -- planning ----------------------------------------------------------------------------
-    def plan(self, extra_inputs: set[str] = frozenset()) -> tuple[list[int], int]:
+    def plan(self, extra_inputs: Collection[str] = frozenset()) -> tuple[list[int], int]:
         """Phase of each stateful op (-1 for stateless ones), and the phase of the extras.
 
         A column's *ready* phase is the first phase in which its final value can be computed.
@@ -115,7 +115,7 @@ class FeaturePipeline:
         _, phases, extras_phase = self._schedule(extra_inputs)
         return phases, extras_phase
 
-    def _schedule(self, extra_inputs: set[str]) -> tuple[list[int], list[int], int]:
+    def _schedule(self, extra_inputs: Collection[str]) -> tuple[list[int], list[int], int]:
         """:meth:`plan`, plus the first phase in which each op's input (and rows) are final."""
         ready: dict[str, int] = {}
         rows_ready = 0
@@ -144,7 +144,7 @@ class FeaturePipeline:
         *,
         fit_rows: Callable[[Any], Any] | None = None,
         extras: Extras | None = None,
-        extra_inputs: set[str] = frozenset(),
+        extra_inputs: Collection[str] = frozenset(),
         compute: Compute = dask.compute,
     ) -> FitReport:
         """Learn every op's statistics in as few ``compute`` calls as the dependencies allow.

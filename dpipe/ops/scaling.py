@@ -155,7 +155,9 @@ class RobustScale(Op):
             if not self.spec.with_scaling or sketch.empty:
                 self.scale_[c] = 1.0
                 continue
-            span = sketch_quantile(sketch, q_high) - sketch_quantile(sketch, q_low)
+            high, low = sketch_quantile(sketch, q_high), sketch_quantile(sketch, q_low)
+            assert high is not None and low is not None  # None only for an empty sketch, skipped above
+            span = high - low
             # scikit-learn's `_handle_zeros_in_scale`.
             self.scale_[c] = 1.0 if span < 10 * EPS else span
 

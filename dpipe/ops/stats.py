@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Literal, TypeAlias
+
 import numpy as np
 import pandas as pd
+
+#: The ``method`` values of :func:`numpy.quantile`.
+QuantileMethod: TypeAlias = Literal[
+    "inverted_cdf",
+    "averaged_inverted_cdf",
+    "closest_observation",
+    "interpolated_inverted_cdf",
+    "hazen",
+    "weibull",
+    "linear",
+    "median_unbiased",
+    "normal_unbiased",
+    "lower",
+    "higher",
+    "midpoint",
+    "nearest",
+]
 
 
 def _chunk_moments(pdf: pd.DataFrame) -> pd.DataFrame:
@@ -112,7 +131,7 @@ def quantile_sketch(df, column: str):
     return df[column].reduction(chunk=_chunk_sketch, combine=_merge_sketch, aggregate=_merge_sketch, meta=meta)
 
 
-def sketch_quantile(sketch: pd.DataFrame, q: float, *, method: str = "linear") -> float | None:
+def sketch_quantile(sketch: pd.DataFrame, q: float, *, method: QuantileMethod = "linear") -> float | None:
     """The ``q`` quantile of a computed sketch, computed like ``numpy.quantile(..., method=method)``.
 
     ``method`` is exact while the sketch holds every value (fewer than 2048 of them); past that,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import dask.dataframe as dd
 import numpy as np
@@ -14,6 +14,19 @@ from dpipe.errors import ColumnError, DataError, StateError
 from dpipe.ops.base import Op, count_rows, plain, to_builtin
 
 _MATCH = "__dpipe_match__"
+
+
+class _Table(Protocol):
+    """What a join reads of the opened right table (:class:`dpipe.io.connector.OpenedSource`).
+
+    Structural, so the ops never import :mod:`dpipe.io`.
+    """
+
+    @property
+    def frame(self) -> Any: ...  # a Dask DataFrame
+
+    @property
+    def nbytes(self) -> int | None: ...
 
 
 class Join(Op):
@@ -32,7 +45,7 @@ class Join(Op):
 
     def __init__(self, spec, where):
         super().__init__(spec, where)
-        self._table = None
+        self._table: _Table | None = None
 
     def __getstate__(self):
         # Never pickle the lazy right table into a task graph.
@@ -45,12 +58,14 @@ class Join(Op):
     def bind(self, tables):
         self._table = tables["source"]
 
-    def _require_bound(self):
+    def _require_bound(self) -> _Table:
+        """The right table handed over by ``bind``; a :class:`StateError` before ``bind``."""
         if self._table is None:
             raise StateError(
                 f"{self.where} ({self.name}): the right table is not opened",
                 hint="call `pipeline.bind(read)` (or `op.bind(tables)`) before describing or applying the join",
             )
+        return self._table
 
     # -- columns -----------------------------------------------------------------------------
     def input_columns(self) -> set[str]:
@@ -126,7 +141,7 @@ class Join(Op):
         return types
 
     def _right_meta(self) -> pd.DataFrame:
-        return self._project(self._table.frame._meta)
+        return self._project(self._require_bound().frame._meta)
 
     def describe(self, meta):
         self._require_bound()
@@ -146,7 +161,8 @@ class Join(Op):
     def _broadcast(self) -> bool:
         if self.spec.strategy != "auto":
             return self.spec.strategy == "broadcast"
-        return self._table.nbytes is not None and self._table.nbytes <= self.spec.broadcast_limit
+        nbytes = self._require_bound().nbytes
+        return nbytes is not None and nbytes <= self.spec.broadcast_limit
 
     def apply(self, df):
         return self._merge(df)[0]
@@ -170,9 +186,9 @@ class Join(Op):
 
     def _merge(self, df):
         """The output, the merged frame with its match indicator, the right side and the key columns."""
-        self._require_bound()
+        table = self._require_bound()
         keys = self.spec.left_keys
-        right = self._project(self._table.frame)
+        right = self._project(table.frame)
         types = self._key_types(df._meta, right._meta)
         tmp = [f"__dpipe_key{i}__" for i in range(len(keys))]
         left = df.assign(**{t: df[k].astype(types[k]) for t, k in zip(tmp, keys)})

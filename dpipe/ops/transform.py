@@ -198,7 +198,7 @@ class Bucketize(Op):
 
     def finalize(self, stats):
         n = self.spec.n_bins
-        self.edges_ = {}
+        self.edges_: dict[str, list[float] | None] = {}
         for c in self.spec.columns:
             if self.spec.strategy == "uniform":
                 lo, hi = stats["min_max"].loc[c, "min"], stats["min_max"].loc[c, "max"]

@@ -59,11 +59,15 @@ class Join(Strict):
 
     @property
     def left_keys(self) -> list[str]:
-        return list(self.on or self.left_on)
+        keys = self.on or self.left_on
+        assert keys is not None  # `_keys` requires `on`, or `left_on` with `right_on`
+        return list(keys)
 
     @property
     def right_keys(self) -> list[str]:
-        return list(self.on or self.right_on)
+        keys = self.on or self.right_on
+        assert keys is not None  # `_keys` requires `on`, or `left_on` with `right_on`
+        return list(keys)
 
 
 AGGREGATIONS = ("count", "mean", "sum", "min", "max", "std", "nunique")

@@ -110,6 +110,7 @@ class Bucketize(Strict):
         else:
             if self.boundaries is not None:
                 raise ValueError(f"`boundaries` is only used with strategy 'fixed', not {self.strategy!r}")
+            assert self.n_bins is not None  # `_default_n_bins` fills it in for these strategies
             if self.n_bins < 2:
                 raise ValueError(f"`n_bins` must be at least 2, got {self.n_bins}")
         return self
