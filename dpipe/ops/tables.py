@@ -17,9 +17,9 @@ _MATCH = "__dpipe_match__"
 
 
 class _Table(Protocol):
-    """What a join reads of the opened right table (:class:`dpipe.io.connector.OpenedSource`).
+    """What a join reads of the opened right table the runner hands to ``bind``.
 
-    Structural, so the ops never import :mod:`dpipe.io`.
+    A protocol, so the ops never import :mod:`dpipe.io`.
     """
 
     @property
