@@ -25,13 +25,13 @@ def resolve(uri: str, storage_options: dict[str, Any] | None = None, *, where: s
         raise StorageError(
             f"{where}: cannot open {uri!r}: {exc}",
             hint="use a local path or a URL such as s3://bucket/prefix/ (install the backend's package if needed)",
-        ) from None
+        ) from exc
     except TypeError as exc:
         keys = sorted(storage_options or {})
         raise StorageError(
             f"{where}: storage_options keys {keys} are not accepted for {uri!r}: {exc}",
             hint="see the filesystem's documentation (s3fs.S3FileSystem for s3://) for its options",
-        ) from None
+        ) from exc
     return fs, path
 
 
@@ -56,19 +56,19 @@ def storage_errors(where: str, uri: str) -> Iterator[None]:
         raise StorageError(
             f"{where}: {uri!r} does not exist ({_short(exc)})",
             hint="check the path, bucket name and endpoint",
-        ) from None
+        ) from exc
     except PermissionError as exc:
         raise StorageError(
             f"{where}: access to {uri!r} was denied ({_short(exc)})",
             hint="check the credentials: storage_options key/secret or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
-        ) from None
+        ) from exc
     except (ConnectionError, TimeoutError) as exc:
         raise StorageError(
             f"{where}: cannot reach the storage for {uri!r} ({_short(exc)})",
             hint="check the endpoint (storage_options.client_kwargs.endpoint_url or AWS_ENDPOINT_URL) and network",
-        ) from None
+        ) from exc
     except OSError as exc:
-        raise StorageError(f"{where}: cannot access {uri!r}: {_short(exc)}") from None
+        raise StorageError(f"{where}: cannot access {uri!r}: {_short(exc)}") from exc
     except TypeError as exc:
         # s3fs builds its client on first use, so a misspelt storage option surfaces here rather
         # than in `resolve`. The message names the key, never a value.
@@ -77,7 +77,7 @@ def storage_errors(where: str, uri: str) -> Iterator[None]:
         raise StorageError(
             f"{where}: storage_options are not accepted for {uri!r}: {_short(exc)}",
             hint="see the filesystem's documentation (s3fs.S3FileSystem for s3://) for its options",
-        ) from None
+        ) from exc
     except Exception as exc:
         # botocore raises its own classes for endpoint and credential failures.
         name = type(exc).__name__
@@ -85,12 +85,12 @@ def storage_errors(where: str, uri: str) -> Iterator[None]:
             raise StorageError(
                 f"{where}: cannot reach the storage for {uri!r} ({name})",
                 hint="check the endpoint (storage_options.client_kwargs.endpoint_url or AWS_ENDPOINT_URL) and network",
-            ) from None
+            ) from exc
         if name in ("NoCredentialsError", "PartialCredentialsError", "ClientError"):
             raise StorageError(
                 f"{where}: cannot access {uri!r} ({name}: {_short(exc)})",
                 hint="check the credentials: storage_options key/secret or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
-            ) from None
+            ) from exc
         raise
 
 

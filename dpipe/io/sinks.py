@@ -4,6 +4,9 @@ On a local disk the move is a rename, so readers see the old output or the new o
 Object stores have no rename: the staged files are copied into place and a marker file
 (``manifest.json`` for bundles, ``_SUCCESS`` for datasets) is copied last, which is what readers
 check. A failed run deletes its staging folder and leaves the destination untouched.
+
+:class:`StagedOutput` is that staged folder (bundles write theirs into it);
+:class:`ParquetFolderSink` is the ``parquet`` sink kind, a dataset of Parquet files written so.
 """
 
 from __future__ import annotations
@@ -11,10 +14,16 @@ from __future__ import annotations
 import json
 import posixpath
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from dpipe.errors import StorageError
+from dpipe.io.connector import Written
 from dpipe.io.fs import full_uri, is_local, resolve, storage_errors
+from dpipe.io.listing import list_files
+from dpipe.spec.connectors import ParquetSinkSpec
 
 SUCCESS = "_SUCCESS"
 
@@ -72,9 +81,13 @@ class StagedOutput:
 
     # -- writing -----------------------------------------------------------------------------
     def __enter__(self) -> StagedOutput:
+        self.begin()
+        return self
+
+    def begin(self) -> None:
+        """Create the staging folder (idempotent; entering the ``with`` block does it)."""
         with storage_errors(self.where, self.uri):
             self.fs.makedirs(self.staging, exist_ok=True)
-        return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.committed:
@@ -164,3 +177,85 @@ def parquet_task(frame, out: StagedOutput, relpath: str):
             name_function=lambda i: f"part-{i:05d}.parquet",
             compute=False,
         )
+
+
+class ParquetFolderSink:
+    """The ``parquet`` sink: a folder of ``part-NNNNN.parquet`` files, replaced whole on commit.
+
+    A staged write (:class:`StagedOutput`): the files go to a hidden staging folder, and
+    :meth:`commit` moves them into place with ``_SUCCESS`` last (renames on a local disk, copies
+    with the marker copied last on object stores). Leaving the ``with`` block without a commit
+    deletes the staging folder and leaves ``uri`` as it was.
+
+    Parameters
+    ----------
+    uri
+        Destination folder, local or any fsspec URL.
+    storage_options
+        Filesystem options (credentials, endpoint).
+    overwrite
+        Replace an existing destination on commit; otherwise an existing one is an error,
+        raised here, before any work.
+
+    Examples
+    --------
+    >>> with ParquetFolderSink("runs/scores") as sink:
+    ...     sink.write(predictions)
+    ...     written = sink.commit()
+    >>> written.rows
+    """
+
+    Spec = ParquetSinkSpec
+
+    def __init__(
+        self,
+        uri: str,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        overwrite: bool = True,
+        where: str = "output",
+    ):
+        self.out = StagedOutput(uri, storage_options, overwrite=overwrite, marker=SUCCESS, where=where)
+
+    @classmethod
+    def from_spec(cls, spec: ParquetSinkSpec, *, where: str = "output") -> ParquetFolderSink:
+        return cls(spec.uri, spec.storage_options, overwrite=spec.overwrite, where=where)
+
+    @property
+    def uri(self) -> str:
+        return self.out.uri
+
+    def __enter__(self) -> ParquetFolderSink:
+        self.out.begin()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.out.committed:
+            self.abort()
+
+    def write_task(self, frame):
+        """The lazy write of ``frame`` (one file per partition), to compute with other values."""
+        self.out.begin()
+        return parquet_task(frame, self.out, "")
+
+    def write(self, frame, *, compute: Callable[[Any], Any] | None = None) -> None:
+        """Write ``frame`` to the staging folder; ``compute`` runs the task (default: ``.compute()``)."""
+        task = self.write_task(frame)
+        with storage_errors(self.out.where, self.out.uri):
+            (compute or (lambda t: t.compute()))(task)
+
+    def commit(self) -> Written:
+        """Move the staged files into place, ``_SUCCESS`` last; the rows come from the footers."""
+        uri = self.out.commit()
+        fs = self.out.fs
+        with storage_errors(self.out.where, self.out.uri):
+            listing = list_files(fs, self.out.path, suffixes=(".parquet",))
+            rows = 0
+            for path in listing.paths:
+                with fs.open(path, "rb") as f:
+                    rows += pq.ParquetFile(f).metadata.num_rows
+        return Written(uri=uri, rows=rows, datums=listing.datums())
+
+    def abort(self) -> None:
+        """Delete the staged files (best effort); the destination is untouched."""
+        self.out.abort()

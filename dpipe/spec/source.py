@@ -1,12 +1,21 @@
-"""Where data comes from: the ``source`` of a job, and the tables that joins read."""
+"""Where data comes from: the ``source`` of a job, and the tables that joins read.
+
+A source entry is one of the kinds of :data:`dpipe.spec.connectors.KNOWN_SOURCES`, chosen by
+``format`` (or, without one, by the ``uri`` suffix); each kind has a strict model here (or in its
+connector's module). Parquet, CSV and JSON lines share their keys (:class:`FileSourceSpec`); later
+kinds extend :class:`BaseSourceSpec` with their own (a table ``version``, a ``query``).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 
+from dpipe.errors import SpecError
 from dpipe.spec.base import Strict
+from dpipe.spec.connectors import BaseSinkSpec, ConnectorSpec, Role, validate_entry
 
 FILTER_OPS = ("==", "=", "!=", "<", "<=", ">", ">=", "in", "not in")
 
@@ -22,20 +31,29 @@ def _check_filter(f: Filter) -> Filter:
     return f
 
 
-class SourceSpec(Strict):
-    """Where the data is and how to read it.
+class BaseSourceSpec(Strict):
+    """The keys every source kind has. A connector's own spec model subclasses it.
+
+    ``format`` is set to the kind's name (or import path) when the entry is validated; a
+    connector's model leaves it as it is here.
+    """
+
+    uri: str = Field(min_length=1)
+    format: str
+    columns: list[str] | None = None
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class FileSourceSpec(BaseSourceSpec):
+    """Files read through ``pyarrow.dataset``: a file, a folder (read recursively) or a glob.
 
     ``filters`` are ``[column, op, value]`` triples ANDed together, or a list of such lists ORed
     (pyarrow's disjunctive normal form). Filters on Hive partition columns prune whole files
     before anything is read; others skip row groups by their statistics and then filter rows.
     """
 
-    uri: str = Field(min_length=1)
-    format: Literal["parquet", "csv", "json"] | None = None
-    columns: list[str] | None = None
     filters: list[Filter] | list[list[Filter]] | None = None
     partitioning: Literal["hive", "none"] = "hive"
-    storage_options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("filters")
     @classmethod
@@ -49,14 +67,62 @@ class SourceSpec(Strict):
                 _check_filter(f)
         return filters
 
-    @model_validator(mode="after")
-    def _infer_format(self):
-        if self.format is None:
-            path = self.uri.rstrip("/").lower()
-            for suffix, fmt in ((".csv", "csv"), (".jsonl", "json"), (".json", "json")):
-                if path.endswith(suffix) or path.endswith(suffix + ".gz"):
-                    self.format = fmt
-                    break
-            else:
-                self.format = "parquet"
-        return self
+
+class ParquetSourceSpec(FileSourceSpec):
+    """Parquet files, with Hive ``key=value`` folders as partition columns."""
+
+    format: Literal["parquet"] = "parquet"
+
+
+class CSVSourceSpec(FileSourceSpec):
+    """CSV files with a header row; every file is read with the types inferred from the first."""
+
+    format: Literal["csv"] = "csv"
+
+
+class JSONSourceSpec(FileSourceSpec):
+    """JSON lines (one object per line); every file is read with the types inferred from the first."""
+
+    format: Literal["json"] = "json"
+
+
+#: A ``source:`` entry: the model of the kind its ``format`` (or its ``uri`` suffix) names.
+SourceSpec = Annotated[BaseSourceSpec, ConnectorSpec("source")]
+
+
+def source_spec(data: Mapping[str, Any] | BaseSourceSpec, *, where: str = "source") -> BaseSourceSpec:
+    """Validate one source entry given as a dict (``format`` may be left out).
+
+    Raises :class:`SpecError` listing every problem, located under ``where``.
+
+    Examples
+    --------
+    >>> source_spec({"uri": "data/scores.csv"}).format
+    'csv'
+    """
+    return _validated("source", data, where)
+
+
+def sink_spec(data: Mapping[str, Any] | BaseSinkSpec, *, where: str = "output") -> BaseSinkSpec:
+    """Validate one sink entry given as a dict (``format`` defaults to ``parquet``); see :func:`source_spec`."""
+    return _validated("sink", data, where)
+
+
+def _validated(role: Role, data: Any, where: str):
+    from dpipe.spec.load import format_loc  # load imports the models, which import this module
+
+    try:
+        return validate_entry(role, data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            loc = format_loc(tuple(err["loc"]))
+            msg = "required but missing" if err["type"] == "missing" else err["msg"].removeprefix("Value error, ")
+            problems.append((where if loc == "<root>" else f"{where}.{loc}", msg))
+        lines = "\n".join(f"  - {loc}: {msg}" for loc, msg in problems)
+        n = len(problems)
+        raise SpecError(
+            f"{where}: invalid {role} ({n} problem{'s' if n > 1 else ''}):\n{lines}",
+            hint="fix the fields named above",
+            problems=problems,
+        ) from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 
 import pyarrow.parquet as pq
@@ -149,6 +150,34 @@ def test_credentials_and_endpoint_from_environment(s3_events, demo_root, monkeyp
     frame = source.frame.compute(scheduler="sync")
     assert len(frame) == 20_000
     assert {"event_id", "age", "date"} <= set(frame.columns)
+
+
+def test_lineage_of_s3_files_is_their_size_and_etag_from_one_listing(s3_events, monkeypatch):
+    s3, events = s3_events
+    fs = s3["fs"]
+    calls: collections.Counter = collections.Counter()
+    call_s3 = s3fs.S3FileSystem._call_s3
+
+    async def counting(self, method, *args, **kwargs):
+        calls[getattr(method, "__name__", method)] += 1
+        return await call_s3(self, method, *args, **kwargs)
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counting)
+    source = read(events, storage_options=s3["storage_options"])
+    lineage, nbytes = source.lineage(), source.nbytes
+    monkeypatch.undo()
+
+    # Sizes and ETags come with the listing: no request per file (one HEAD of the prefix, one
+    # footer read for the schema).
+    assert calls["head_object"] <= 1 and calls["get_object"] == 1
+    assert lineage["kind"] == "files" and lineage["versioned_by"] == "etag"
+    assert [d["id"] for d in lineage["datums"]] == source.files and len(source.files) == 4
+    fs.invalidate_cache()
+    for datum in source.datums:
+        info = fs.info(datum.id)
+        assert (datum.size, datum.version) == (info["size"], info["ETag"].strip('"'))
+    assert nbytes == sum(d.size for d in source.datums)
 
 
 # -- errors ------------------------------------------------------------------------------------

@@ -57,3 +57,70 @@ def test_existing_destination_without_overwrite(tmp_path):
     (tmp_path / "bundle").mkdir()
     with pytest.raises(StorageError, match=r"(?s)output.uri: '.*bundle' already exists.*Hint: choose another location"):
         StagedOutput(str(tmp_path / "bundle"), overwrite=False)
+
+
+# -- the parquet sink: a staged write and one commit ------------------------------------------
+def _frame(n: int):
+    import dask.dataframe as dd
+    import pandas as pd
+
+    return dd.from_pandas(pd.DataFrame({"id": range(n), "p": [i / n for i in range(n)]}), npartitions=2)
+
+
+def test_parquet_sink_commits_parts_then_the_marker(target, monkeypatch):
+    from dpipe.io import ParquetFolderSink, Written, read
+
+    fs, root, options = target
+    uri = root if options is None else f"s3://{root}"
+    sink = ParquetFolderSink(f"{uri}/scores", options)
+    copied: list[str] = []
+    copy = sink.out.fs.copy
+
+    def recording(path1, path2, *args, **kwargs):
+        copied.append(path2.rsplit("/", 1)[-1])
+        return copy(path1, path2, *args, **kwargs)
+
+    monkeypatch.setattr(sink.out.fs, "copy", recording)
+    with sink:
+        sink.write(_frame(10), compute=lambda task: task.compute(scheduler="sync"))
+        assert not fs.exists(f"{root}/scores")  # nothing visible before the commit
+        written = sink.commit()
+    fs.invalidate_cache()
+    assert isinstance(written, Written) and written.uri == f"{uri}/scores" and written.rows == 10
+    assert _files(fs, f"{root}/scores") == ["/_SUCCESS", "/part-00000.parquet", "/part-00001.parquet"]
+    assert [d.id.rsplit("/", 1)[-1] for d in written.datums] == ["part-00000.parquet", "part-00001.parquet"]
+    assert all(d.size and d.version for d in written.datums)
+    if options is not None:  # an object store has no rename: the marker is copied last
+        assert copied == ["part-00000.parquet", "part-00001.parquet", "_SUCCESS"]
+    back = read(f"{uri}/scores", storage_options=options).frame.compute(scheduler="sync")
+    assert sorted(back["id"]) == list(range(10))
+    assert [p for p in fs.ls(root) if ".dpipe-" in p] == []
+
+
+def test_parquet_sink_abort_keeps_the_previous_output(target):
+    from dpipe.io import ParquetFolderSink
+
+    fs, root, options = target
+    uri = root if options is None else f"s3://{root}"
+    with ParquetFolderSink(f"{uri}/scores", options) as sink:
+        sink.write(_frame(4))
+        sink.commit()
+    with pytest.raises(RuntimeError, match="boom"), ParquetFolderSink(f"{uri}/scores", options) as sink:
+        sink.write(_frame(6))
+        raise RuntimeError("boom")
+    fs.invalidate_cache()
+    assert _files(fs, f"{root}/scores") == ["/_SUCCESS", "/part-00000.parquet", "/part-00001.parquet"]
+    assert [p for p in fs.ls(root) if ".dpipe-" in p] == []
+    sink = ParquetFolderSink(f"{uri}/other", options)
+    sink.write(_frame(2))
+    sink.abort()
+    fs.invalidate_cache()
+    assert not fs.exists(f"{root}/other") and [p for p in fs.ls(root) if ".dpipe-" in p] == []
+
+
+def test_parquet_sink_without_overwrite_fails_before_any_work(tmp_path):
+    from dpipe.io import open_sink
+
+    (tmp_path / "scores").mkdir()
+    with pytest.raises(StorageError, match=r"(?s)output: '.*scores' already exists.*Hint: choose another location"):
+        open_sink({"uri": str(tmp_path / "scores"), "overwrite": False})

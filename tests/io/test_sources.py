@@ -1,5 +1,7 @@
+import datetime as dt
 import decimal
 import json
+import os
 
 import fsspec
 import pandas as pd
@@ -9,7 +11,8 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from dpipe.errors import ColumnError, DataError, SpecError, StorageError
-from dpipe.io import read
+from dpipe.io import Datum, open_source, read
+from dpipe.spec import job_from_dict
 
 
 class CountingFileSystem(LocalFileSystem):
@@ -217,3 +220,57 @@ def test_other_storage_options_give_other_dask_keys(demo_root):
     b = read(str(demo_root / "events"), storage_options={"auto_mkdir": True}).frame
     assert tokenize(a) != tokenize(b)
     assert tokenize(a) == tokenize(read(str(demo_root / "events")).frame)
+
+
+def test_lineage_and_datums_of_local_files_come_from_the_listing(demo_root):
+    src = read(str(demo_root / "events"), filters=[["date", ">=", "2024-01-03"]])
+    files = (demo_root / "events").rglob("*.parquet")
+    paths = sorted(str(p) for p in files if p.parent.name >= "date=2024-01-03")
+    assert len(paths) == 2
+    assert src.files == [d.id for d in src.datums] == paths  # what was selected, in partition order
+    for datum, path in zip(src.datums, paths):
+        stat = os.stat(path)
+        mtime = dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC).isoformat()
+        assert datum == Datum(id=path, size=stat.st_size, version=mtime)
+    assert src.nbytes == sum(os.path.getsize(p) for p in paths)
+    lineage = src.lineage()
+    assert lineage["kind"] == "files" and lineage["versioned_by"] == "mtime"
+    assert lineage["datums"] == [d.to_dict() for d in src.datums]
+    json.dumps(lineage)  # goes into manifest.json as it is
+
+
+def test_a_rewritten_file_gets_another_version(tmp_path):
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "a.parquet")
+    before = read(str(tmp_path)).datums
+    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "a.parquet")
+    os.utime(tmp_path / "a.parquet", (1_900_000_000, 1_900_000_000))
+    after = read(str(tmp_path)).datums
+    assert [d.id for d in before] == [d.id for d in after] and before[0].version != after[0].version
+
+
+def test_folder_discovery_skips_hidden_and_underscore_names(tmp_path):
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "a.parquet")
+    (tmp_path / "_SUCCESS").write_bytes(b"")
+    (tmp_path / ".b.parquet.crc").write_bytes(b"junk")
+    (tmp_path / "_temporary").mkdir()
+    (tmp_path / "_temporary" / "c.parquet").write_bytes(b"junk")
+    src = read(str(tmp_path))
+    assert src.files == [str(tmp_path / "a.parquet")]
+
+
+def test_an_empty_folder_is_a_data_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"(?s)source: no parquet data found under .*Hint: check `source.uri`"):
+        read(str(tmp_path / "empty"))
+
+
+def test_open_source_takes_a_spec_or_a_dict_and_a_column_override(demo_root):
+    job = job_from_dict(
+        {"source": {"uri": str(demo_root / "events")}, "label": {"column": "y"}, "output": {"uri": "o"}}
+    )
+    src = open_source(job.source, columns=["age"])
+    assert src.columns == ["age"] and src.format == "parquet" and job.source.columns is None
+    again = open_source({"uri": str(demo_root / "events"), "columns": ["age"]})
+    assert again.files == src.files
+    with pytest.raises(SpecError, match=r"source.filters: filter on 'age': operator '~'"):
+        open_source({"uri": str(demo_root / "events"), "filters": [["age", "~", 1]]})

@@ -126,3 +126,110 @@ def test_derived_names_cannot_take_reserved_columns():
     spec = {**MINIMAL, "features": [{"op": "derive", "name": "__dpipe_label__", "expr": "1"}]}
     with pytest.raises(SpecError, match=r"features\[0\].name: column names starting with '__dpipe' are reserved"):
         job_from_dict(spec)
+
+
+# -- the source union: one strict model per kind, chosen by `format` -------------------------------
+LINES_MODULE = '''
+from dpipe.spec.source import BaseSourceSpec
+
+
+class LinesSpec(BaseSourceSpec):
+    encoding: str = "utf-8"
+
+
+class Lines:
+    """A connector of text lines (only its spec matters when a job is validated)."""
+
+    Spec = LinesSpec
+'''
+
+
+@pytest.fixture
+def lines_module(tmp_path, monkeypatch):
+    (tmp_path / "spec_lines_connector.py").write_text(LINES_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "spec_lines_connector:Lines"
+
+
+def _source_problems(source: dict) -> list[tuple[str, str]]:
+    with pytest.raises(SpecError) as info:
+        job_from_dict({**MINIMAL, "source": source})
+    return info.value.problems
+
+
+def test_each_format_validates_with_its_own_model():
+    from dpipe.spec.source import CSVSourceSpec, JSONSourceSpec, ParquetSourceSpec
+
+    for source, model in [
+        ({"uri": "d/x.csv"}, CSVSourceSpec),
+        ({"uri": "d/x", "format": "json"}, JSONSourceSpec),
+        ({"uri": "d/x.csv", "format": "parquet"}, ParquetSourceSpec),  # explicit wins over the suffix
+        ({"uri": "d/x", "format": None}, ParquetSourceSpec),
+    ]:
+        job = job_from_dict({**MINIMAL, "source": source})
+        assert type(job.source) is model and job.source.format == model.model_fields["format"].default
+    job = job_from_dict({**MINIMAL, "source": {"uri": "d/x", "filters": [["a", "==", 1]], "partitioning": "none"}})
+    assert job.source.filters == [("a", "==", 1)] and job.source.partitioning == "none"
+
+
+def test_unknown_format_names_the_known_ones():
+    assert _source_problems({"uri": "x", "format": "avro"}) == [
+        (
+            "source.format",
+            "unknown format 'avro'; expected one of ['parquet', 'csv', 'json'] or a connector's import path"
+            " such as 'mypkg.connectors:Lines'",
+        )
+    ]
+    [(loc, msg)] = _source_problems({"uri": "x", "format": "cvs"})
+    assert loc == "source.format" and msg.endswith("(did you mean 'csv'?)")
+
+
+def test_source_errors_are_located_in_the_entry_whatever_its_kind():
+    problems = _source_problems({"uri": "x.csv", "colums": ["a"], "partitioning": "flat"})
+    assert [loc for loc, _ in problems] == ["source.partitioning", "source.colums"]
+    assert problems[1][1] == (
+        "unknown key; allowed keys: ['columns', 'filters', 'format', 'partitioning', 'storage_options', 'uri']"
+        " (did you mean 'columns'?)"
+    )
+    assert _source_problems({"format": "csv"}) == [("source.uri", "required but missing")]
+    assert _source_problems("data/x") == [("source", "a source is a mapping such as {uri: data/events} (got 'data/x')")]
+    join = {"op": "join", "source": {"uri": "t", "colums": ["a"]}, "on": ["k"]}
+    with pytest.raises(SpecError) as info:
+        job_from_dict({**MINIMAL, "features": [join]})
+    assert [loc for loc, _ in info.value.problems] == ["features[0].source.colums"]
+
+
+def test_a_connector_outside_dpipe_is_named_by_import_path(lines_module):
+    job = job_from_dict({**MINIMAL, "source": {"format": lines_module, "uri": "d/x.txt", "encoding": "latin-1"}})
+    assert type(job.source).__name__ == "LinesSpec"
+    assert (job.source.format, job.source.encoding) == (lines_module, "latin-1")
+    assert redacted(job)["source"]["encoding"] == "latin-1"  # dumps use the kind's own model
+    [(loc, msg)] = _source_problems({"format": lines_module, "uri": "x", "encodng": "x"})
+    assert loc == "source.encodng" and "allowed keys: ['columns', 'encoding', 'format'" in msg
+    [(loc, msg)] = _source_problems({"format": "no_such_module_xyz:Lines", "uri": "x"})
+    assert loc == "source.format" and "cannot import source 'no_such_module_xyz:Lines'" in msg
+    [(loc, msg)] = _source_problems({"format": "dpipe.spec.base:Strict", "uri": "x"})
+    assert "declares no `Spec` model subclassing dpipe.spec.source.BaseSourceSpec" in msg
+
+
+def test_registered_formats_validate_and_are_inferred_from_their_suffixes(lines_module):
+    from dpipe.spec.connectors import KNOWN_SOURCES, register_source
+
+    register_source("lines", lines_module, suffixes=(".txt",))
+    try:
+        assert job_from_dict({**MINIMAL, "source": {"uri": "d/x.txt"}}).source.format == "lines"
+        assert job_from_dict({**MINIMAL, "source": {"uri": "d/x", "format": "lines"}}).source.encoding == "utf-8"
+        [(loc, msg)] = _source_problems({"uri": "x", "format": "avro"})
+        assert "expected one of ['parquet', 'csv', 'json', 'lines']" in msg
+    finally:
+        del KNOWN_SOURCES["lines"]
+
+
+def test_source_spec_validates_a_plain_dict():
+    from dpipe.spec.source import source_spec
+
+    assert source_spec({"uri": "s.jsonl.gz", "format": None}).format == "json"
+    with pytest.raises(SpecError, match=r"features\[1\].source: invalid source \(1 problem\)") as info:
+        source_spec({"uri": "x", "format": "avro"}, where="features[1].source")
+    [(loc, msg)] = info.value.problems
+    assert loc == "features[1].source.format" and msg.startswith("unknown format 'avro'")
