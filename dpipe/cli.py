@@ -53,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", help="model bundle (the `output.uri` of a run)")
     p.add_argument("--source", required=True, help="data to score: path or URL (glob allowed)")
     p.add_argument("--output", required=True, help="where predictions go (a folder, written atomically)")
-    p.add_argument("--format", choices=["parquet", "csv", "json"], help="source format (default: from the suffix)")
+    p.add_argument(
+        "--format", help="source format: parquet, csv, json or a connector's import path (default: from the suffix)"
+    )
     p.add_argument("--id-columns", help="comma-separated columns to keep (default: the job's id_columns)")
     p.add_argument(
         "--storage-options", metavar="JSON", help="fsspec options as JSON (prefer AWS_* environment variables)"

@@ -15,7 +15,7 @@ import pandas as pd
 
 from dpipe import quality as _quality
 from dpipe.columns import INTERNAL
-from dpipe.errors import ColumnError, SpecError
+from dpipe.errors import ColumnError
 from dpipe.expr import Expression
 from dpipe.io import open_source
 from dpipe.io.sources import BadFileLog
@@ -23,7 +23,6 @@ from dpipe.ops.tables import Join
 from dpipe.pipeline import FeaturePipeline
 from dpipe.spec import JobSpec
 from dpipe.spec.features import Join as JoinSpec
-from dpipe.spec.load import REDACTED
 from dpipe.train import Labeler, ModelInput
 
 #: How a table named in the spec is opened: ``open(spec, where)``.
@@ -187,15 +186,7 @@ def table_opener(storage_options: dict | None = None) -> TableOpener:
     """
 
     def open_table(spec: Any, where: str) -> Any:
-        options = spec.storage_options
-        if any(v == REDACTED for v in options.values()):
-            if storage_options is None:
-                raise SpecError(
-                    f"{where}: the bundle does not store this table's storage_options (they may hold secrets)",
-                    hint="pass them to predict (`--storage-options JSON`); they are used for the joined tables too",
-                )
-            spec = spec.model_copy(update={"storage_options": storage_options})
-        return open_source(spec, where=where)
+        return open_source(spec, where=where, storage_options=storage_options)
 
     return open_table
 

@@ -20,7 +20,7 @@ from dpipe import quality as _quality
 from dpipe import stages
 from dpipe.bundle import Bundle
 from dpipe.errors import ColumnError
-from dpipe.io import StagedOutput, open_source, source_spec, write_parquet
+from dpipe.io import StagedOutput, open_sink, open_source, source_spec
 from dpipe.manifest import cluster_info, run_manifest
 from dpipe.plan import Plan, plan, require, table_opener
 from dpipe.progress import Reporter
@@ -55,7 +55,8 @@ class RunResult:
 @dataclass(frozen=True)
 class PredictResult:
     output_uri: str
-    rows: int
+    #: Rows written (``None`` when the sink cannot tell).
+    rows: int | None
     columns: list[str]
     timings: dict
 
@@ -176,16 +177,15 @@ def predict(
     with reporter.stage("plan", "checking the source against the bundle"):
         spec = source_spec({"uri": source, "format": format, "storage_options": storage_options or {}})
         src = _prediction_source(b, spec, ids, storage_options)
-        out = StagedOutput(output, storage_options, overwrite=overwrite, where="output")
+        sink = open_sink({"uri": output, "storage_options": storage_options or {}, "overwrite": overwrite})
     reporter.log(f"source: {len(src.files)} file(s) from {source}")
-    with _cluster.connect(None, client=client, address=scheduler, log=reporter.log) as client, out:
+    with _cluster.connect(None, client=client, address=scheduler, log=reporter.log) as client, sink:
         preds = predict_frame(b.booster, b.pipeline.transform(src.frame), b.model_input, ids)
         with reporter.stage("predict", f"writing predictions to {output}"):
-            write_parquet(preds, out, "", compute=reporter.compute(client))
-            uri = out.commit()
-    rows = _count_rows(out)
-    reporter.log(f"predictions committed: {uri} ({rows} rows)")
-    return PredictResult(output_uri=uri, rows=rows, columns=list(preds.columns), timings=dict(reporter.timings))
+            sink.write(preds, compute=reporter.compute(client))
+            written = sink.commit()
+    reporter.log(f"predictions committed: {written.uri} ({written.rows} rows)")
+    return PredictResult(written.uri, written.rows, columns=list(preds.columns), timings=dict(reporter.timings))
 
 
 def _prediction_source(b: Bundle, spec: Any, ids: list[str], storage_options: dict | None) -> Any:
@@ -214,14 +214,3 @@ def _prediction_source(b: Bundle, spec: Any, ids: list[str], storage_options: di
             hint="score data with the same column types the model was trained on",
         )
     return src
-
-
-def _count_rows(out: StagedOutput) -> int:
-    """Rows written, from the Parquet footers (no second pass over the data)."""
-    import pyarrow.parquet as pq
-
-    total = 0
-    for path in sorted(out.fs.glob(f"{out.path}/*.parquet")):
-        with out.fs.open(path, "rb") as f:
-            total += pq.ParquetFile(f).metadata.num_rows
-    return total

@@ -257,10 +257,17 @@ def train_booster(client, config: TrainConfig, X_train, y_train, X_valid, y_vali
     the partitions are. The booster is cut at the best iteration when early stopping is on, so the
     saved model is the one that was evaluated. Data is never pulled to the client.
     """
+
+    route_xgboost_logs(client)
+    # xgboost.dask looks the client up inside its tasks: make it current for the whole call.
+    with client.as_current():
+        return _train(client, config, X_train, y_train, X_valid, y_valid)
+
+
+def _train(client, config: TrainConfig, X_train, y_train, X_valid, y_valid):
     import xgboost as xgb
     import xgboost.dask
 
-    route_xgboost_logs(client)
     try:
         dtrain = xgb.dask.DaskQuantileDMatrix(client, X_train, y_train, enable_categorical=True)
         dvalid = xgb.dask.DaskQuantileDMatrix(client, X_valid, y_valid, ref=dtrain, enable_categorical=True)
@@ -286,12 +293,19 @@ def train_booster(client, config: TrainConfig, X_train, y_train, X_valid, y_vali
     best = booster.best_iteration if stopped else rounds - 1
     if best + 1 < rounds:
         booster = booster[: best + 1]
+    # Continuing `xgb_model`, the booster's rounds count from its first tree but the history only
+    # covers the rounds of this call: index the history from where this call started.
+    start = rounds - max((len(v) for h in history.values() for v in h.values()), default=rounds)
+
+    def at_best(values: list) -> float | None:
+        return _finite(values[best - start]) if 0 <= best - start < len(values) else None
+
     metrics = {
         "best_iteration": int(best),
         "num_boosted_rounds": int(best + 1),
         "rounds_trained": int(rounds),
-        "train": {m: _finite(v[best]) for m, v in history.get("train", {}).items()},
-        "valid": {m: _finite(v[best]) for m, v in history.get("valid", {}).items()},
+        "train": {m: at_best(v) for m, v in history.get("train", {}).items()},
+        "valid": {m: at_best(v) for m, v in history.get("valid", {}).items()},
         "history": {s: {m: [_finite(x) for x in v] for m, v in h.items()} for s, h in history.items()},
     }
     return booster, metrics
