@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import traceback
 
 import pytest
 import yaml
 
 from dpipe import cli
-from dpipe.errors import StorageError
+from dpipe.errors import SpecError, StorageError
+from dpipe.io import source_spec
 from tests.conftest import job_dict
 
 
@@ -108,3 +110,23 @@ def test_every_command_has_help():
     assert set(commands) == set(cli._COMMANDS) == {"run", "validate", "predict", "show", "inspect", "demo-data"}
     for name, sub in commands.items():
         assert sub.format_help().startswith(f"usage: dpipe {name}"), name
+
+
+SECRET = "wJalrXUtnFEMIK7MDENG"  # short: pydantic elides the middle of long input reprs
+
+
+def test_verbose_never_prints_a_credential(tmp_path, capsys):
+    source = {"uri": "data/x", "colums": ["a"], "storage_options": {"secret": SECRET}}
+    for spec in ({"source": source}, {"source": source, "features": [{"op": "fill_missing", "columns": []}]}):
+        bad = tmp_path / "bad.yaml"
+        spec = {"name": "t", **spec, "label": {"column": "y"}, "output": {"uri": "runs/x"}}
+        bad.write_text(yaml.safe_dump(spec, sort_keys=False))
+        assert cli.main(["validate", "--offline", "--verbose", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert "source.colums: unknown key" in err and "Traceback" in err
+        assert SECRET not in err
+    # What `predict --format nope --storage-options ...` validates, with the whole chain printed.
+    with pytest.raises(SpecError) as info:
+        source_spec({"uri": "data/x", "format": "nope", "storage_options": {"secret": SECRET}})
+    chain = "".join(traceback.format_exception(info.value))
+    assert "unknown format 'nope'" in chain and SECRET not in chain

@@ -161,7 +161,7 @@ class Op:
         return {}
 
     def bind(self, tables: dict[str, Any]) -> None:
-        """Receive the opened tables (:class:`dpipe.io.sources.Source`) named by ``sources()``."""
+        """Receive the opened tables (:class:`dpipe.io.OpenedSource`) named by ``sources()``."""
 
     # -- applying ----------------------------------------------------------------------------
     def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:

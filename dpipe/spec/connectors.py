@@ -227,11 +227,16 @@ def validate_entry(role: Role, value: Any) -> BaseModel:
     try:
         model = spec_model(role, fmt)
     except ValueError as exc:
-        raise _error([(("format",), "format_invalid", str(exc), dict(value))]) from exc
+        raise _error([(("format",), "format_invalid", str(exc), _shown(value))]) from exc
     try:
         return model.model_validate({**value, "format": fmt})
     except ValidationError as exc:
-        raise _located(exc, model, dict(value)) from exc
+        raise _located(exc, model, _shown(value)) from exc
+
+
+def _shown(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The entry as an error may echo it: without its ``storage_options`` (they hold secrets)."""
+    return {k: ("***" if k == "storage_options" else v) for k, v in entry.items()}
 
 
 def _located(exc: ValidationError, model: type[BaseModel], entry: dict) -> ValidationError:

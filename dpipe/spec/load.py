@@ -78,7 +78,9 @@ def job_from_dict(data: dict, overrides: list[str] | None = None, origin: str = 
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        raise spec_error_from(exc, origin) from exc
+        # Every problem is in the SpecError. The ValidationError itself echoes the input values,
+        # storage_options among them: never chained, so `--verbose` cannot print a credential.
+        raise spec_error_from(exc, origin) from None
 
 
 def apply_override(data: dict, item: str) -> None:

@@ -125,4 +125,4 @@ def _validated(role: Role, data: Any, where: str):
             f"{where}: invalid {role} ({n} problem{'s' if n > 1 else ''}):\n{lines}",
             hint="fix the fields named above",
             problems=problems,
-        ) from exc
+        ) from None  # the ValidationError echoes the entry's values (storage_options): never chained
