@@ -77,15 +77,25 @@ class Op:
         """Whether ``fit`` learns state from the training rows.
 
         Ops where this is fixed set a class attribute (``stateful = True``); ops where it depends
-        on the spec (``clip`` with ``quantiles``) override this property.
+        on the spec (``clip`` with ``quantiles``) override this property. An op of your own may
+        also assign it in ``__init__`` (``self.stateful = spec.learn``).
         """
-        return False
+        return bool(self.__dict__.get("_stateful", False))
+
+    @stateful.setter
+    def stateful(self, value: bool) -> None:
+        self.__dict__["_stateful"] = bool(value)
 
     @property
     def partition_wise(self) -> bool:
         """Whether ``transform`` alone is right on each partition, so the pipeline may chain it
-        with its neighbours in one ``map_partitions``: true unless the op has its own ``apply``."""
-        return type(self).apply is Op.apply
+        with its neighbours in one ``map_partitions``: true unless the op has its own ``apply``
+        (or assigns ``self.partition_wise = False`` in ``__init__``)."""
+        return bool(self.__dict__.get("_partition_wise", type(self).apply is Op.apply))
+
+    @partition_wise.setter
+    def partition_wise(self, value: bool) -> None:
+        self.__dict__["_partition_wise"] = bool(value)
 
     # -- columns -----------------------------------------------------------------------------
     def input_columns(self) -> set[str]:
@@ -175,13 +185,19 @@ class Op:
     def apply_measured(self, df) -> tuple[Any, dict[str, Any]]:
         """``apply(df)`` and lazy measurements of what it did to the rows, for the fit pass.
 
-        Ops that change the row set (``filters_rows``) measure ``rows_in`` and ``rows_out``; the
-        measurements are built on the returned frame, so one computation gives both.
+        The measurements are :meth:`diagnose` of the input and the returned frame, so one
+        computation gives both. Ops whose measurements need the intermediate frames of their own
+        ``apply`` (a join's merge) override this instead, returning them with the output.
         """
         out = self.apply(df)
+        return out, self.diagnose(df, out)
+
+    def diagnose(self, before, after) -> dict[str, Any]:
+        """Lazy measurements of what the op did to the rows: ``rows_in`` and ``rows_out`` for
+        ops that change the row set (``filters_rows``), nothing for the others."""
         if not self.filters_rows:
-            return out, {}
-        return out, {"rows_in": count_rows(df), "rows_out": count_rows(out)}
+            return {}
+        return {"rows_in": count_rows(before), "rows_out": count_rows(after)}
 
     def check(self, measured: Mapping[str, Any]) -> dict[str, Any]:
         """A JSON-able report of ``measured``; raise :class:`DataError` if it is unacceptable."""

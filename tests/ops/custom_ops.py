@@ -54,6 +54,36 @@ class Winsorize(Op):
         return pdf.assign(**out)
 
 
+class DropBelow(Op):
+    """Written the way dpipe 0.1's built-ins were: ``stateful`` assigned in ``__init__`` (it
+    depends on the spec) and measurements of its own in ``diagnose``."""
+
+    filters_rows = True
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        column: str
+        learn: bool = False
+
+    def __init__(self, spec, where):
+        super().__init__(spec, where)
+        self.stateful = spec.learn
+        self.partition_wise = True
+
+    def input_columns(self):
+        return {self.spec.column}
+
+    def output_columns(self):
+        return set()
+
+    def transform(self, pdf):
+        return pdf[pdf[self.spec.column] >= 0]
+
+    def diagnose(self, before, after):
+        return {**super().diagnose(before, after), "negative": (before[self.spec.column] < 0).sum()}
+
+
 class NotAnOp:
     """Has the right shape but does not subclass Op."""
 

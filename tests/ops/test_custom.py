@@ -7,6 +7,7 @@ import types
 from pathlib import Path
 
 import dask
+import dask.dataframe
 import numpy as np
 import pandas as pd
 import pytest
@@ -101,6 +102,22 @@ def test_fit_transform_and_json_round_trip(numbers):
     assert saved["spec"] == ENTRY and saved["state"] == {"bounds": {"x": [low, high]}}
     reloaded = FeaturePipeline.from_json(pipe.to_json())
     assert isinstance(reloaded.ops[0], Winsorize) and reloaded.ops[0].bounds_ == pipe.ops[0].bounds_
+
+
+def test_an_op_may_assign_stateful_and_measure_in_diagnose(numbers):
+    entry = {"op": "tests.ops.custom_ops:DropBelow", "column": "x"}
+    pipe = FeaturePipeline.from_specs([TypeAdapter(OpSpec).validate_python(entry)])
+    op = pipe.ops[0]
+    assert not op.stateful and op.partition_wise and op.fitted
+    frame = dask.dataframe.from_pandas(numbers, npartitions=3)
+    report = pipe.fit(frame, extras=lambda f: {"test": {"n": f.shape[0]}}, compute=dask.compute)
+    negative = int((numbers["x"] < 0).sum())
+    assert report.steps["features[0]"] == {
+        "op": "tests.ops.custom_ops:DropBelow",
+        "rows_in": len(numbers),
+        "rows_out": int((numbers["x"] >= 0).sum()),  # missing values are dropped too
+        "negative": negative,
+    }
 
 
 def test_the_documented_op_declares_its_state_once(numbers):
