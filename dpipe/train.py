@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import logging
 import math
 import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +17,7 @@ import pandas as pd
 from dpipe.columns import FOLD, FOLD_MODULUS, INTERNAL, LABEL, VALID
 from dpipe.errors import ColumnError, DataError, TrainingError
 from dpipe.expr import Expression
+from dpipe.xgboost_logs import route_xgboost_logs
 
 PREDICTION = "prediction"
 
@@ -309,39 +307,6 @@ def _train(client, config: TrainConfig, X_train, y_train, X_valid, y_valid):
         "history": {s: {m: [_finite(x) for x in v] for m, v in h.items()} for s, h in history.items()},
     }
     return booster, metrics
-
-
-XGBOOST_LOGGER = "dpipe.xgboost"
-
-
-def route_xgboost_logs(client=None) -> None:
-    """Send XGBoost's console lines (the collective's "got rank" lines) to the ``dpipe.xgboost``
-    logger at DEBUG level, here and on every worker of ``client``, instead of the workers' stdout.
-
-    XGBoost's warnings stay Python warnings, as XGBoost itself makes them.
-    """
-    _route_here()
-    if client is not None:
-        client.run(_route_here)
-
-
-def _route_here() -> None:
-    import xgboost.core as core
-
-    lib: Any = core._LIB
-    if getattr(lib, "dpipe_log_callback", None) is not None:
-        return
-
-    def log(message: bytes) -> None:
-        text = message.decode("utf-8", errors="replace")
-        if "WARNING:" in text:
-            warnings.warn(text, UserWarning, stacklevel=3)
-        else:
-            logging.getLogger(XGBOOST_LOGGER).debug(text.strip())
-
-    # Kept on the library object: ctypes calls it for as long as the process lives.
-    lib.dpipe_log_callback = ctypes.CFUNCTYPE(None, ctypes.c_char_p)(log)
-    lib.XGBRegisterLogCallback(lib.dpipe_log_callback)
 
 
 def _xgboost_message(exc: Exception) -> str:

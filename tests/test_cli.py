@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import traceback
 
 import pytest
@@ -130,3 +133,19 @@ def test_verbose_never_prints_a_credential(tmp_path, capsys):
         source_spec({"uri": "data/x", "format": "nope", "storage_options": {"secret": SECRET}})
     chain = "".join(traceback.format_exception(info.value))
     assert "unknown format 'nope'" in chain and SECRET not in chain
+
+
+def test_xgboost_console_lines_are_debug_lines_of_the_dpipe_logger(spec_file):
+    """XGBoost prints "Task ... got rank N" from every worker's training thread; dpipe routes them
+    to the `dpipe.xgboost` logger, so only `--verbose` shows them, as `[dpipe]` lines."""
+    overrides = ["--set", "cluster.n_workers=2", "--set", "cluster.threads_per_worker=1"]
+
+    def run(*flags):
+        argv = [sys.executable, "-m", "dpipe.cli", "run", str(spec_file), *overrides, *flags]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr
+
+    assert "got rank" not in run()
+    ranks = re.findall(r"^\[dpipe\] .*got rank (\d)", run("--verbose"), flags=re.MULTILINE)
+    assert sorted(ranks) == ["0", "1"]

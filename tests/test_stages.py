@@ -15,7 +15,7 @@ from dpipe.columns import LABEL, VALID
 from dpipe.io import StagedOutput
 from dpipe.plan import plan
 from dpipe.spec import job_from_dict
-from dpipe.train import TrainConfig, route_xgboost_logs
+from dpipe.train import TrainConfig
 from tests.conftest import job_dict
 
 
@@ -167,21 +167,3 @@ def test_progress_goes_to_the_dpipe_logger_not_to_the_terminal(demo_root, client
     assert any(m.startswith("bundle committed: ") for m in messages)
     out, err = capsys.readouterr()
     assert "[dpipe]" not in out + err  # a library prints nothing; the CLI adds the handler
-
-
-def test_xgboost_console_lines_go_to_the_dpipe_xgboost_logger(client, caplog):
-    import numpy as np
-
-    route_xgboost_logs(client)
-    assert all(client.run(_routed).values())
-    rng = np.random.default_rng(0)
-    data = xgb.DMatrix(rng.normal(size=(200, 3)), label=rng.integers(0, 2, 200))
-    with caplog.at_level(logging.DEBUG, logger="dpipe.xgboost"):
-        xgb.train({"verbosity": 3, "nthread": 1}, data, num_boost_round=1)
-    assert any(r.name == "dpipe.xgboost" for r in caplog.records)
-
-
-def _routed() -> bool:
-    import xgboost.core
-
-    return getattr(xgboost.core._LIB, "dpipe_log_callback", None) is not None
