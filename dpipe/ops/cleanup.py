@@ -29,17 +29,12 @@ class FillMissing(Op):
 
     def __init__(self, spec, where):
         super().__init__(spec, where)
+        # What the op learns, and whether it is one partition at a time, depend on the strategy.
+        self.stateful = spec.strategy not in ("constant", "forward")
+        self.partition_wise = spec.strategy != "forward"
         if not self.stateful:
             # Saved although nothing is learned: bundles have always carried the constants.
             self.values_ = {c: spec.value for c in spec.columns}
-
-    @property
-    def stateful(self) -> bool:
-        return self.spec.strategy not in ("constant", "forward")
-
-    @property
-    def partition_wise(self) -> bool:
-        return self.spec.strategy != "forward"
 
     def input_columns(self) -> set[str]:
         if self.spec.strategy != "forward":
@@ -271,9 +266,9 @@ class Clip(Op):
     name = "clip"
     state = ("lower_", "upper_")
 
-    @property
-    def stateful(self) -> bool:
-        return self.spec.quantiles is not None
+    def __init__(self, spec, where):
+        super().__init__(spec, where)
+        self.stateful = spec.quantiles is not None  # fixed bounds learn nothing
 
     def describe(self, meta):
         self.require_columns(meta, self.spec.columns, numeric=True)

@@ -183,9 +183,9 @@ class Bucketize(Op):
     #: Interior bin edges per column (scikit-learn's ``bin_edges_[1:-1]``: JSON has no inf).
     state = ("edges_",)
 
-    @property
-    def stateful(self) -> bool:
-        return self.spec.strategy != "fixed"
+    def __init__(self, spec, where):
+        super().__init__(spec, where)
+        self.stateful = spec.strategy != "fixed"  # fixed boundaries learn nothing
 
     def describe(self, meta):
         self.require_columns(meta, self.spec.columns, numeric=True)
