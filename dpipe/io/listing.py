@@ -71,7 +71,11 @@ def list_files(fs: Any, path: str, *, suffixes: tuple[str, ...] | None = None) -
         found = fs.glob(path, detail=True)
         base: str | None = path[: min(path.index(c) for c in GLOB_CHARS & set(path))].rsplit("/", 1)[0]
     else:
-        info = fs.info(path)  # FileNotFoundError if missing
+        try:
+            info = fs.info(path)
+        except FileNotFoundError as exc:
+            # The path alone, as before listings kept details: the OS's "[Errno 2] ..." adds nothing.
+            raise FileNotFoundError(path) from exc
         if info.get("type") == "directory":
             base = path.rstrip("/")
             found = {p: i for p, i in fs.find(base, detail=True).items() if not _ignored(p[len(base) + 1 :])}

@@ -274,3 +274,10 @@ def test_open_source_takes_a_spec_or_a_dict_and_a_column_override(demo_root):
     assert again.files == src.files
     with pytest.raises(SpecError, match=r"source.filters: filter on 'age': operator '~'"):
         open_source({"uri": str(demo_root / "events"), "filters": [["age", "~", 1]]})
+
+
+def test_a_missing_path_is_named_once_in_the_message(tmp_path):
+    missing = str(tmp_path / "nope")
+    with pytest.raises(StorageError) as info:
+        read(missing)
+    assert str(info.value).splitlines()[0] == f"source.uri: {missing!r} does not exist ({missing})"
