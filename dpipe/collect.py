@@ -39,13 +39,6 @@ class Collector:
             raise ValueError(f"`consumer` {consumer!r} is already registered in this pass")
         self._values[consumer] = dict(values)
 
-    def __contains__(self, consumer: object) -> bool:
-        return consumer in self._values
-
-    def __len__(self) -> int:
-        """How many values the computation holds."""
-        return sum(len(v) for v in self._values.values())
-
     def compute(self, compute: Compute) -> Collected:
         """Compute every registered value with one call of ``compute`` (none when there is nothing)."""
         keys = [(consumer, key) for consumer, values in self._values.items() for key in values]
@@ -73,10 +66,3 @@ class Collected(Mapping[str, Mapping[str, Any]]):
 
     def of(self, consumer: str) -> Mapping[str, Any]:
         return self.by_consumer.get(consumer, {})
-
-    def merged(self, other: Collected) -> Collected:
-        """These values plus ``other``'s (later passes add consumers; none is computed twice)."""
-        twice = sorted(set(self.by_consumer) & set(other.by_consumer))
-        if twice:
-            raise ValueError(f"consumers {twice} were computed in two passes")
-        return Collected({**self.by_consumer, **other.by_consumer})

@@ -42,7 +42,6 @@ def run_manifest(
     timings: Mapping[str, float],
     cluster: Mapping[str, Any],
     started: dt.datetime,
-    finished: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """The manifest of a training run, from the plan's, fit's and training's results."""
     versions = library_versions()
@@ -50,7 +49,7 @@ def run_manifest(
         "dpipe_version": versions.get("dpipe"),
         "job": job.name,
         "started_at": started.isoformat(),
-        "finished_at": (finished or dt.datetime.now(dt.UTC)).isoformat(),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         "spec": redacted(job),
         "input": source_lineage(source, uri=job.source.uri, format=job.source.format),
         "tables": {where: source_lineage(t, uri=t.uri) for where, t in tables.items()},

@@ -17,8 +17,7 @@ from dpipe import quality as _quality
 from dpipe.columns import INTERNAL
 from dpipe.errors import ColumnError
 from dpipe.expr import Expression
-from dpipe.io import open_source
-from dpipe.io.sources import BadFileLog
+from dpipe.io import BadFileLog, open_source
 from dpipe.ops.tables import Join
 from dpipe.pipeline import FeaturePipeline
 from dpipe.spec import JobSpec

@@ -24,7 +24,7 @@ import dask.dataframe as dd
 
 from dpipe.bundle import Bundle
 from dpipe.columns import LABEL, VALID
-from dpipe.errors import DataError
+from dpipe.errors import DataError, StateError
 from dpipe.io import write_parquet
 from dpipe.ops.base import count_rows
 from dpipe.pipeline import FeaturePipeline
@@ -108,9 +108,12 @@ def fit(
     join's measurements computed in the same pass (one ``compute`` per fit phase).
 
     ``frame`` replaces the source's rows (default: ``plan.source.frame``); the fit pass reads only
-    :attr:`Plan.fit_columns` of it.
+    :attr:`Plan.fit_columns` of it. ``gate`` names the file of each of its partitions (build it
+    with ``QualityGate(checks, quarantine, files)`` for other rows), and :func:`place` must be
+    given the same frame.
     """
     raw = plan.source.frame if frame is None else frame
+    _check_files(gate, raw)
     if plan.fit_columns is not None:
         raw = raw[plan.fit_columns]
     prepared = prepare(plan, raw, gate, pre, quarantine_to=quarantine_to)
@@ -134,6 +137,15 @@ def fit(
     model_input.require_categories(fitted_meta)
     per_partition = tuple(int(n) for n in report.extras["rows"]["per_partition"])
     return Fitted(pipeline, model_input, rows, per_partition, steps, list(report.phases), quality)
+
+
+def _check_files(gate: QualityGate, frame: dd.DataFrame) -> None:
+    """Quarantined rows and samples are tagged with ``gate.files[partition]``: they must match."""
+    if len(gate.files) != frame.npartitions:
+        raise StateError(
+            f"the quality gate names {len(gate.files)} file(s) for a frame of {frame.npartitions} partition(s)",
+            hint="build the gate for these rows: QualityGate(job.checks, job.quarantine, files_of_the_frame)",
+        )
 
 
 def _row_measures(frame: dd.DataFrame, classify: bool) -> dict[str, Any]:
@@ -208,7 +220,9 @@ def place(
 ) -> Placed:
     """Transform every column of the rows to train on and place them on the workers, each
     worker holding a fair share of both sides (:func:`dpipe.placement.spread_train_valid`)."""
-    prepared = prepare(plan, plan.source.frame if frame is None else frame, gate, pre)
+    frame = plan.source.frame if frame is None else frame
+    _check_files(gate, frame)
+    prepared = prepare(plan, frame, gate, pre)
     keep = [*plan.job.id_columns, LABEL, VALID]
     select = fitted.model_input.with_passthrough(keep)
     transformed = fitted.pipeline.transform(prepared.frame)

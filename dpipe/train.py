@@ -256,9 +256,9 @@ def train_booster(client, config: TrainConfig, X_train, y_train, X_valid, y_vali
     saved model is the one that was evaluated. Data is never pulled to the client.
     """
 
-    route_xgboost_logs(client)
     # xgboost.dask looks the client up inside its tasks: make it current for the whole call.
     with client.as_current():
+        route_xgboost_logs(client)
         return _train(client, config, X_train, y_train, X_valid, y_valid)
 
 

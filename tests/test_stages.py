@@ -12,8 +12,10 @@ import xgboost as xgb
 import dpipe
 from dpipe import stages
 from dpipe.columns import LABEL, VALID
+from dpipe.errors import StateError
 from dpipe.io import StagedOutput
 from dpipe.plan import plan
+from dpipe.quality import NO_PREPASS, QualityGate
 from dpipe.spec import job_from_dict
 from dpipe.train import TrainConfig
 from tests.conftest import job_dict
@@ -94,9 +96,11 @@ def test_fit_is_one_computation_per_phase_and_leaves_the_plan_unfitted(planned, 
 
 def test_fit_takes_other_input_rows(planned, client):
     """What an incremental run does: the same plan fitted on some of the rows."""
-    gate = stages.quality_gate(planned)
-    pre = stages.prepass(planned, gate, CountingCompute(client))
     first_two = planned.source.frame.partitions[:2]
+    with pytest.raises(StateError, match=r"the quality gate names 4 file\(s\) for a frame of 2 partition\(s\)"):
+        stages.fit(planned, stages.quality_gate(planned), NO_PREPASS, CountingCompute(client), frame=first_two)
+    gate = QualityGate(list(planned.job.checks), planned.job.quarantine, planned.source.files[:2])
+    pre = stages.prepass(planned, gate, CountingCompute(client))
     fitted = stages.fit(planned, gate, pre, CountingCompute(client), frame=first_two)
     expected = int(first_two.map_partitions(len).sum().compute(scheduler="sync"))
     assert fitted.rows["read"] == expected < 20_000

@@ -7,7 +7,8 @@ partition read by a worker with column projection and the row filter pushed into
 groups whose statistics exclude the filter are skipped. A file that fails to read is named in the
 error.
 
-``Source``, ``read`` and ``BadFileLog`` are importable from here, as before connectors had kinds.
+``read`` and ``BadFileLog`` stay importable from here (older code imports them so); ``Source`` is
+now the connector protocol, and an opened source is a :class:`~dpipe.io.OpenedSource`.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ and ``__source_file`` (the input file), as Parquet under ``quarantine/`` in the 
 which is committed atomically with the bundle.
 """
 
-from dpipe.io.sources import BadFileLog
+from dpipe.io import BadFileLog
 from dpipe.quality.checks import REGISTRY, Check, Measured, Outcome, RowCheck, build_check
 from dpipe.quality.gate import (
     BAD_FILES_DIR,

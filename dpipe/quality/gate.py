@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from dpipe.errors import ColumnError, DataError, StateError
+from dpipe.io import BadFileLog
 from dpipe.io.sinks import StagedOutput, parquet_task
-from dpipe.io.sources import BadFileLog
 from dpipe.quality.checks import Check, Measured, RowCheck, build_check
 
 if TYPE_CHECKING:
