@@ -30,6 +30,12 @@ FORBIDDEN = {
     "dpipe.pipeline": ("dpipe.io", "dpipe.quality", "dpipe.plan", *_RUNNERS),
     "dpipe.collect": (*_COMPUTE, "dpipe.io", *_ABOVE_IO, *_RUNNERS),
     "dpipe.errors": ("dpipe",),
+    # Training and placement work on frames they are given: no I/O, no checks, no plan.
+    "dpipe.train": ("dpipe.io", "dpipe.ops", "dpipe.pipeline", "dpipe.quality", "dpipe.plan", *_RUNNERS),
+    "dpipe.placement": ("dpipe.io", "dpipe.ops", "dpipe.pipeline", "dpipe.quality", "dpipe.plan", *_RUNNERS),
+    "dpipe.quality": ("dpipe.ops", "dpipe.pipeline", "dpipe.train", "dpipe.placement", "dpipe.plan", *_RUNNERS),
+    "dpipe.plan": ("dpipe.placement", *_RUNNERS),
+    "dpipe.manifest": (*_COMPUTE, "dpipe.io", *_ABOVE_IO, *_RUNNERS),
 }
 
 #: (importing module, imported module): the few crossings that are part of the design.

@@ -220,7 +220,13 @@ def validate_entry(role: Role, value: Any) -> BaseModel:
     ``source.parquet.colums``), and an unknown key lists the keys of that kind.
     """
     if isinstance(value, _base_model(role)):
-        return value
+        try:
+            if isinstance(value, spec_model(role, getattr(value, "format", None))):
+                return value
+        except ValueError:
+            pass  # an unknown format: reported below, as for a mapping
+        # A model of another kind (or the bare base model): validate what it holds as that kind's.
+        value = value.model_dump(exclude_unset=True)
     if not isinstance(value, Mapping):
         raise _error([((), f"{role}_type", f"a {role} is a mapping such as {{uri: data/events}}", value)])
     fmt = entry_format(role, value)

@@ -155,3 +155,13 @@ def test_validating_a_spec_imports_no_implementation():
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_spec_of_the_base_model_is_validated_as_its_kind():
+    from dpipe.io import source_spec
+    from dpipe.spec.source import BaseSourceSpec, ParquetSourceSpec
+
+    spec = source_spec(BaseSourceSpec(uri="data/x", format="parquet"))
+    assert isinstance(spec, ParquetSourceSpec) and spec.partitioning == "hive"
+    same = ParquetSourceSpec(uri="data/x", format="parquet")
+    assert source_spec(same) is same
