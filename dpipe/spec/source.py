@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_serializer
 
 from dpipe.errors import SpecError
 from dpipe.spec.base import Strict
@@ -42,6 +42,15 @@ class BaseSourceSpec(Strict):
     format: str
     columns: list[str] | None = None
     storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_serializer(mode="wrap")
+    def _storage_options_last(self, handler: Any) -> Any:
+        # Saved specs (pipeline.json, the manifest) keep the key order of dpipe 0.1, whatever
+        # keys a kind adds: its own keys, then storage_options.
+        data = handler(self)
+        if isinstance(data, dict) and "storage_options" in data:
+            data["storage_options"] = data.pop("storage_options")
+        return data
 
 
 class FileSourceSpec(BaseSourceSpec):
