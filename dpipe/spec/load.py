@@ -184,13 +184,18 @@ def spec_error_from(exc: ValidationError, origin: str) -> SpecError:
         if (loc, msg) not in seen:
             seen.add((loc, msg))
             problems.append((loc, msg))
+    return problems_error(
+        f"{origin}: invalid job spec",
+        problems,
+        hint="fix the fields named above; `dpipe validate SPEC` re-checks without running",
+    )
+
+
+def problems_error(what: str, problems: list[tuple[str, str]], *, hint: str) -> SpecError:
+    """One :class:`SpecError` listing every ``(location, message)`` problem under ``what``."""
     lines = "\n".join(f"  - {loc}: {msg}" for loc, msg in problems)
     n = len(problems)
-    return SpecError(
-        f"{origin}: invalid job spec ({n} problem{'s' if n > 1 else ''}):\n{lines}",
-        hint="fix the fields named above; `dpipe validate SPEC` re-checks without running",
-        problems=problems,
-    )
+    return SpecError(f"{what} ({n} problem{'s' if n > 1 else ''}):\n{lines}", hint=hint, problems=problems)
 
 
 def _unknown_key_message(raw_loc: tuple) -> str:

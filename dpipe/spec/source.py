@@ -13,7 +13,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_serializer
 
-from dpipe.errors import SpecError
 from dpipe.spec.base import Strict
 from dpipe.spec.connectors import BaseSinkSpec, ConnectorSpec, Role, validate_entry
 
@@ -118,7 +117,7 @@ def sink_spec(data: Mapping[str, Any] | BaseSinkSpec, *, where: str = "output") 
 
 
 def _validated(role: Role, data: Any, where: str):
-    from dpipe.spec.load import format_loc  # load imports the models, which import this module
+    from dpipe.spec.load import format_loc, problems_error  # load imports the models, which import this module
 
     try:
         return validate_entry(role, data)
@@ -128,10 +127,5 @@ def _validated(role: Role, data: Any, where: str):
             loc = format_loc(tuple(err["loc"]))
             msg = "required but missing" if err["type"] == "missing" else err["msg"].removeprefix("Value error, ")
             problems.append((where if loc == "<root>" else f"{where}.{loc}", msg))
-        lines = "\n".join(f"  - {loc}: {msg}" for loc, msg in problems)
-        n = len(problems)
-        raise SpecError(
-            f"{where}: invalid {role} ({n} problem{'s' if n > 1 else ''}):\n{lines}",
-            hint="fix the fields named above",
-            problems=problems,
-        ) from None  # the ValidationError echoes the entry's values (storage_options): never chained
+        # Never chained: the ValidationError echoes the entry's values (storage_options).
+        raise problems_error(f"{where}: invalid {role}", problems, hint="fix the fields named above") from None
