@@ -129,19 +129,45 @@ class Source(Protocol):
 
 @dataclass(frozen=True)
 class Written:
-    """What a sink committed: its URI, the rows (if known) and the datums it wrote."""
+    """What a sink committed: its URI, the rows (if known), the datums it wrote, and its record.
+
+    ``record`` is the sink's part of the lineage: what the commit created (``{"kind": "delta",
+    "version": 7, "mode": "append"}``, an Iceberg snapshot id, a SQL table and transaction id).
+    ``duplicate`` is true when the commit was skipped because a commit with the same ``txn``
+    already happened (a retried run): the destination holds the rows once.
+    """
 
     uri: str
     rows: int | None = None
     datums: tuple[Datum, ...] = ()
+    record: Mapping[str, Any] = field(default_factory=dict)
+    duplicate: bool = False
+
+    def lineage(self) -> dict[str, Any]:
+        """What exactly was written, JSON-able."""
+        return {
+            "uri": self.uri,
+            "rows": self.rows,
+            **self.record,
+            "duplicate": self.duplicate,
+            "datums": [d.to_dict() for d in self.datums],
+        }
 
 
 @runtime_checkable
 class Sink(Protocol):
     """A sink kind: a staged write and one commit, built from a spec with ``from_spec``.
 
-    Nothing is visible at ``uri`` before :meth:`commit`; leaving the ``with`` block without a
-    commit (an error) calls :meth:`abort`, which leaves the destination as it was.
+    Workers write data files in parallel (:meth:`write`); the client commits them once
+    (:meth:`commit`): nothing is visible at ``uri`` before, and leaving the ``with`` block without
+    a commit (an error) calls :meth:`abort`, which leaves the destination as it was.
+
+    ``check(meta)`` (optional) checks an empty frame of what will be written against the
+    destination (an appended table's schema) before any computation. ``commit`` takes
+    ``metadata``, a JSON-able dict stored with the commit (the manifest of a features job: in a
+    table's commit metadata, or beside a folder's files), and ``txn``, an id that makes the commit
+    happen at most once: a sink that finds a commit with the same ``txn`` returns a
+    :class:`Written` with ``duplicate=True`` instead of committing again.
     """
 
     Spec: ClassVar[type[BaseSinkSpec]]
@@ -152,7 +178,7 @@ class Sink(Protocol):
 
     def write(self, frame: Any, *, compute: Callable[[Any], Any] | None = None) -> None: ...
 
-    def commit(self) -> Written: ...
+    def commit(self, *, metadata: Mapping[str, Any] | None = None, txn: str | None = None) -> Written: ...
 
     def abort(self) -> None: ...
 

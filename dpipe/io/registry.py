@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from dpipe.errors import SpecError
 from dpipe.io.connector import BadFileLog, OpenedSource, Sink, Source
+from dpipe.spec.base import REDACTED
 from dpipe.spec.connectors import BaseSinkSpec, Role, connector_kind, import_object, register_sink, register_source
-from dpipe.spec.load import REDACTED
 from dpipe.spec.source import BaseSourceSpec, sink_spec, source_spec
 
 __all__ = [

@@ -14,18 +14,20 @@ from __future__ import annotations
 import json
 import posixpath
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyarrow.parquet as pq
 
-from dpipe.errors import StorageError
+from dpipe.errors import ColumnError, StorageError
 from dpipe.io.connector import Written
 from dpipe.io.fs import full_uri, is_local, resolve, storage_errors
 from dpipe.io.listing import list_files
 from dpipe.spec.connectors import ParquetSinkSpec
 
 SUCCESS = "_SUCCESS"
+#: The metadata of a commit (a features job's manifest), beside the data files.
+MANIFEST = "_dpipe_manifest.json"
 
 
 class StagedOutput:
@@ -165,9 +167,13 @@ def write_parquet(frame, out: StagedOutput, relpath: str, *, compute=None) -> No
         (compute or (lambda t: t.compute()))(task)
 
 
-def parquet_task(frame, out: StagedOutput, relpath: str):
-    """The lazy write of :func:`write_parquet`, to compute together with other values."""
+def parquet_task(frame, out: StagedOutput, relpath: str, *, partition_by: list[str] | None = None):
+    """The lazy write of :func:`write_parquet`, to compute together with other values.
+
+    With ``partition_by``, rows go to Hive folders ``key=value/`` (one file per partition each).
+    """
     uri = out.staged_uri(relpath)
+    extra = {"partition_on": list(partition_by)} if partition_by else {}
     with storage_errors(out.where, out.uri):
         return frame.to_parquet(
             uri,
@@ -176,6 +182,7 @@ def parquet_task(frame, out: StagedOutput, relpath: str):
             write_metadata_file=False,
             name_function=lambda i: f"part-{i:05d}.parquet",
             compute=False,
+            **extra,
         )
 
 
@@ -196,6 +203,11 @@ class ParquetFolderSink:
     overwrite
         Replace an existing destination on commit; otherwise an existing one is an error,
         raised here, before any work.
+    partition_by
+        Columns whose values name Hive folders (``date=2024-06-01/``); they must be in the frame.
+
+    The ``metadata`` given to :meth:`commit` is written as ``_dpipe_manifest.json`` beside the data
+    (readers of the dataset skip files starting with ``_``).
 
     Examples
     --------
@@ -213,13 +225,18 @@ class ParquetFolderSink:
         storage_options: dict[str, Any] | None = None,
         *,
         overwrite: bool = True,
+        partition_by: list[str] | None = None,
         where: str = "output",
     ):
         self.out = StagedOutput(uri, storage_options, overwrite=overwrite, marker=SUCCESS, where=where)
+        self.partition_by = list(partition_by or [])
+        self.where = where
 
     @classmethod
     def from_spec(cls, spec: ParquetSinkSpec, *, where: str = "output") -> ParquetFolderSink:
-        return cls(spec.uri, spec.storage_options, overwrite=spec.overwrite, where=where)
+        return cls(
+            spec.uri, spec.storage_options, overwrite=spec.overwrite, partition_by=spec.partition_by, where=where
+        )
 
     @property
     def uri(self) -> str:
@@ -233,10 +250,20 @@ class ParquetFolderSink:
         if not self.out.committed:
             self.abort()
 
+    def check(self, meta) -> None:
+        """``partition_by`` columns must be in what is written (checked before any computation)."""
+        missing = [c for c in self.partition_by if c not in meta.columns]
+        if missing:
+            raise ColumnError(
+                f"{self.where}.partition_by: column(s) {missing} are not in the output; available: {list(meta.columns)}",
+                hint=f"fix `{self.where}.partition_by`",
+            )
+
     def write_task(self, frame):
         """The lazy write of ``frame`` (one file per partition), to compute with other values."""
+        self.check(frame._meta)
         self.out.begin()
-        return parquet_task(frame, self.out, "")
+        return parquet_task(frame, self.out, "", partition_by=self.partition_by)
 
     def write(self, frame, *, compute: Callable[[Any], Any] | None = None) -> None:
         """Write ``frame`` to the staging folder; ``compute`` runs the task (default: ``.compute()``)."""
@@ -244,8 +271,13 @@ class ParquetFolderSink:
         with storage_errors(self.out.where, self.out.uri):
             (compute or (lambda t: t.compute()))(task)
 
-    def commit(self) -> Written:
-        """Move the staged files into place, ``_SUCCESS`` last; the rows come from the footers."""
+    def commit(self, *, metadata: Mapping[str, Any] | None = None, txn: str | None = None) -> Written:
+        """Move the staged files into place, ``_SUCCESS`` last; the rows come from the footers.
+
+        The folder is replaced whole, so a retried commit (``txn``) cannot duplicate rows.
+        """
+        if metadata is not None:
+            self.out.write_json(MANIFEST, dict(metadata))
         uri = self.out.commit()
         fs = self.out.fs
         with storage_errors(self.out.where, self.out.uri):
@@ -254,7 +286,8 @@ class ParquetFolderSink:
             for path in listing.paths:
                 with fs.open(path, "rb") as f:
                     rows += pq.ParquetFile(f).metadata.num_rows
-        return Written(uri=uri, rows=rows, datums=listing.datums())
+        record = {"kind": "parquet", "files": len(listing.paths), "partition_by": self.partition_by}
+        return Written(uri=uri, rows=rows, datums=listing.datums(), record=record)
 
     def abort(self) -> None:
         """Delete the staged files (best effort); the destination is untouched."""

@@ -16,6 +16,7 @@ and that kind's strict model validates the entry, with errors at the entry's own
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib
 import re
@@ -26,7 +27,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 from pydantic import BaseModel, Field, ValidationError
 from pydantic_core import PydanticCustomError, core_schema
 
-from dpipe.spec.base import Strict
+from dpipe.spec.base import Strict, redact
 
 Role = Literal["source", "sink"]
 
@@ -47,6 +48,14 @@ class ConnectorKind(NamedTuple):
     suffixes: tuple[str, ...] = ()
 
 
+#: How to install the package of each optional kind (shown when it is missing).
+_HINTS = {
+    "delta": "pip install 'dpipe[delta]' (the `deltalake` package) on the client and every worker",
+    "iceberg": "pip install 'dpipe[iceberg]' (the `pyiceberg` package) on the client and every worker",
+    "postgresql": "pip install 'dpipe[postgresql]' (`adbc-driver-postgresql`) on the client and every worker",
+    "duckdb": "pip install 'dpipe[duckdb]' (the `duckdb` package) on the client and every worker",
+}
+
 #: Source kinds by ``format``; the first whose suffix a ``uri`` ends with is its default format.
 KNOWN_SOURCES: dict[str, ConnectorKind] = {
     "parquet": ConnectorKind(
@@ -58,10 +67,23 @@ KNOWN_SOURCES: dict[str, ConnectorKind] = {
         "dpipe.spec.source:JSONSourceSpec",
         suffixes=(".jsonl", ".jsonl.gz", ".json", ".json.gz"),
     ),
+    # Lakes and warehouses: their packages are optional extras, imported when a spec names them.
+    "delta": ConnectorKind("dpipe.io.delta:DeltaSource", "dpipe.spec.delta:DeltaSourceSpec", _HINTS["delta"]),
+    "iceberg": ConnectorKind(
+        "dpipe.io.iceberg:IcebergSource", "dpipe.spec.iceberg:IcebergSourceSpec", _HINTS["iceberg"]
+    ),
+    "postgresql": ConnectorKind(
+        "dpipe.io.sql:PostgresSource", "dpipe.spec.sql:PostgresSourceSpec", _HINTS["postgresql"]
+    ),
+    "duckdb": ConnectorKind("dpipe.io.sql:DuckDBSource", "dpipe.spec.sql:DuckDBSourceSpec", _HINTS["duckdb"]),
 }
 #: Sink kinds by ``format``.
 KNOWN_SINKS: dict[str, ConnectorKind] = {
     "parquet": ConnectorKind("dpipe.io.sinks:ParquetFolderSink", "dpipe.spec.connectors:ParquetSinkSpec"),
+    "delta": ConnectorKind("dpipe.io.delta:DeltaSink", "dpipe.spec.delta:DeltaSinkSpec", _HINTS["delta"]),
+    "iceberg": ConnectorKind("dpipe.io.iceberg:IcebergSink", "dpipe.spec.iceberg:IcebergSinkSpec", _HINTS["iceberg"]),
+    "postgresql": ConnectorKind("dpipe.io.sql:PostgresSink", "dpipe.spec.sql:PostgresSinkSpec", _HINTS["postgresql"]),
+    "duckdb": ConnectorKind("dpipe.io.sql:DuckDBSink", "dpipe.spec.sql:DuckDBSinkSpec", _HINTS["duckdb"]),
 }
 #: The format of a source whose ``uri`` has no known suffix, and of a sink entry without one.
 DEFAULT_FORMAT = "parquet"
@@ -241,8 +263,8 @@ def validate_entry(role: Role, value: Any) -> BaseModel:
 
 
 def _shown(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """The entry as an error may echo it: without its ``storage_options`` (they hold secrets)."""
-    return {k: ("***" if k == "storage_options" else v) for k, v in entry.items()}
+    """The entry as an error may echo it: secrets (``storage_options``, passwords) redacted."""
+    return redact(copy.deepcopy(dict(entry)))
 
 
 def _located(exc: ValidationError, model: type[BaseModel], entry: dict) -> ValidationError:
@@ -300,10 +322,14 @@ class BaseSinkSpec(Strict):
 
 
 class ParquetSinkSpec(BaseSinkSpec):
-    """A folder of Parquet files (``part-NNNNN.parquet``), replaced whole on commit."""
+    """A folder of Parquet files (``part-NNNNN.parquet``), replaced whole on commit.
+
+    ``partition_by`` writes Hive ``key=value`` folders (``date=2024-06-01/part-00000.parquet``).
+    """
 
     format: Literal["parquet"] = "parquet"
     overwrite: bool = True
+    partition_by: list[str] | None = Field(default=None, min_length=1)
 
 
 #: A sink entry: the model of the kind its ``format`` names.

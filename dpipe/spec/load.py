@@ -13,13 +13,12 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from dpipe.errors import SpecError
+from dpipe.spec.base import redact
 from dpipe.spec.features import CUSTOM_TAG, OP_MODELS, OP_NAMES
 from dpipe.spec.models import JobSpec
 from dpipe.spec.quality import CHECK_MODELS, CHECK_NAMES
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_SECRET_SECTIONS = ("storage_options",)
-REDACTED = "***"
 
 
 class SpecLoader(yaml.SafeLoader):
@@ -226,24 +225,6 @@ def _model_at(raw_loc: tuple):
     return ann if isinstance(ann, type) and hasattr(ann, "model_fields") else None
 
 
-def redacted(job: JobSpec) -> dict:
-    """The resolved spec as a dict with every ``storage_options`` value replaced by ``***``."""
+def redacted(job: Any) -> dict:
+    """The resolved spec as a dict with every secret replaced by ``***`` (see :func:`redact`)."""
     return redact(job.model_dump(mode="json"))
-
-
-def redact(data):
-    """Replace every ``storage_options`` value in a nested dict/list by ``***`` (in place)."""
-
-    def walk(node):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key in _SECRET_SECTIONS and isinstance(value, dict):
-                    node[key] = {k: REDACTED for k in value}
-                else:
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(data)
-    return data

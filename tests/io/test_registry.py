@@ -75,7 +75,10 @@ def test_built_in_formats_are_found_by_name(tmp_path):
 def test_unknown_formats_are_spec_errors_naming_the_known_ones():
     with pytest.raises(SpecError, match=r"features\[2\].source.format: unknown format 'avro'; expected one of"):
         source_class("avro", where="features[2].source")
-    with pytest.raises(SpecError, match=r"output.format: unknown format 'csv'; expected one of \['parquet'\]"):
+    with pytest.raises(
+        SpecError,
+        match=r"output.format: unknown format 'csv'; expected one of \['parquet', 'delta', 'iceberg', 'postgresql', 'duckdb'\]",
+    ):
         sink_class("csv")
 
 

@@ -176,7 +176,7 @@ def test_unknown_format_names_the_known_ones():
     assert _source_problems({"uri": "x", "format": "avro"}) == [
         (
             "source.format",
-            "unknown format 'avro'; expected one of ['parquet', 'csv', 'json'] or a connector's import path"
+            "unknown format 'avro'; expected one of ['parquet', 'csv', 'json', 'delta', 'iceberg', 'postgresql', 'duckdb'] or a connector's import path"
             " such as 'mypkg.connectors:Lines'",
         )
     ]
@@ -220,7 +220,7 @@ def test_registered_formats_validate_and_are_inferred_from_their_suffixes(lines_
         assert job_from_dict({**MINIMAL, "source": {"uri": "d/x.txt"}}).source.format == "lines"
         assert job_from_dict({**MINIMAL, "source": {"uri": "d/x", "format": "lines"}}).source.encoding == "utf-8"
         [(loc, msg)] = _source_problems({"uri": "x", "format": "avro"})
-        assert "expected one of ['parquet', 'csv', 'json', 'lines']" in msg
+        assert "expected one of ['parquet', 'csv', 'json', 'delta', 'iceberg', 'postgresql', 'duckdb', 'lines']" in msg
     finally:
         del KNOWN_SOURCES["lines"]
 
