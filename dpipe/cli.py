@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run a job spec and write its model bundle")
+    p = sub.add_parser("run", help="run a job spec: train a model bundle, or write features to a sink (kind: features)")
     p.add_argument("spec", help="job spec (YAML)")
     p.add_argument(
         "--scheduler", metavar="ADDRESS", help="run on an existing Dask scheduler, e.g. tcp://127.0.0.1:8786"
@@ -51,8 +51,16 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="score data with a model bundle and write Parquet predictions")
     p.add_argument("bundle", help="model bundle (the `output.uri` of a run)")
-    p.add_argument("--source", required=True, help="data to score: path or URL (glob allowed)")
-    p.add_argument("--output", required=True, help="where predictions go (a folder, written atomically)")
+    p.add_argument("--source", help="data to score: path or URL (glob allowed)")
+    p.add_argument(
+        "--source-spec", metavar="YAML", help="data to score as a source entry (a Delta table, a SQL query...)"
+    )
+    p.add_argument("--output", help="where predictions go (a folder of Parquet files, written atomically)")
+    p.add_argument(
+        "--output-spec",
+        metavar="YAML",
+        help="where predictions go as a sink entry, e.g. {format: delta, uri: ..., mode: append}",
+    )
     p.add_argument(
         "--format", help="source format: parquet, csv, json or a connector's import path (default: from the suffix)"
     )
@@ -158,7 +166,10 @@ def _run(args) -> int:
 
     job = load_job(args.spec, overrides=args.overrides)
     result = run(job, scheduler=args.scheduler, progress=not args.quiet)
-    if args.json:
+    if args.json and not hasattr(result, "bundle_uri"):
+        summary = {"job": result.job, "output_uri": result.output_uri, "rows": result.rows, "output": result.output}
+        print(json.dumps({**summary, "timings": result.timings}, indent=2, default=str))
+    elif args.json:
         print(
             json.dumps(
                 {
@@ -181,10 +192,14 @@ def _short_metrics(metrics: dict) -> dict:
 
 
 def _validate(args) -> int:
-    from dpipe.spec import load_job
+    from dpipe.spec import JobSpec, load_job
 
     job = load_job(args.spec, overrides=args.overrides)
-    if not args.offline:
+    if not args.offline and job.kind == "features":
+        from dpipe.featurize import check_features
+
+        print(f"{args.spec}: valid; {check_features(job)}")
+    elif not args.offline and isinstance(job, JobSpec):
         from dpipe.runner import plan
 
         p = plan(job)
@@ -200,12 +215,17 @@ def _validate(args) -> int:
 
 def _predict(args) -> int:
     from dpipe.runner import predict
+    from dpipe.spec.load import load_entry
 
     ids = [c.strip() for c in args.id_columns.split(",") if c.strip()] if args.id_columns is not None else None
+    if (args.source is None) == (args.source_spec is None):
+        raise SpecError("predict: give exactly one of --source PATH or --source-spec YAML")
+    if (args.output is None) == (args.output_spec is None):
+        raise SpecError("predict: give exactly one of --output PATH or --output-spec YAML")
     result = predict(
         args.bundle,
-        args.source,
-        args.output,
+        args.source if args.source is not None else load_entry(args.source_spec, "source"),
+        args.output if args.output is not None else load_entry(args.output_spec, "sink"),
         scheduler=args.scheduler,
         format=args.format,
         id_columns=ids,
@@ -213,7 +233,11 @@ def _predict(args) -> int:
         overwrite=not args.no_overwrite,
         progress=not args.quiet,
     )
-    print(f"{result.rows} predictions written to {result.output_uri}")
+    if result.output.get("duplicate"):
+        print(f"predictions were already committed to {result.output_uri} by an earlier run; nothing appended")
+    else:
+        pin = {k: result.output[k] for k in ("version", "snapshot_id") if result.output.get(k) is not None}
+        print(f"{result.rows} predictions written to {result.output_uri}" + (f" ({pin})" if pin else ""))
     return 0
 
 

@@ -64,6 +64,40 @@ def run_manifest(
     }
 
 
+def features_manifest(
+    job: Any,
+    *,
+    source: Any,
+    tables: Mapping[str, Any],
+    pipeline_from: str | None,
+    steps: Mapping[str, Any],
+    fit_phases: list[list[str]],
+    quality: Mapping[str, Any],
+    timings: Mapping[str, float],
+    cluster: Mapping[str, Any],
+    started: dt.datetime,
+) -> dict[str, Any]:
+    """The manifest of a features job, stored with its output's commit (what was read, how)."""
+    versions = library_versions()
+    return {
+        "dpipe_version": versions.get("dpipe"),
+        "kind": "features",
+        "job": job.name,
+        "started_at": started.isoformat(),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+        "spec": redacted(job),
+        "input": source_lineage(source, uri=job.source.uri, format=job.source.format),
+        "tables": {where: source_lineage(t, uri=t.uri) for where, t in tables.items()},
+        "pipeline_from": pipeline_from,
+        "steps": dict(steps),
+        "fit_phases": [list(p) for p in fit_phases],
+        "quality": dict(quality),
+        "timings": dict(timings),
+        "cluster": dict(cluster),
+        "versions": versions,
+    }
+
+
 def cluster_info(client: Any) -> dict[str, Any]:
     """The scheduler's address and the workers and threads the run had."""
     info = client.scheduler_info(n_workers=-1)

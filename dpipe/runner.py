@@ -9,6 +9,9 @@ the output atomically.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,10 +24,13 @@ from dpipe import stages
 from dpipe.bundle import Bundle
 from dpipe.errors import ColumnError
 from dpipe.io import StagedOutput, open_sink, open_source, source_spec
-from dpipe.manifest import cluster_info, run_manifest
+from dpipe.manifest import cluster_info, run_manifest, source_lineage
 from dpipe.plan import Plan, plan, require, table_opener
 from dpipe.progress import Reporter
-from dpipe.spec import JobSpec
+from dpipe.spec import FeaturesJobSpec, JobSpec
+from dpipe.spec.base import redact
+from dpipe.spec.connectors import BaseSinkSpec
+from dpipe.spec.source import BaseSourceSpec
 from dpipe.train import TrainConfig, predict_frame
 
 __all__ = ["PredictResult", "RunResult", "plan", "predict", "run"]
@@ -59,11 +65,15 @@ class PredictResult:
     rows: int | None
     columns: list[str]
     timings: dict
+    #: What the commit created (a table version, a snapshot), and ``duplicate`` for a retried run.
+    output: dict = field(default_factory=dict)
 
 
 # -- run --------------------------------------------------------------------------------------
-def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bool = True) -> RunResult:
-    """Run a job and commit its model bundle to ``job.output.uri``.
+def run(job: JobSpec | FeaturesJobSpec, client=None, *, scheduler: str | None = None, progress: bool = True) -> Any:
+    """Run a job: train and commit its model bundle to ``job.output.uri`` (a :class:`RunResult`),
+    or, for ``kind: features``, write its rows to the sink ``job.output`` (a
+    :class:`~dpipe.featurize.FeaturesResult`).
 
     Parameters
     ----------
@@ -81,6 +91,10 @@ def run(job: JobSpec, client=None, *, scheduler: str | None = None, progress: bo
     >>> result = dpipe.run(dpipe.load_job("jobs/quickstart.yaml"))
     >>> result.metrics["valid"]["auc"]
     """
+    if isinstance(job, FeaturesJobSpec):
+        from dpipe.featurize import run_features
+
+        return run_features(job, client, scheduler=scheduler, progress=progress)
     reporter = Reporter(progress=progress)
     started = dt.datetime.now(dt.UTC)
     with reporter.stage("plan", "checking the spec against the source schema"):
@@ -150,8 +164,8 @@ def _log_training(reporter: Reporter, trained: stages.Trained) -> None:
 # -- predict ----------------------------------------------------------------------------------
 def predict(
     bundle: str,
-    source: str,
-    output: str,
+    source: str | Mapping[str, Any] | BaseSourceSpec,
+    output: str | Mapping[str, Any] | BaseSinkSpec,
     *,
     client=None,
     scheduler: str | None = None,
@@ -161,31 +175,62 @@ def predict(
     overwrite: bool = True,
     progress: bool = True,
 ) -> PredictResult:
-    """Score ``source`` with a bundle and write Parquet predictions to ``output`` atomically.
+    """Score ``source`` with a bundle and commit the predictions to ``output`` once.
 
-    Exactly the fitted transforms saved in the bundle are applied; nothing is re-fitted.
-    ``id_columns`` default to the job's ``id_columns``.
+    ``source`` is a path or URL (``format`` and ``storage_options`` apply to it) or a source
+    entry (``{"format": "delta", "uri": ..., "version": 3}``); ``output`` is a folder for Parquet
+    files (``overwrite`` applies) or a sink entry (``{"format": "delta", "uri": ..., "mode":
+    "append"}``). Exactly the fitted transforms saved in the bundle are applied; nothing is
+    re-fitted. ``id_columns`` default to the job's ``id_columns``. The commit carries the bundle
+    and exactly what was read (a table's commit metadata, or ``_dpipe_manifest.json``).
 
     Examples
     --------
     >>> dpipe.predict("runs/quickstart", "data/demo/events", "runs/quickstart-scores")
+    >>> dpipe.predict("runs/m1", {"format": "delta", "uri": "lake/events"}, {"format": "delta", "uri": "lake/scores"})
     """
     reporter = Reporter(progress=progress)
+    started = dt.datetime.now(dt.UTC)
     with reporter.stage("load bundle", bundle):
         b = Bundle.load(bundle, storage_options)
     ids = b.id_columns if id_columns is None else list(id_columns)
     with reporter.stage("plan", "checking the source against the bundle"):
-        spec = source_spec({"uri": source, "format": format, "storage_options": storage_options or {}})
+        if isinstance(source, str):
+            spec = source_spec({"uri": source, "format": format, "storage_options": storage_options or {}})
+        else:
+            spec = source if isinstance(source, BaseSourceSpec) else source_spec(source)
         src = _prediction_source(b, spec, ids, storage_options)
-        sink = open_sink({"uri": output, "storage_options": storage_options or {}, "overwrite": overwrite})
-    reporter.log(f"source: {len(src.files)} file(s) from {source}")
-    with _cluster.connect(None, client=client, address=scheduler, log=reporter.log) as client, sink:
+        if isinstance(output, str):
+            output = {"uri": output, "storage_options": storage_options or {}, "overwrite": overwrite}
+        sink = open_sink(output)
         preds = predict_frame(b.booster, b.pipeline.transform(src.frame), b.model_input, ids)
-        with reporter.stage("predict", f"writing predictions to {output}"):
-            sink.write(preds, compute=reporter.compute(client))
-            written = sink.commit()
-    reporter.log(f"predictions committed: {written.uri} ({written.rows} rows)")
-    return PredictResult(written.uri, written.rows, columns=list(preds.columns), timings=dict(reporter.timings))
+        check = getattr(sink, "check", None)
+        if callable(check):
+            check(preds._meta)
+    reporter.log(f"source: {len(src.files)} partition(s) from {spec.uri}")
+    connected = _cluster.connect(None, client=client, address=scheduler, log=reporter.log)
+    with connected as client, sink, reporter.stage("predict", f"writing predictions to {sink.uri}"):
+        sink.write(preds, compute=reporter.compute(client))
+        manifest = {
+            "kind": "predict",
+            "bundle": bundle,
+            "model_job": b.manifest.get("job"),
+            "started_at": started.isoformat(),
+            "input": source_lineage(src, uri=spec.uri, format=spec.format),
+            "id_columns": ids,
+        }
+        written = sink.commit(metadata={"manifest": redact(manifest)}, txn=_predict_txn(bundle, b, src))
+    state = "already committed (nothing appended)" if written.duplicate else "committed"
+    reporter.log(f"predictions {state}: {written.uri} ({written.rows} rows)")
+    return PredictResult(
+        written.uri, written.rows, columns=list(preds.columns), timings=dict(reporter.timings), output=written.lineage()
+    )
+
+
+def _predict_txn(bundle: str, b: Bundle, src: Any) -> str:
+    """Scoring the same data with the same model commits once (a retried run appends nothing)."""
+    data = {"bundle": bundle, "model": b.manifest.get("finished_at"), "input": src.lineage()}
+    return "dpipe-predict:" + hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 def _prediction_source(b: Bundle, spec: Any, ids: list[str], storage_options: dict | None) -> Any:

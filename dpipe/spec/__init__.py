@@ -3,7 +3,9 @@
 from dpipe.spec.features import OP_MODELS, OP_NAMES, OpSpec
 from dpipe.spec.load import apply_override, job_from_dict, load_job, redacted
 from dpipe.spec.models import (
+    AnyJob,
     ClusterSpec,
+    FeaturesJobSpec,
     JobSpec,
     LabelSpec,
     OutputSpec,
@@ -18,8 +20,10 @@ __all__ = [
     "CHECK_NAMES",
     "OP_MODELS",
     "OP_NAMES",
+    "AnyJob",
     "CheckSpec",
     "ClusterSpec",
+    "FeaturesJobSpec",
     "JobSpec",
     "LabelSpec",
     "OpSpec",

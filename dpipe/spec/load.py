@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from dpipe.errors import SpecError
 from dpipe.spec.base import redact
 from dpipe.spec.features import CUSTOM_TAG, OP_MODELS, OP_NAMES
-from dpipe.spec.models import JobSpec
+from dpipe.spec.models import AnyJob, FeaturesJobSpec, JobSpec
 from dpipe.spec.quality import CHECK_MODELS, CHECK_NAMES
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -38,11 +38,12 @@ SpecLoader.add_implicit_resolver(
 )
 
 
-def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> JobSpec:
+def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> AnyJob:
     """Read a YAML job spec, apply ``key.path=value`` overrides, and validate it.
 
     ``${VAR}`` (or ``${VAR:-default}``) in any string is replaced by the environment variable, so
-    secrets need not live in the file. The job name defaults to the file name.
+    secrets need not live in the file. The job name defaults to the file name. ``kind: features``
+    gives a :class:`FeaturesJobSpec`, anything else a training :class:`JobSpec`.
 
     Examples
     --------
@@ -68,18 +69,52 @@ def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> Job
     return job_from_dict(data, overrides=overrides, origin=str(path))
 
 
-def job_from_dict(data: dict, overrides: list[str] | None = None, origin: str = "<spec>") -> JobSpec:
-    """Validate a spec given as a plain dict (as YAML would load it)."""
+def load_entry(path: str | os.PathLike, role: str = "sink") -> Any:
+    """Read one source or sink entry from a YAML file (``dpipe predict --output-spec sink.yaml``).
+
+    ``${VAR}`` is replaced as in job specs. Returns the validated spec model of its kind.
+    """
+    from dpipe.spec.source import sink_spec, source_spec
+
+    path = Path(path)
+    try:
+        data = yaml.load(path.read_text(), Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
+    except FileNotFoundError as exc:
+        raise SpecError(f"{role} spec {str(path)!r} not found", hint="check the path") from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a {role} spec is a mapping such as {{format: delta, uri: lake/scores}}")
+    data = _interpolate_env(data, str(path))
+    where = "output" if role == "sink" else "source"
+    return sink_spec(data, where=f"{path}: {where}") if role == "sink" else source_spec(data, where=f"{path}: {where}")
+
+
+#: Job models by ``kind``.
+JOB_KINDS: dict[str, type[BaseModel]] = {"train": JobSpec, "features": FeaturesJobSpec}
+
+
+def job_from_dict(data: dict, overrides: list[str] | None = None, origin: str = "<spec>") -> Any:
+    """Validate a spec given as a plain dict (as YAML would load it): a :data:`AnyJob`."""
     data = copy.deepcopy(data)
     for item in overrides or []:
         apply_override(data, item)
     data = _interpolate_env(data, origin)
+    kind = data.get("kind", "train")
+    model = JOB_KINDS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        close = difflib.get_close_matches(str(kind), list(JOB_KINDS), n=1)
+        raise SpecError(
+            f"{origin}: kind: unknown job kind {kind!r}; expected one of {list(JOB_KINDS)}"
+            + (f" (did you mean {close[0]!r}?)" if close else ""),
+            hint="`train` (the default) trains a model; `features` writes transformed data to a sink",
+        )
     try:
-        return JobSpec.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         # Every problem is in the SpecError. The ValidationError itself echoes the input values,
         # storage_options among them: never chained, so `--verbose` cannot print a credential.
-        raise spec_error_from(exc, origin) from None
+        raise spec_error_from(exc, origin, model) from None
 
 
 def apply_override(data: dict, item: str) -> None:
@@ -148,14 +183,14 @@ def format_loc(loc: tuple) -> str:
     return out or "<root>"
 
 
-def spec_error_from(exc: ValidationError, origin: str) -> SpecError:
+def spec_error_from(exc: ValidationError, origin: str, root: type[BaseModel] = JobSpec) -> SpecError:
     problems: list[tuple[str, str]] = []
     seen = set()
     for err in exc.errors(include_url=False):
         loc = format_loc(err["loc"])
         etype = err["type"]
         if etype == "extra_forbidden":
-            msg = _unknown_key_message(err["loc"])
+            msg = _unknown_key_message(err["loc"], root)
         elif etype == "union_tag_invalid" and loc.startswith("checks"):
             given = err.get("ctx", {}).get("tag")
             close = difflib.get_close_matches(str(given), CHECK_NAMES, n=1)
@@ -197,8 +232,8 @@ def problems_error(what: str, problems: list[tuple[str, str]], *, hint: str) -> 
     return SpecError(f"{what} ({n} problem{'s' if n > 1 else ''}):\n{lines}", hint=hint, problems=problems)
 
 
-def _unknown_key_message(raw_loc: tuple) -> str:
-    model = _model_at(raw_loc[:-1])
+def _unknown_key_message(raw_loc: tuple, root: type[BaseModel] = JobSpec) -> str:
+    model = _model_at(raw_loc[:-1], root)
     if model is None:
         return "unknown key"
     key = str(raw_loc[-1])
@@ -210,17 +245,17 @@ def _unknown_key_message(raw_loc: tuple) -> str:
     return msg
 
 
-def _model_at(raw_loc: tuple):
+def _model_at(raw_loc: tuple, root: type[BaseModel] = JobSpec):
     """The pydantic model of the section at a raw pydantic location, if it is a model."""
     if not raw_loc:
-        return JobSpec
+        return root
     if raw_loc[0] == "features":
         return OP_MODELS.get(raw_loc[2]) if len(raw_loc) == 3 else None
     if raw_loc[0] == "checks":
         return CHECK_MODELS.get(raw_loc[2]) if len(raw_loc) == 3 else None
     if len(raw_loc) != 1:
         return None
-    field = JobSpec.model_fields.get(str(raw_loc[0]))
+    field = root.model_fields.get(str(raw_loc[0]))
     ann = field.annotation if field else None
     return ann if isinstance(ann, type) and hasattr(ann, "model_fields") else None
 

@@ -5,12 +5,13 @@ Every section rejects unknown keys so a misspelt option is an error, never silen
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from dpipe.expr import check_expression
 from dpipe.spec.base import Strict
+from dpipe.spec.connectors import SinkSpec
 from dpipe.spec.features import OpSpec
 from dpipe.spec.quality import CheckSpec, QuarantineSpec, check_names_unique
 from dpipe.spec.source import SourceSpec
@@ -142,6 +143,7 @@ class JobSpec(Strict):
     ... )
     """
 
+    kind: Literal["train"] = "train"
     name: str = Field(default="job", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     source: SourceSpec
     id_columns: list[str] = Field(default_factory=list)
@@ -162,6 +164,11 @@ class JobSpec(Strict):
     @field_validator("quarantine")
     @classmethod
     def _quarantine_configured(cls, quarantine, info):
+        if quarantine is not None and quarantine.uri is not None:
+            raise ValueError(
+                "a training job keeps quarantined rows in its bundle: leave `quarantine.uri` out"
+                " (it is for features jobs)"
+            )
         wanting = [f"checks[{i}]" for i, c in enumerate(info.data.get("checks", [])) if c.action == "quarantine"]
         if wanting and quarantine is None:
             raise ValueError(
@@ -169,3 +176,75 @@ class JobSpec(Strict):
                 " add one, e.g. `quarantine: {max_fraction: 0.01}`"
             )
         return quarantine
+
+
+class PipelineFrom(Strict):
+    """A model bundle whose fitted feature pipeline a features job applies unchanged."""
+
+    uri: str = Field(min_length=1)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class FeaturesJobSpec(Strict):
+    """A job without training: source -> quality checks -> feature ops -> a sink.
+
+    The ops are fitted on the job's own data, or taken fitted from a bundle (``pipeline_from``) so
+    a scoring or analytics consumer gets exactly the training transforms. ``columns`` selects the
+    output columns (default: all). The output is committed once, with the fitted pipeline and the
+    run's manifest stored with the commit (a table's commit metadata, or ``_dpipe_manifest.json``
+    beside a folder's files).
+
+    Examples
+    --------
+    >>> job = FeaturesJobSpec(
+    ...     kind="features",
+    ...     source={"uri": "data/demo/events"},
+    ...     features=[{"op": "standard_scale", "columns": ["income"]}],
+    ...     output={"format": "delta", "uri": "lake/features", "mode": "append"},
+    ... )
+    """
+
+    kind: Literal["features"]
+    name: str = Field(default="job", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    source: SourceSpec
+    features: list[OpSpec] = Field(default_factory=list)  # type: ignore[valid-type]  # built from the op table
+    pipeline_from: PipelineFrom | None = None
+    columns: list[str] | None = Field(default=None, min_length=1)
+    output: SinkSpec
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    checks: list[CheckSpec] = Field(default_factory=list)
+    quarantine: QuarantineSpec | None = Field(default=None, validate_default=True)
+
+    @field_validator("pipeline_from", mode="before")
+    @classmethod
+    def _uri_alone(cls, value):
+        return {"uri": value} if isinstance(value, str) else value
+
+    @field_validator("checks")
+    @classmethod
+    def _unique_check_names(cls, checks):
+        return check_names_unique(checks)
+
+    @model_validator(mode="after")
+    def _one_pipeline(self):
+        if self.pipeline_from is not None and self.features:
+            raise ValueError(
+                "give either `features` (fitted on this job's data) or `pipeline_from` (a bundle's fitted ops), not both"
+            )
+        wanting = [f"checks[{i}]" for i, c in enumerate(self.checks) if c.action == "quarantine"]
+        if wanting and self.quarantine is None:
+            raise ValueError(
+                f"{', '.join(wanting)} quarantine rows but the job has no `quarantine` section;"
+                " add one, e.g. `quarantine: {uri: runs/features-quarantine, max_fraction: 0.01}`"
+            )
+        q = self.quarantine
+        if q is not None and q.uri is None and (wanting or q.bad_files == "skip"):
+            raise ValueError(
+                "`quarantine.uri` is required in a features job: quarantined rows and skipped files are"
+                " written there (a training job keeps them in its bundle)"
+            )
+        return self
+
+
+#: Any job a spec file can hold, told apart by ``kind`` (``train`` when left out).
+AnyJob = JobSpec | FeaturesJobSpec

@@ -225,6 +225,10 @@ class QuarantineSpec(Strict):
     max_fraction: float | None = Field(default=0.01, ge=0.0, le=1.0)
     max_rows: int | None = Field(default=None, ge=0)
     bad_files: Literal["skip", "fail"] = "skip"
+    #: Where quarantined rows and skipped-file records go: a training job keeps them in its bundle
+    #: (leave it out); a features job, which has no bundle, needs it.
+    uri: str | None = Field(default=None, min_length=1)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
 
 
 def check_names_unique(checks: list) -> list:
