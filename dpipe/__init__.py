@@ -26,7 +26,7 @@ from dpipe.errors import (
     StorageError,
     TrainingError,
 )
-from dpipe.spec import JobSpec, job_from_dict, load_job
+from dpipe.spec import FeaturesJobSpec, JobSpec, job_from_dict, load_job
 
 try:
     __version__ = version("dpipe")
@@ -55,6 +55,7 @@ __all__ = [
     "DataError",
     "DpipeError",
     "ExpressionError",
+    "FeaturesJobSpec",
     "JobSpec",
     "SpecError",
     "StateError",
