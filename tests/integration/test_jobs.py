@@ -18,8 +18,9 @@ from dpipe.errors import ColumnError, DataError, StorageError, TrainingError
 from dpipe.spec import job_from_dict
 from tests.conftest import ROOT, job_dict
 
-# Jobs over the demo events data; jobs/flights.yaml has its own test (tests/integration/test_flights.py).
-JOBS = sorted(p for p in (ROOT / "jobs").glob("*.yaml") if p.stem != "flights")
+# Training jobs over the demo events data; jobs/flights.yaml has its own test (tests/integration/test_flights.py),
+# features jobs (jobs/*-features.yaml) theirs below.
+JOBS = sorted(p for p in (ROOT / "jobs").glob("*.yaml") if p.stem != "flights" and not p.stem.endswith("-features"))
 
 
 def cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
@@ -488,3 +489,21 @@ def test_the_fit_pass_reads_only_the_columns_the_statistics_need(demo_root, tmp_
         demo_root, tmp_path / "b2", checks=[{"check": "not_null", "columns": ["age"]}], quarantine={"max_fraction": 0.5}
     )
     assert plan(job_from_dict(with_quarantine)).fit_columns is None
+
+
+def test_example_features_job_delivers_to_delta(demo_root, tmp_path):
+    import deltalake
+
+    spec = ROOT / "jobs" / "quickstart-features.yaml"
+    table = tmp_path / "lake" / "features"
+    overrides = ["--set", f"source.uri={demo_root / 'events'}", "--set", f"output.uri={table}"]
+    overrides += ["--set", "cluster.n_workers=2", "--set", "cluster.threads_per_worker=1"]
+    checked = cli("validate", spec, *overrides)
+    assert checked.returncode == 0, checked.stderr
+    ran = cli("run", spec, *overrides, "--json")
+    assert ran.returncode == 0, ran.stderr
+    result = json.loads(ran.stdout)
+    assert result["rows"]["read"] == result["rows"]["written"] == 20_000
+    assert result["output"]["kind"] == "delta" and result["output"]["version"] == 0
+    delta = deltalake.DeltaTable(str(table))
+    assert delta.metadata().partition_columns == ["date"] and len(delta.to_pandas()) == 20_000
