@@ -50,7 +50,7 @@ def test_partition_filter_prunes_files_before_reading(demo_root):
     uri = f"counting://{demo_root / 'events'}"
 
     def files_read_by_compute(**kwargs):
-        src = read(uri, **kwargs)  # discovery reads one footer for the schema: not counted
+        src = read(uri, **kwargs)  # discovery reads the kept files' footers for the schema: not counted
         CountingFileSystem.opened.clear()
         df = src.frame.compute(scheduler="sync")
         return src, df, {p for p in CountingFileSystem.opened if p.endswith(".parquet")}
@@ -62,6 +62,15 @@ def test_partition_filter_prunes_files_before_reading(demo_root):
     assert len(pruned.files) == len(read_pruned) == 2
     assert all("date=2024-01-03" in p or "date=2024-01-04" in p for p in read_pruned)
     assert set(df["date"]) == {"2024-01-03", "2024-01-04"}
+
+
+def test_partition_filters_prune_before_any_footer_is_read(demo_root):
+    CountingFileSystem.opened.clear()
+    src = read(f"counting://{demo_root / 'events'}", filters=[["date", ">=", "2024-01-03"], ["age", ">", 1]])
+    assert len(src.files) == 2
+    # One footer read per kept file, none of the others.
+    assert sorted(CountingFileSystem.opened) == sorted(f.removeprefix("counting://") for f in src.files)
+    assert all("date=2024-01-03" in p or "date=2024-01-04" in p for p in CountingFileSystem.opened)
 
 
 def test_row_filters_and_or_groups(demo_root):
@@ -162,10 +171,14 @@ def test_unreadable_first_file_is_a_data_error_naming_it(tmp_path):
 
 
 def test_incompatible_column_type_in_a_later_file_is_named(tmp_path):
+    # Every footer is read when the source is opened: the file is named before any task runs.
     pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "a.parquet")
     pq.write_table(pa.table({"x": pa.array([[1], [2]])}), tmp_path / "b.parquet")  # no cast list -> int
-    with pytest.raises(DataError, match=r"cannot read file .*b\.parquet"):
-        read(str(tmp_path)).frame.compute(scheduler="sync")
+    with pytest.raises(
+        DataError,
+        match=r"cannot read file '.*b\.parquet': column 'x' is int64 in '.*a\.parquet' but list<element: int64>",
+    ):
+        read(str(tmp_path))
 
 
 def test_decimal_columns_are_read_as_numbers(tmp_path):
