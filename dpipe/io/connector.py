@@ -113,7 +113,7 @@ class Source(Protocol):
 
     ``Spec`` is its spec model (a :class:`~dpipe.spec.source.BaseSourceSpec` subclass that
     validates the entry's keys when the job loads). ``open`` lists what the spec selects, reads
-    the schema (listings and at most a footer, on the client) and returns the lazy frame; it reads
+    the schema (listings, and one footer or first block per file, on the client) and returns the lazy frame; it reads
     ``spec.columns`` only. With a ``bad_file_log``, a datum that cannot be read gives an empty
     partition and is recorded there; a kind that cannot skip data raises a ``SpecError``.
     """

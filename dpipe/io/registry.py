@@ -154,8 +154,10 @@ def read(
     on_bad_file
         ``raise``: a file that cannot be read (corrupt, malformed rows, a column of another type)
         fails the computation with a :class:`DataError` naming it. ``skip``: that file's
-        partition is empty and the file and its error are recorded in ``bad_file_log``. The
-        first file is read on the client for the schema, so it must be readable either way.
+        partition is empty and the file and its error are recorded in ``bad_file_log``. Every
+        file's footer (or first block) is read on the client to unify the schemas, so an
+        unreadable file fails when the source is opened, unless it is skipped (and at least one
+        file must be readable either way).
     bad_file_log
         Where workers record skipped files; required with ``on_bad_file="skip"``.
 

@@ -188,7 +188,8 @@ def test_source_errors_are_located_in_the_entry_whatever_its_kind():
     problems = _source_problems({"uri": "x.csv", "colums": ["a"], "partitioning": "flat"})
     assert [loc for loc, _ in problems] == ["source.partitioning", "source.colums"]
     assert problems[1][1] == (
-        "unknown key; allowed keys: ['columns', 'filters', 'format', 'partitioning', 'storage_options', 'uri']"
+        "unknown key; allowed keys: ['columns', 'filters', 'format', 'partition_size', 'partitioning', 'schema',"
+        " 'storage_options', 'uri']"
         " (did you mean 'columns'?)"
     )
     assert _source_problems({"format": "csv"}) == [("source.uri", "required but missing")]
