@@ -227,3 +227,17 @@ def job_dict(demo_root: Path, out: Path, **sections) -> dict:
         else:
             base[key] = value
     return base
+
+
+# -- PostgreSQL (tests/postgres.py) ----------------------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on 127.0.0.1 for the session, with password (SCRAM) authentication.
+
+    Yields a :class:`tests.postgres.PostgresServer`: ``host``, ``port``, ``user``, ``password``,
+    ``dbname``, ``uri`` and ``sql(statement)`` (runs psql, returns its output).
+    """
+    from tests.postgres import running_server
+
+    with running_server() as server:
+        yield server
