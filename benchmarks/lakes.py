@@ -104,9 +104,9 @@ def postgres(rows: int, client, repeat: int) -> dict:
     import pyarrow as pa
 
     from dpipe.io import open_sink
-    from tests.postgres import PostgresServer
+    from tests.postgres import running_server
 
-    with PostgresServer() as server:
+    with running_server() as server:
         rng = np.random.default_rng(0)
         data = pa.table(
             {"id": np.arange(rows, dtype="int64"), **{f"f{i}": rng.standard_normal(rows) for i in range(8)}}
