@@ -11,10 +11,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from dpipe.spec.connectors import BaseSinkSpec
-from dpipe.spec.source import BaseSourceSpec, Filter, _check_filter
+from dpipe.spec.source import BaseSourceSpec, Filters
 
 
 class DeltaSourceSpec(BaseSourceSpec):
@@ -28,19 +28,7 @@ class DeltaSourceSpec(BaseSourceSpec):
     format: Literal["delta"] = "delta"
     version: int | None = Field(default=None, ge=0)
     as_of: dt.datetime | None = None
-    filters: list[Filter] | list[list[Filter]] | None = None
-
-    @field_validator("filters")
-    @classmethod
-    def _check_filters(cls, filters):
-        if filters is None:
-            return None
-        if not filters:
-            raise ValueError("`filters` is empty; leave it out to read everything")
-        for item in filters:
-            for f in item if isinstance(item, list) else [item]:
-                _check_filter(f)
-        return filters
+    filters: Filters = None
 
     @model_validator(mode="after")
     def _one_pin(self):

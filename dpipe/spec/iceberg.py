@@ -24,7 +24,7 @@ from pydantic import Field, field_validator, model_validator
 
 from dpipe.spec.base import Strict
 from dpipe.spec.connectors import BaseSinkSpec
-from dpipe.spec.source import BaseSourceSpec, Filter, _check_filter
+from dpipe.spec.source import BaseSourceSpec, Filters
 
 #: ``namespace.name``; nested namespaces (``a.b.name``) too.
 TABLE_NAME = re.compile(r"^[^.\s]+(\.[^.\s]+)+$")
@@ -112,24 +112,12 @@ class IcebergSourceSpec(BaseSourceSpec, IcebergTableKeys):
     format: Literal["iceberg"] = "iceberg"
     snapshot_id: int | None = None
     as_of: dt.datetime | None = None
-    filters: list[Filter] | list[list[Filter]] | None = None
+    filters: Filters = None
 
     @model_validator(mode="before")
     @classmethod
     def _label(cls, data: Any) -> Any:
         return _fill_uri(data)
-
-    @field_validator("filters")
-    @classmethod
-    def _check_filters(cls, filters):
-        if filters is None:
-            return None
-        if not filters:
-            raise ValueError("`filters` is empty; leave it out to read everything")
-        for item in filters:
-            for f in item if isinstance(item, list) else [item]:
-                _check_filter(f)
-        return filters
 
     @model_validator(mode="after")
     def _one_pin(self):

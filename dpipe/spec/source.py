@@ -33,6 +33,22 @@ def _check_filter(f: Filter) -> Filter:
     return f
 
 
+def check_filters(filters: Any) -> Any:
+    """``[column, op, value]`` triples (AND), or a list of such lists (OR of ANDs); never empty."""
+    if filters is None:
+        return None
+    if not filters:
+        raise ValueError("`filters` is empty; leave it out to read everything")
+    for item in filters:
+        for f in item if isinstance(item, list) else [item]:
+            _check_filter(f)
+    return filters
+
+
+#: The ``filters`` key of every kind that takes one (files, tables, queries): one syntax everywhere.
+Filters = Annotated[list[Filter] | list[list[Filter]] | None, AfterValidator(check_filters)]
+
+
 class BaseSourceSpec(Strict):
     """The keys every source kind has. A connector's own spec model subclasses it.
 
@@ -181,22 +197,10 @@ class FileSourceSpec(BaseSourceSpec):
 
     model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True, validate_by_alias=True)
 
-    filters: list[Filter] | list[list[Filter]] | None = None
+    filters: Filters = None
     partitioning: Literal["hive", "none"] = "hive"
     schema_: dict[str, TypeName] | None = Field(default=None, alias="schema")
     partition_size: int | str | None = "256MiB"
-
-    @field_validator("filters")
-    @classmethod
-    def _check_filters(cls, filters):
-        if filters is None:
-            return None
-        if not filters:
-            raise ValueError("`filters` is empty; leave it out to read everything")
-        for item in filters:
-            for f in item if isinstance(item, list) else [item]:
-                _check_filter(f)
-        return filters
 
     @field_validator("schema_")
     @classmethod

@@ -18,12 +18,12 @@ The models import no database package: validating a job needs neither driver.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from dpipe.spec.connectors import BaseSinkSpec
-from dpipe.spec.source import BaseSourceSpec, Filter, _check_filter
+from dpipe.spec.source import BaseSourceSpec, Filters
 
 #: URL schemes of a PostgreSQL ``uri`` (libpq's).
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -42,7 +42,7 @@ class SQLSourceSpec(BaseSourceSpec):
 
     table: str | None = None
     query: str | None = None
-    filters: list[Filter] | list[list[Filter]] | None = None
+    filters: Filters = None
     partition_on: str | None = Field(default=None, min_length=1)
     partitions: int | None = Field(default=None, ge=1)
 
@@ -60,18 +60,6 @@ class SQLSourceSpec(BaseSourceSpec):
         if not query:
             raise ValueError("`query` is empty")
         return query
-
-    @field_validator("filters")
-    @classmethod
-    def _check_filters(cls, filters: Any) -> Any:
-        if filters is None:
-            return None
-        if not filters:
-            raise ValueError("`filters` is empty; leave it out to read everything")
-        for item in filters:
-            for f in item if isinstance(item, list) else [item]:
-                _check_filter(f)
-        return filters
 
     @model_validator(mode="after")
     def _one_relation(self) -> SQLSourceSpec:
