@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 import dpipe
-from dpipe.errors import ColumnError, DataError, SpecError
+from dpipe.errors import ColumnError, DataError, SpecError, StorageError
 from dpipe.io import open_sink, open_source
 from dpipe.plan import plan
 from tests.conftest import job_dict
@@ -293,3 +293,34 @@ def test_a_delta_table_is_a_job_source(tmp_path, demo_root):
     p = plan(job)
     assert p.source.record["kind"] == "delta" and p.source.frame.npartitions == events["date"].nunique()
     assert "log_income" in p.model_input.features
+
+
+def test_concurrent_appends_are_retried_and_both_land(tmp_path):
+    uri = str(tmp_path / "scores")
+    with open_sink({"format": "delta", "uri": uri}) as sink:
+        sink.write(_frame([0.1]))
+        sink.commit()
+    # Both writers read version 0, then commit one after the other: the second rebases on the first.
+    first, second = open_sink({"format": "delta", "uri": uri}), open_sink({"format": "delta", "uri": uri})
+    with first, second:
+        first.write(_frame([0.2], day="2024-06-02"))
+        second.write(_frame([0.3], day="2024-06-03"))
+        assert first.commit(txn="writer-1").record["version"] == 1
+        assert second.commit(txn="writer-2").record["version"] == 2
+    assert sorted(_read_back(uri)["score"]) == [0.1, 0.2, 0.3]
+
+
+def test_concurrent_overwrites_fail_clearly_and_leave_the_winner(tmp_path):
+    uri = str(tmp_path / "scores")
+    with open_sink({"format": "delta", "uri": uri}) as sink:
+        sink.write(_frame([0.1]))
+        sink.commit()
+    first = open_sink({"format": "delta", "uri": uri, "mode": "overwrite"})
+    second = open_sink({"format": "delta", "uri": uri, "mode": "overwrite"})
+    with first:
+        first.write(_frame([0.5]))
+        first.commit()
+    with pytest.raises(StorageError, match="conflicted with another writer's|cannot commit"), second:
+        second.write(_frame([0.9]))
+        second.commit()
+    assert list(_read_back(uri)["score"]) == [0.5]
