@@ -173,6 +173,7 @@ def main(argv=None) -> int:
     p.add_argument("--layout", default="2x1")
     p.add_argument("--quick", action="store_true", help="20k rows, 1 repeat: a smoke run")
     p.add_argument("--skip", default="", help="comma-separated parts to leave out: tables, postgres")
+    p.add_argument("--out", type=Path, default=RESULTS / "lakes.json", help="where the JSON goes")
     args = p.parse_args(argv)
     if args.quick:
         args.rows, args.pg_rows, args.repeat = 20_000, 20_000, 1
@@ -200,7 +201,7 @@ def main(argv=None) -> int:
                 ratio = f"{r['ratio_to_copy']:>9.2f}" if "ratio_to_copy" in r else ""
                 print(f"{name:<40}{r['median_s']:>10.2f}{r['rows_per_s']:>12,.0f}{ratio}")
     report["load_average_after"] = os.getloadavg()
-    path = write_json(report, RESULTS / "lakes.json")
+    path = write_json(report, args.out)
     print(f"\nJSON: {path}")
     return 0
 

@@ -85,3 +85,16 @@ def test_quick_run_writes_well_formed_json(tmp_path):
         assert _number(report["ratios"][key]), key
     aucs = [s["valid_auc"] for s in systems.values()]
     assert max(aucs) - min(aucs) < 0.05  # the same work, so about the same model
+
+
+def test_lakes_quick_run_compares_tables_and_postgres(tmp_path):
+    from benchmarks import lakes
+
+    out = tmp_path / "lakes.json"
+    assert lakes.main(["--quick", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["tables"]) == {"parquet folder", "delta", "iceberg"}
+    assert report["tables"]["parquet folder"]["ratio_to_folder"] == 1.0
+    assert all(r["median_s"] > 0 for r in report["tables"].values())
+    reads = [k for k in report["postgres"] if k.startswith("dpipe, ")]
+    assert len(reads) == 3 and all(report["postgres"][k]["rows_per_s"] > 0 for k in reads)
