@@ -291,16 +291,10 @@ def test_an_iceberg_source_validates_and_plans_as_a_job_source(tmp_path, demo_ro
 
 
 # -- S3 -----------------------------------------------------------------------------------------
-#: pyarrow's S3 writes (multipart uploads) fail on moto 5.2.1 (getmoto/moto#10055, fixed in 5.2.2):
-#: what writes to the bucket here uses pyiceberg's fsspec FileIO; dpipe reads with its default.
-FSSPEC_IO = {"py-io-impl": "pyiceberg.io.fsspec.FsspecFileIO"}
-
-
 def s3_catalog(tmp_path, s3) -> tuple[dict, dict]:
     """A local SQLite catalog with its warehouse in the test bucket: the spec's entry, pyiceberg's properties."""
     entry = {"name": "lake", "uri": f"sqlite:///{tmp_path}/catalog.db", "warehouse": f"s3://{s3['bucket']}/wh"}
     props = {
-        **FSSPEC_IO,
         "type": "sql",
         "uri": entry["uri"],
         "warehouse": entry["warehouse"],
@@ -569,7 +563,6 @@ def test_a_conflict_that_cannot_be_retried_fails_clearly_and_commits_nothing(tmp
 
 def test_writes_on_a_process_cluster_and_on_s3(tmp_path, s3, client):
     entry, props = s3_catalog(tmp_path, s3)
-    entry = {**entry, **FSSPEC_IO}  # a catalog property passed through to pyiceberg
     spec = {"format": "iceberg", "table": "shop.scores", "catalog": entry, "storage_options": s3["storage_options"]}
 
     def compute(task):  # as the runner's reporter computes: a tuple of results
@@ -587,5 +580,6 @@ def test_writes_on_a_process_cluster_and_on_s3(tmp_path, s3, client):
             frame(0).map_partitions(exploding, meta=frame(0)._meta), compute=lambda t: dask.compute(t, scheduler="sync")
         )
     s3["fs"].invalidate_cache()
-    data = s3["fs"].ls(f"{s3['bucket']}/wh/shop/scores/data")
+    # pyarrow's S3 filesystem leaves a `data/` directory marker; besides it, only the first run's folder.
+    data = [p for p in s3["fs"].ls(f"{s3['bucket']}/wh/shop/scores/data") if not p.endswith("/")]
     assert len(data) == 1  # the failed run left nothing behind
