@@ -7,6 +7,7 @@ import json
 import deltalake
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 import yaml
@@ -153,3 +154,23 @@ def test_cli_validates_and_runs_a_features_job_and_predicts_into_delta(demo_root
     assert cli.main(args) == 0  # the same scoring again: committed once
     assert "already committed" in capsys.readouterr().out
     assert len(deltalake.DeltaTable(str(tmp_path / "scores")).to_pandas()) == 20000
+
+
+def test_rerunning_with_the_recorded_pins_reads_the_same_rows(demo_root, tmp_path, client):
+    events = pd.read_parquet(demo_root / "events").astype({"date": str})
+    lake = str(tmp_path / "events")
+    deltalake.write_deltalake(lake, pa.Table.from_pandas(events.iloc[:5000], preserve_index=False))
+    spec = {
+        "kind": "features",
+        "source": {"format": "delta", "uri": lake},
+        "output": {"uri": str(tmp_path / "out")},
+    }
+    first = dpipe.run(dpipe.job_from_dict(spec), client, progress=False)
+    pinned = first.manifest["input"]["lineage"]["version"]
+    deltalake.write_deltalake(lake, pa.Table.from_pandas(events.iloc[5000:6000], preserve_index=False), mode="append")
+    latest = dpipe.run(dpipe.job_from_dict(spec), client, progress=False)
+    again = dpipe.run(
+        dpipe.job_from_dict({**spec, "source": {**spec["source"], "version": pinned}}), client, progress=False
+    )
+    assert (first.rows["written"], latest.rows["written"], again.rows["written"]) == (5000, 6000, 5000)
+    assert again.manifest["input"]["lineage"]["datums"] == first.manifest["input"]["lineage"]["datums"]
