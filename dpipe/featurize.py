@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +73,9 @@ def run_features(
     source, pipeline, sink, side, bad_files = fp.source, fp.pipeline, fp.sink, fp.side, fp.bad_files
     tables, bundle_uri = fp.tables, fp.bundle_uri
     reporter.log(f"source: {len(source.files)} partition(s) from {job.source.uri}")
-    with _cluster.connect(job.cluster, client=client, address=scheduler, log=reporter.log) as client, sink:
+    # The quarantine folder is staged like the output: a failed run leaves neither behind.
+    staged = side if side is not None else nullcontext()
+    with _cluster.connect(job.cluster, client=client, address=scheduler, log=reporter.log) as client, sink, staged:
         compute = reporter.compute(client)
         gate = QualityGate(list(job.checks), job.quarantine, source.files)
         pre = gate.prepass(source.frame, compute)

@@ -109,3 +109,20 @@ def test_a_wrong_password_is_one_message_without_it_and_no_table(events, demo_ro
     assert code != 0 and "not-the-password" not in err and "Traceback" not in err
     assert [line for line in err.splitlines() if line.startswith("dpipe: error:")]
     assert postgres.sql("SELECT to_regclass('never_created') IS NULL") == "t"
+
+
+def test_a_failed_features_job_leaves_no_quarantine_staging(demo_root, tmp_path, client):
+    side = tmp_path / "quarantine"
+    job = dpipe.job_from_dict(
+        {
+            "kind": "features",
+            "source": {"uri": str(demo_root / "events")},
+            "checks": [{"check": "range", "column": "age", "max": 60, "action": "quarantine"}],
+            "quarantine": {"uri": str(side), "max_fraction": 0.001},  # exceeded: the run fails
+            "output": {"uri": str(tmp_path / "features")},
+        }
+    )
+    with pytest.raises(dpipe.DataError, match="quarantine"):
+        dpipe.run(job, client, progress=False)
+    assert not side.exists() and not (tmp_path / "features").exists()
+    assert [p.name for p in tmp_path.iterdir() if ".dpipe-" in p.name] == []
