@@ -68,6 +68,45 @@ def connect(spec: ClusterSpec | None = None, *, client=None, address: str | None
             yield local
 
 
+#: The Dask config key the run sets while it plans: the threads of the cluster it will run on, which
+#: sources that can split their reads for free (SQL ranges) use as their default partition count.
+THREADS_KEY = "dpipe.planned-threads"
+
+
+def planned_threads(spec: ClusterSpec | None = None, *, client=None, address: str | None = None) -> int | None:
+    """The worker threads the run will have, known before a cluster starts (``None``: a remote one).
+
+    A given client answers; an embedded ``LocalCluster`` is shaped as :func:`connect` shapes it
+    (``distributed``'s defaults split the machine's cores between workers and threads).
+    """
+    spec = spec or ClusterSpec()
+    if client is not None:
+        try:
+            return max(1, sum(client.nthreads().values()))
+        except Exception:  # noqa: BLE001 - a client that cannot answer: unknown
+            return None
+    if address or spec.address or os.environ.get("DASK_SCHEDULER_ADDRESS"):
+        return None
+    cores = os.cpu_count() or 1
+    if spec.n_workers and spec.threads_per_worker:
+        return spec.n_workers * spec.threads_per_worker
+    if spec.n_workers:
+        return spec.n_workers * max(1, cores // spec.n_workers)
+    if spec.threads_per_worker:
+        return max(1, cores // spec.threads_per_worker) * spec.threads_per_worker
+    return cores
+
+
+def planning(spec: ClusterSpec | None = None, *, client=None, address: str | None = None):
+    """A context in which :data:`THREADS_KEY` holds :func:`planned_threads` (when known)."""
+    import contextlib
+
+    import dask
+
+    threads = planned_threads(spec, client=client, address=address)
+    return dask.config.set({THREADS_KEY: threads}) if threads else contextlib.nullcontext()
+
+
 def _check_workers(client, address: str) -> None:
     try:
         client.wait_for_workers(1, timeout=30)

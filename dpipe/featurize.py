@@ -68,7 +68,10 @@ def run_features(
     """
     reporter = Reporter(progress=progress)
     started = dt.datetime.now(dt.UTC)
-    with reporter.stage("plan", "checking the spec against the source schema"):
+    with (
+        reporter.stage("plan", "checking the spec against the source schema"),
+        _cluster.planning(job.cluster, client=client, address=scheduler),
+    ):
         fp = plan_features(job)
     source, pipeline, sink, side, bad_files = fp.source, fp.pipeline, fp.sink, fp.side, fp.bad_files
     tables, bundle_uri = fp.tables, fp.bundle_uri

@@ -97,7 +97,10 @@ def run(job: JobSpec | FeaturesJobSpec, client=None, *, scheduler: str | None = 
         return run_features(job, client, scheduler=scheduler, progress=progress)
     reporter = Reporter(progress=progress)
     started = dt.datetime.now(dt.UTC)
-    with reporter.stage("plan", "checking the spec against the source schema"):
+    with (
+        reporter.stage("plan", "checking the spec against the source schema"),
+        _cluster.planning(job.cluster, client=client, address=scheduler),
+    ):
         out = StagedOutput(
             job.output.uri, job.output.storage_options, overwrite=job.output.overwrite, marker="manifest.json"
         )
@@ -194,7 +197,10 @@ def predict(
     with reporter.stage("load bundle", bundle):
         b = Bundle.load(bundle, storage_options)
     ids = b.id_columns if id_columns is None else list(id_columns)
-    with reporter.stage("plan", "checking the source against the bundle"):
+    with (
+        reporter.stage("plan", "checking the source against the bundle"),
+        _cluster.planning(None, client=client, address=scheduler),
+    ):
         if isinstance(source, str):
             spec = source_spec({"uri": source, "format": format, "storage_options": storage_options or {}})
         else:

@@ -13,3 +13,18 @@ def test_workers_with_another_dpipe_version_are_refused(client, monkeypatch):
     message = r"(?s)cluster.address: the workers of .* run dpipe \['.+'\]; this client runs 0.0.1.*Hint:"
     with pytest.raises(ClusterError, match=message), connect(address=address):
         pass
+
+
+def test_planned_threads_are_the_clusters_the_run_will_start(monkeypatch):
+    from dpipe.cluster import planned_threads
+    from dpipe.spec import ClusterSpec
+
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert planned_threads(ClusterSpec(n_workers=2, threads_per_worker=3)) == 6
+    assert planned_threads(ClusterSpec(n_workers=3)) == 6  # 8 cores // 3 workers = 2 threads each
+    assert planned_threads(ClusterSpec(threads_per_worker=4)) == 8
+    assert planned_threads(ClusterSpec()) == 8
+    assert planned_threads(ClusterSpec(address="tcp://127.0.0.1:8786")) is None  # known once connected
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:8786")
+    assert planned_threads(ClusterSpec()) is None

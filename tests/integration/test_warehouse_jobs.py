@@ -126,3 +126,26 @@ def test_a_failed_features_job_leaves_no_quarantine_staging(demo_root, tmp_path,
         dpipe.run(job, client, progress=False)
     assert not side.exists() and not (tmp_path / "features").exists()
     assert [p.name for p in tmp_path.iterdir() if ".dpipe-" in p.name] == []
+
+
+def test_a_postgres_source_defaults_to_one_range_per_planned_worker_thread(events, tmp_path, postgres):
+    with pgdb.connect(postgres.uri) as conn, conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS threads_events")
+        cur.adbc_ingest("threads_events", pa.Table.from_pandas(events.iloc[:3000], preserve_index=False), mode="create")
+        conn.commit()
+    job = dpipe.job_from_dict(
+        {
+            "kind": "features",
+            "source": {
+                "format": "postgresql",
+                "uri": postgres.uri,
+                "table": "threads_events",
+                "partition_on": "event_id",
+            },
+            "output": {"uri": str(tmp_path / "out")},
+            "cluster": {"n_workers": 3, "threads_per_worker": 1},
+        }
+    )
+    result = dpipe.run(job, progress=False)
+    assert result.rows["written"] == 3000
+    assert len(result.manifest["input"]["files"]) == 3  # one range per worker thread of the planned cluster

@@ -156,7 +156,13 @@ def read_range(task: RangeRead, columns: list[str] | None = None) -> pd.DataFram
 
 
 def default_partitions() -> int:
-    """One partition per worker thread of the current Dask client, else :data:`DEFAULT_PARTITIONS`."""
+    """One partition per worker thread: of the cluster the run plans for (the ``dpipe.planned-threads``
+    Dask config, which the runner sets), else of the current Dask client, else :data:`DEFAULT_PARTITIONS`."""
+    import dask
+
+    planned = dask.config.get("dpipe.planned-threads", None)
+    if planned:
+        return max(1, int(planned))
     try:
         from distributed import default_client
 
