@@ -7,7 +7,8 @@ rows of a ``query``, with the keys of every source (``columns``: the SELECT list
   sources; they become the query's WHERE clause (identifiers quoted, values as quoted literals);
 - ``partition_on`` and ``partitions``: a numeric, date or timestamp column whose range is split
   into ``partitions`` ranges read in parallel, one Dask partition each (default: one per worker
-  thread of the current Dask client, else 4); without ``partition_on``, one partition.
+  thread of the cluster the run plans for, else of the current Dask client, else 4); without
+  ``partition_on``, one partition.
 
 PostgreSQL reads every partition in one snapshot (``snapshot: true``, see
 :mod:`dpipe.io.sql.postgres`). A sink writes a ``table`` (``mode: append`` or ``replace``,
