@@ -8,6 +8,7 @@ import struct
 import time
 from pathlib import Path
 
+import dask
 import dask.dataframe as dd
 import deltalake
 import pandas as pd
@@ -324,3 +325,60 @@ def test_concurrent_overwrites_fail_clearly_and_leave_the_winner(tmp_path):
         second.write(_frame([0.9]))
         second.commit()
     assert list(_read_back(uri)["score"]) == [0.5]
+
+
+def test_partition_values_that_need_escaping_are_read_filtered_and_written(tmp_path):
+    uri = str(tmp_path / "cities")
+    stamps = pa.array([dt.datetime(2024, 1, 1, 10), dt.datetime(2024, 1, 2, 11), dt.datetime(2024, 1, 1, 10)])
+    table = pa.table({"city": ["New York", "Paris", "a/b%c"], "ts": stamps, "x": [1, 2, 3]})
+    deltalake.write_deltalake(uri, table, partition_by=["city", "ts"])
+    # A filter on any column goes through the log's pruning, whose paths are escaped once more.
+    assert _rows(open_source({"format": "delta", "uri": uri, "filters": [["x", ">=", 1]]}).frame) == [1, 2, 3]
+    assert _rows(open_source({"format": "delta", "uri": uri, "filters": [["city", "=", "New York"]]}).frame) == [1]
+    at_ten = open_source({"format": "delta", "uri": uri, "filters": [["ts", "=", dt.datetime(2024, 1, 1, 10)]]})
+    assert _rows(at_ten.frame) == [1, 3]
+    out = str(tmp_path / "copy")
+    with open_sink({"format": "delta", "uri": out, "partition_by": ["city"]}) as sink:
+        sink.write(dd.from_pandas(table.to_pandas(), npartitions=2))
+        sink.commit()
+    assert sorted(deltalake.DeltaTable(out).to_pandas()["city"]) == ["New York", "Paris", "a/b%c"]
+
+
+def test_overwrite_partitions_replaces_a_null_partition_too(tmp_path):
+    uri = str(tmp_path / "scores")
+    pdf = pd.DataFrame({"k": ["a", "b", None, None], "v": [1, 2, 3, 4]})
+    with open_sink({"format": "delta", "uri": uri, "partition_by": ["k"]}) as sink:
+        sink.write(dd.from_pandas(pdf, npartitions=1))
+        sink.commit()
+    new = pd.DataFrame({"k": ["b", None], "v": [20, 30]})
+    with open_sink({"format": "delta", "uri": uri, "mode": "overwrite_partitions"}) as sink:
+        sink.write(dd.from_pandas(new, npartitions=1))
+        sink.commit()
+    assert sorted(deltalake.DeltaTable(uri).to_pandas()["v"]) == [1, 20, 30]
+
+
+def test_a_write_that_fails_halfway_leaves_no_data_file(tmp_path):
+    uri = str(tmp_path / "scores")
+
+    def explode(part):
+        if len(part) and part["id"].iloc[0] >= 4:
+            raise RuntimeError("boom")
+        return part
+
+    frame = _frame([0.1] * 8, npartitions=4)
+    with pytest.raises(RuntimeError, match="boom"), open_sink({"format": "delta", "uri": uri}) as sink:
+        sink.write(frame.map_partitions(explode, meta=frame._meta), compute=lambda t: dask.compute(t, scheduler="sync"))
+    assert list(Path(uri).rglob("*.parquet")) == []
+
+
+def test_timezone_aware_timestamps_are_utc_and_unsupported_types_fail_before_compute(tmp_path):
+    uri = str(tmp_path / "events")
+    pdf = pd.DataFrame({"at": pd.to_datetime(["2024-06-01 12:00"]).tz_localize("Europe/Paris"), "v": [1]})
+    with open_sink({"format": "delta", "uri": uri}) as sink:
+        sink.write(dd.from_pandas(pdf, npartitions=1))
+        sink.commit()
+    got = deltalake.DeltaTable(uri).to_pandas()
+    assert str(got["at"].iloc[0]) == "2024-06-01 10:00:00+00:00"
+    nested = dd.from_pandas(pd.DataFrame({"v": [1]}), npartitions=1).assign(span=pd.Timedelta("1h"))
+    with pytest.raises(DataError, match=r"column 'span' has type duration\[.*\], which a Delta table cannot hold"):
+        open_sink({"format": "delta", "uri": str(tmp_path / "other")}).write(nested)

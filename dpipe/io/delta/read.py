@@ -24,10 +24,17 @@ from dpipe.spec.base import redact_url
 from dpipe.spec.delta import DeltaSourceSpec
 
 
-def _relative(uri: str, root: str) -> str:
-    """A data file's path relative to the table root, percent-decoded (the log's and listings differ)."""
-    uri = urllib.parse.unquote(uri.removeprefix("file://"))
-    root = urllib.parse.unquote(root.removeprefix("file://")).rstrip("/") + "/"
+def _relative(uri: str, root: str, *, decode: bool = True) -> str:
+    """A data file's path relative to the table root, as it is named on storage.
+
+    The log's ``path`` and the deletion vectors' ``filepath`` are URIs: percent-encoded once more
+    than the file's name (``city=New%2520York`` for the folder ``city=New%20York``), so they are
+    decoded once (``decode``); ``file_uris()`` already gives the names as on storage.
+    """
+    uri, root = uri.removeprefix("file://"), root.removeprefix("file://")
+    if decode:
+        uri = urllib.parse.unquote(uri)
+    root = urllib.parse.unquote(root).rstrip("/") + "/"
     return uri[len(root) :] if uri.startswith(root) else uri
 
 
@@ -129,7 +136,7 @@ class DeltaSource:
         actions = pa.table(table.get_add_actions(flatten=True)).to_pylist()
         total = len(actions)
         if spec.filters:
-            kept = {_relative(u, root) for u in self._pruned(table, schema)}
+            kept = {_relative(u, root, decode=False) for u in self._pruned(table, schema)}
             actions = [a for a in actions if urllib.parse.unquote(a["path"]) in kept]
         if not actions:
             what = "no data file matches `filters`" if total else "has no data files"

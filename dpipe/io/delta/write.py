@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from dpipe.errors import ColumnError, DataError, SpecError, StorageError
 from dpipe.io.connector import Datum, Written
+from dpipe.io.delta.read import _partition_value
 from dpipe.io.delta.table import NULL_PARTITION, _first_line, _load_table, delta_storage_options
 from dpipe.io.fs import full_uri, resolve, storage_errors
 from dpipe.spec.base import redact_url
@@ -39,7 +40,8 @@ def arrow_schema(meta: pd.DataFrame) -> pa.Schema:
         if pa.types.is_large_string(t) or pa.types.is_string_view(t):
             t = pa.string()
         if pa.types.is_timestamp(t):
-            t = pa.timestamp("us", tz=t.tz)
+            # Delta has two timestamps: UTC instants, and wall-clock times without a zone.
+            t = pa.timestamp("us", tz="UTC" if t.tz else None)
         if pa.types.is_null(t):
             t = pa.string()
         fields.append(pa.field(f.name, t))
@@ -185,7 +187,10 @@ class DeltaSink:
             )
         self.schema: pa.Schema | None = None
         self.actions: list[dict[str, Any]] = []
+        self.prefixes: list[str] = []
         self.committed = False
+        #: A commit that failed in a way that may have landed (a timeout): its files are kept.
+        self.outcome_unknown = False
 
     @classmethod
     def from_spec(cls, spec: DeltaSinkSpec, *, where: str = "output") -> DeltaSink:
@@ -208,6 +213,7 @@ class DeltaSink:
                 hint=f"fix `{where}.partition_by`",
             )
         schema = arrow_schema(meta)
+        _delta_types(schema, where, self.uri)
         if self.table is None or self.spec.mode == "overwrite":
             self.schema = schema
             return
@@ -240,6 +246,7 @@ class DeltaSink:
         self.check(frame._meta)
         assert self.schema is not None
         task = DeltaWriteTask(self.fs, self.path, uuid.uuid4().hex[:16], self.schema, tuple(self.partition_by))
+        self.prefixes.append(task.prefix)  # abort() finds the files of a write that failed halfway by it
         parts = [dask.delayed(write_delta_part)(part, task, i) for i, part in enumerate(frame.to_delayed())]
         # One object to compute: `compute` (the run's, with its progress bar) returns one value per argument.
         together = dask.delayed(_flatten)(parts, dask_key_name=f"dpipe-delta-write-{task.prefix}")
@@ -291,15 +298,22 @@ class DeltaSink:
                     storage_options=options,
                     commit_properties=properties,
                 )
-            else:
-                mode = "append" if spec.mode == "append" else "overwrite"
-                filters = self._written_partitions() if spec.mode == "overwrite_partitions" else None
+            elif spec.mode == "overwrite_partitions":
+                # Exactly the files of the partitions written are removed, NULL partitions included
+                # (delta-rs's partition filters cannot name a NULL partition).
                 self.table.create_write_transaction(
-                    adds,
-                    mode,
+                    [*adds, *self._replaced_files()],
+                    "append",
                     schema,
                     partition_by=self.partition_by or None,
-                    partition_filters=filters,
+                    commit_properties=properties,
+                )
+            else:
+                self.table.create_write_transaction(
+                    adds,
+                    spec.mode,
+                    schema,
+                    partition_by=self.partition_by or None,
                     commit_properties=properties,
                 )
         except CommitFailedError as exc:
@@ -309,10 +323,19 @@ class DeltaSink:
                 hint="rerun the job (nothing was committed), or raise `max_commit_retries`",
             ) from exc
         except (DeltaError, OSError) as exc:
-            raise StorageError(
-                f"{where}: cannot commit to the Delta table {redact_url(self.uri)!r}: {_first_line(exc)}",
-                hint="nothing was committed; check the table and the credentials",
-            ) from exc
+            if self._landed(txn):
+                self.committed = True  # the commit landed before the error (a timeout on the reply)
+            else:
+                self.outcome_unknown = txn is None
+                raise StorageError(
+                    f"{where}: cannot commit to the Delta table {redact_url(self.uri)!r}: {_first_line(exc)}",
+                    hint="check the table and the credentials; "
+                    + (
+                        "nothing was committed"
+                        if txn is not None
+                        else "the commit may or may not have landed: its data files were kept (see the table's history)"
+                    ),
+                ) from exc
         self.committed = True
         table = _load_table(spec.uri, spec.storage_options, where, writing=True)
         version = table.version() if table is not None else None
@@ -324,21 +347,83 @@ class DeltaSink:
         record = {"kind": "delta", "version": version, "mode": spec.mode, "txn": txn, "files": len(self.actions)}
         return Written(self._full_uri(), rows, datums, record)
 
-    def _written_partitions(self) -> list:
-        combos = sorted({tuple(a["partition_values"].get(c) for c in self.partition_by) for a in self.actions}, key=str)
-        if len(self.partition_by) == 1:
-            return [(self.partition_by[0], "in", [c[0] if c[0] is not None else "" for c in combos])]
-        return [[(c, "=", v if v is not None else "") for c, v in zip(self.partition_by, combo)] for combo in combos]
+    def _replaced_files(self) -> list:
+        """Remove actions for every current file in a partition this run wrote."""
+        from deltalake.transaction import RemoveAction
+
+        assert self.table is not None and self.schema is not None
+        types = {c: self.schema.field(c).type for c in self.partition_by}
+
+        def key(values: Mapping[str, Any]) -> tuple:
+            out = []
+            for c in self.partition_by:
+                v = values.get(c)
+                out.append(_partition_value(v, types[c]).as_py() if isinstance(v, str) or v is None else v)
+            return tuple(out)
+
+        written = {key(a["partition_values"]) for a in self.actions}
+        now = int(time.time() * 1000)
+        removes = []
+        for current in pa.table(self.table.get_add_actions(flatten=True)).to_pylist():
+            values = {c: current.get(f"partition.{c}") for c in self.partition_by}
+            if key(values) in written:
+                removes.append(
+                    RemoveAction(
+                        path=current["path"],
+                        data_change=True,
+                        deletion_timestamp=now,
+                        size=current["size_bytes"],
+                        partition_values={c: _partition_text(v) for c, v in zip(self.partition_by, key(values))},
+                    )
+                )
+        return removes
+
+    def _landed(self, txn: str | None) -> bool:
+        """Whether a commit that raised is in the table after all (known only with a ``txn``)."""
+        if txn is None:
+            return False
+        with contextlib.suppress(Exception):
+            table = _load_table(self.spec.uri, self.spec.storage_options, self.where, writing=True)
+            return table is not None and table.transaction_version(txn) is not None
+        return False
 
     def _full_uri(self) -> str:
         return full_uri(self.fs, self.path)
 
     def abort(self) -> None:
-        """Delete the data files written by this run (best effort; the table is unchanged either way)."""
-        for action in self.actions:
+        """Delete the data files written by this run (best effort; the table is unchanged either way).
+
+        Files of partitions written before another partition failed are found by the write's
+        prefix. After a commit whose outcome is unknown nothing is deleted: the table may
+        reference the files (an unreferenced file is only space; a referenced one gone is a
+        broken table).
+        """
+        if self.committed or self.outcome_unknown:
+            return
+        paths = {f"{self.path}/{a['path']}" for a in self.actions}
+        for prefix in self.prefixes:
+            with contextlib.suppress(Exception):
+                for pattern in ("", "**/"):  # the table's root, and its partition folders
+                    paths.update(self.fs.glob(f"{self.path}/{pattern}part-{prefix}-*.parquet"))
+        for path in paths:
             with contextlib.suppress(Exception):  # cleanup must not hide the error that caused it
-                self.fs.rm(f"{self.path}/{action['path']}")
+                self.fs.rm(path)
         self.actions = []
+        self.prefixes = []
+
+
+def _delta_types(schema: pa.Schema, where: str, uri: str) -> None:
+    """Every column must have a Delta type: found here, not by the commit after all the work."""
+    from deltalake.schema import Schema as DeltaSchema
+
+    for f in schema:
+        try:
+            DeltaSchema.from_arrow(pa.schema([f]))
+        except Exception as exc:  # noqa: BLE001 - delta-rs raises plain Exceptions for schema errors
+            raise DataError(
+                f"{where}: column {f.name!r} has type {f.type}, which a Delta table cannot hold ({redact_url(uri)!r})",
+                hint="cast it to a supported type (numbers, strings, booleans, dates, timestamps, decimals)",
+            ) from exc
 
 
 def _castable(got: pa.DataType, want: pa.DataType) -> bool:
