@@ -9,23 +9,26 @@ fit passes, data quality, stage timings, the cluster and library versions.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
 from dpipe.spec import JobSpec, redacted
+from dpipe.spec.base import redact, redact_url
 from dpipe.versions import library_versions
 
 
 def source_lineage(source: Any, *, uri: str, format: str | None = None) -> dict[str, Any]:
     """What exactly was read from one source: its uri, kind, files and its connector's record."""
-    entry: dict[str, Any] = {"uri": uri}
+    entry: dict[str, Any] = {"uri": redact_url(uri)}
     if format is not None:
         entry["format"] = format
-    entry["files"] = list(source.files)
+    entry["files"] = [redact_url(f) for f in source.files]
     lineage = getattr(source, "lineage", None)
     if callable(lineage):
-        entry["lineage"] = lineage()
+        # A database URL's password never reaches a manifest (nor a table's commit metadata).
+        entry["lineage"] = redact(copy.deepcopy(lineage()))
     return entry
 
 

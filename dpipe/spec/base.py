@@ -18,15 +18,28 @@ class Strict(BaseModel):
 REDACTED = "***"
 #: Sections whose every value is a secret (credentials, endpoints with tokens).
 SECRET_SECTIONS = ("storage_options",)
-#: Keys anywhere in a spec whose value is a secret (``password``, ``s3.secret-access-key``, ``token``).
-SECRET_KEY = re.compile(r"password|secret|token|credential|private[-_.]?key|access[-_.]?key", re.IGNORECASE)
-#: The password of a URL's user info: ``postgresql://user:PASSWORD@host/db``.
-URL_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:?#]*):(?P<password>[^/@?#]*)@")
+#: Keys anywhere in a spec whose value is a secret (``password``, ``s3.secret-access-key``, ``token``,
+#: ``adls.account-key``, a REST catalog's ``header.Authorization``).
+SECRET_KEY = re.compile(
+    r"password|passwd|secret|token|credential|private[-_.]?key|access[-_.]?key|account[-_.]?key"
+    r"|authorization|api[-_.]?key",
+    re.IGNORECASE,
+)
+#: The password of a URL's user info: ``postgresql://user:PASSWORD@host/db``; the password may
+#: itself hold ``@`` (libpq accepts it), so it runs to the last ``@`` before the host.
+URL_PASSWORD = re.compile(
+    r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:?#]*):(?P<password>[^/?#]*)@(?=[^@/?#]*(?:[/?#]|$))"
+)
+#: A password given as a URL query parameter or a libpq keyword (``?password=...``, ``password=...``).
+PASSWORD_PARAMETER = re.compile(
+    r"(?P<key>(?:^|[?&;\s])(?:password|passwd|sslpassword)\s*=\s*)(?P<value>[^&;\s]*)", re.IGNORECASE
+)
 
 
 def redact_url(url: str) -> str:
-    """``postgresql://me:s3cret@db/x`` -> ``postgresql://me:***@db/x``; other strings unchanged."""
-    return URL_PASSWORD.sub(lambda m: f"{m.group('head')}:{REDACTED}@", url)
+    """``postgresql://me:s3cret@db/x`` -> ``postgresql://me:***@db/x``; ``?password=...`` too; other strings unchanged."""
+    url = URL_PASSWORD.sub(lambda m: f"{m.group('head')}:{REDACTED}@", url)
+    return PASSWORD_PARAMETER.sub(lambda m: f"{m.group('key')}{REDACTED}", url)
 
 
 def redact(data: Any) -> Any:

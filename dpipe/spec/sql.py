@@ -19,12 +19,19 @@ The models import no database package: validating a job needs neither driver.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from dpipe.spec.connectors import BaseSinkSpec
 from dpipe.spec.source import BaseSourceSpec, Filters
+
+#: What makes a query return other rows each time it runs (each range of a partitioned read runs it).
+UNREPEATABLE = re.compile(
+    r"\b(?:limit|offset|fetch\s+(?:first|next)|tablesample|using\s+sample)\b|\b(?:random|uuid|gen_random_uuid)\s*\(",
+    re.IGNORECASE,
+)
 
 #: URL schemes of a PostgreSQL ``uri`` (libpq's).
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -68,6 +75,14 @@ class SQLSourceSpec(BaseSourceSpec):
             raise ValueError("give exactly one of `table` (a table or view) and `query` (a SELECT)")
         if self.partitions is not None and self.partitions > 1 and self.partition_on is None:
             raise ValueError("`partitions` needs `partition_on`, the column whose range is split")
+        if self.query is not None and self.partition_on is not None:
+            found = UNREPEATABLE.search(self.query)
+            if found:
+                raise ValueError(
+                    f"a `query` read in ranges of `partition_on` runs once per range, so it must return the same"
+                    f" rows every time; this one has {found.group(0).strip()!r}. Read it in one partition (leave"
+                    " `partition_on` out), or write its rows to a table first"
+                )
         return self
 
 

@@ -518,3 +518,57 @@ def test_job_with_a_postgres_source_validates_and_plans(postgres, demo_root, tmp
     assert planned.source.record["rows"] == events.num_rows
     assert "income" in planned.source.frame.columns
     postgres.sql(f"DROP SCHEMA {schema} CASCADE")
+
+
+# -- semantics shared with the other sources, and the review's cases -------------------------------------
+def test_in_and_not_in_treat_null_as_the_file_sources_do(pg, duck):
+    import pyarrow.parquet as pq
+
+    values = pa.table({"id": [1, 2, None]})
+    cases = [[("id", "in", [1])], [("id", "in", [1, None])], [("id", "not in", [1])], [("id", "not in", [1, None])]]
+    for filters in cases:
+        expected = sorted(values.filter(pq.filters_to_expression(filters))["id"].to_pylist(), key=str)
+        listed = [list(f) for f in filters]
+        pg_got = open_source(pg_source(pg, filters=listed)).frame.compute()["id"]
+        kept = {None if pd.isna(v) else int(v) for v in pg_got} & {1, 2, None}
+        assert sorted(kept, key=str) == expected, filters
+        duck_got = open_source({"format": "duckdb", "uri": str(duck), "table": "events", "filters": listed})
+        kept = {None if pd.isna(v) else int(v) for v in duck_got.frame.compute()["id"]} & {1, 2, None}
+        assert sorted(kept, key=str) == expected, filters
+
+
+def test_a_query_that_returns_other_rows_each_run_is_not_read_in_ranges(pg):
+    with pytest.raises(
+        SpecError, match=r"runs once per range, so it must return the same rows every time; this one has 'LIMIT'"
+    ):
+        open_source(pg_source(pg, query=f"SELECT * FROM {pg['table']} LIMIT 10", partition_on="id"))
+    one = open_source(pg_source(pg, query=f"SELECT * FROM {pg['table']} ORDER BY id LIMIT 10"))
+    assert len(one.frame.compute()) == 10
+
+
+def test_a_txn_is_once_per_target_table(pg):
+    for table in ("scores", "scores_copy"):
+        with open_sink(pg_sink(pg, table=f"{pg['schema']}.{table}")) as sink:
+            sink.write(scores())
+            assert not sink.commit(txn="same-run").duplicate
+    assert pg["server"].sql(f"SELECT count(*) FROM {pg['schema']}.scores_copy") == "30"
+
+
+def test_a_unique_violation_in_the_target_is_named_as_such(pg):
+    target = f"{pg['schema']}.keyed"
+    pg["server"].sql(f"CREATE TABLE {target} (id bigint PRIMARY KEY, score double precision)")
+    pg["server"].sql(f"INSERT INTO {target} VALUES (3, 0.0)")
+    frame = dd.from_pandas(pd.DataFrame({"id": [1, 2, 3], "score": [0.1, 0.2, 0.3]}), npartitions=1)
+    sink = open_sink(pg_sink(pg, table=target))
+    with pytest.raises(DataError, match=r"violate a unique constraint of .*keyed.*nothing was committed"), sink:
+        sink.write(frame)
+        sink.commit()
+    assert pg["server"].sql(f"SELECT count(*) FROM {target}") == "1"
+
+
+def test_values_that_do_not_fit_the_output_types_fail_instead_of_truncating(tmp_path):
+    meta = pd.DataFrame({"id": pd.Series([], dtype="int64")})
+    drifted = dd.from_pandas(pd.DataFrame({"id": [1.5, 2.0]}), npartitions=1).map_partitions(lambda p: p, meta=meta)
+    sink = open_sink(duck_sink(tmp_path / "out.duckdb"))
+    with pytest.raises(DataError, match="cannot be written with the output's types"), sink:
+        sink.write(drifted)

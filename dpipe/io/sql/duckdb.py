@@ -321,10 +321,15 @@ class DuckDBSink:
         if self.schema_name:
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {d.ident(self.schema_name)}")
         conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {commits} (txn VARCHAR PRIMARY KEY, target VARCHAR NOT NULL,"
-            " committed_at TIMESTAMPTZ NOT NULL, rows BIGINT, metadata JSON)"
+            f"CREATE TABLE IF NOT EXISTS {commits} (txn VARCHAR NOT NULL, target VARCHAR NOT NULL,"
+            " committed_at TIMESTAMPTZ NOT NULL, rows BIGINT, metadata JSON, PRIMARY KEY (txn, target))"
         )
-        if check_txn and conn.execute(f"SELECT 1 FROM {commits} WHERE txn = {lit(commit_id)}").fetchall():
+        if (
+            check_txn
+            and conn.execute(
+                f"SELECT 1 FROM {commits} WHERE txn = {lit(commit_id)} AND target = {lit(self.table)}"
+            ).fetchall()
+        ):
             conn.rollback()
             return True
         exists = self._target(conn) is not None

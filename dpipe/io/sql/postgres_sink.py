@@ -4,7 +4,7 @@
 into a staging table ``<table>__dpipe_stage_<id>``, each in one transaction that also records the
 partition in ``_dpipe_staged`` (a retried task finds its partition there and writes nothing).
 The client then commits once: ``INSERT INTO table SELECT ... FROM stage`` (append) or a rename
-swap (replace), with the commit's row in ``_dpipe_commits`` (``txn`` primary key) in the same
+swap (replace), with the commit's row in ``_dpipe_commits`` (one row per ``txn`` and target table) in the same
 transaction. A failed or killed run leaves the target as it was (a killed one may leave its
 staging table behind: its name says what it is).
 """
@@ -201,7 +201,10 @@ class PostgresSink:
                 rows, duplicate = self._commit_once(commit_id, document, check_txn=txn is not None)
                 break
             except pg.Error as exc:
-                if sqlstate(exc) not in _RETRY_STATES or attempt == COMMIT_ATTEMPTS - 1:
+                # A unique violation is retried once: a concurrent commit of the same txn (its
+                # `_dpipe_commits` row) is then found; a second one is the target's own constraint.
+                unique_again = sqlstate(exc) == "23505" and attempt > 0
+                if sqlstate(exc) not in _RETRY_STATES or attempt == COMMIT_ATTEMPTS - 1 or unique_again:
                     raise self._commit_error(exc, attempt) from None
                 time.sleep(0.05 * 2**attempt)
         self.committed = True
@@ -221,8 +224,8 @@ class PostgresSink:
             with conn.cursor() as cur:
                 _create_if_missing(
                     cur,
-                    f"CREATE TABLE IF NOT EXISTS {commits} (txn text PRIMARY KEY, target text NOT NULL,"
-                    " committed_at timestamptz NOT NULL, rows bigint, metadata jsonb)",
+                    f"CREATE TABLE IF NOT EXISTS {commits} (txn text NOT NULL, target text NOT NULL,"
+                    " committed_at timestamptz NOT NULL, rows bigint, metadata jsonb, PRIMARY KEY (txn, target))",
                 )
                 cur.execute("BEGIN")
                 cur.execute(
@@ -235,7 +238,7 @@ class PostgresSink:
                         hint="write() must finish before commit()",
                     )
                 if check_txn:
-                    cur.execute(f"SELECT 1 FROM {commits} WHERE txn = {lit(commit_id)}")
+                    cur.execute(f"SELECT 1 FROM {commits} WHERE txn = {lit(commit_id)} AND target = {lit(self.table)}")
                     if cur.fetchone() is not None:
                         cur.execute("ROLLBACK")
                         return 0, True
@@ -275,6 +278,12 @@ class PostgresSink:
 
     def _commit_error(self, exc: BaseException, attempt: int) -> DpipeError:
         message = self.info.scrub(server_message(exc))
+        if sqlstate(exc) == "23505":
+            return DataError(
+                f"{self.where}: the rows violate a unique constraint of {self.table!r}: {message};"
+                " nothing was committed",
+                hint="the table already holds rows with these keys: write to a new table, or use `mode: replace`",
+            )
         if sqlstate(exc) in _RETRY_STATES:
             return StorageError(
                 f"{self.where}: the commit to {self.table!r} kept conflicting with concurrent commits"

@@ -111,11 +111,16 @@ def filter_condition(dialect: Dialect, filters: list | None) -> str | None:
 def _comparison(dialect: Dialect, column: str, op: str, value: Any) -> str:
     col = dialect.ident(column)
     if op in ("in", "not in"):
-        values = list(value)
-        if not values:
-            return "FALSE" if op == "in" else "TRUE"
+        # As the file sources filter (pyarrow's is_in): NULL is in a list that holds null, and
+        # not in one that does not, rather than SQL's "unknown" (which drops the row either way).
+        values = [v for v in value if v is not None]
+        has_null = len(values) < len(list(value))
         listed = ", ".join(dialect.literal(v) for v in values)
-        return f"{col} {'IN' if op == 'in' else 'NOT IN'} ({listed})"
+        if op == "in":
+            found = f"{col} IN ({listed})" if values else "FALSE"
+            return f"({found} OR {col} IS NULL)" if has_null else found
+        absent = f"{col} NOT IN ({listed})" if values else "TRUE"
+        return f"({absent} AND {col} IS NOT NULL)" if has_null else f"({absent} OR {col} IS NULL)"
     if value is None:
         if op in ("==", "="):
             return f"{col} IS NULL"

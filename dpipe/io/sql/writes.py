@@ -37,8 +37,11 @@ def frame_schema(meta: pd.DataFrame) -> pa.Schema:
 def to_arrow(frame: pd.DataFrame, schema: pa.Schema, *, where: str) -> pa.Table:
     """One partition as Arrow with exactly ``schema`` (a worker's rows must match the stage's)."""
     try:
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        return table.select(schema.names).cast(schema, safe=False)
+        table = pa.Table.from_pandas(frame, preserve_index=False).select(schema.names)
+        # Values must fit (a float of a column the meta says is int64 is an error, not truncated);
+        # only timestamps may lose their nanoseconds (databases keep microseconds).
+        columns = [table.column(f.name).cast(f.type, safe=not pa.types.is_timestamp(f.type)) for f in schema]
+        return pa.table(columns, schema=schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, KeyError) as exc:
         raise DataError(
             f"{where}: a partition cannot be written with the output's types {dict(zip(schema.names, map(str, schema.types)))}: {exc}",
