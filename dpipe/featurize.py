@@ -116,6 +116,11 @@ def run_features(
                 started=started,
             )
             txn = content_key(job, source)
+            if job.txn is None and not getattr(source, "versioned", True):
+                reporter.log(
+                    f"source: {job.source.format} rows carry no version, so a retry of this run cannot be"
+                    " told from a new one; set `txn:` (e.g. from the scheduler's run date) to commit it once"
+                )
             written = sink.commit(metadata={"manifest": manifest, "pipeline": pipeline.to_dict()}, txn=txn)
             if side is not None:
                 side.write_json("manifest.json", manifest)
@@ -243,10 +248,15 @@ def _quarantine_output(job: FeaturesJobSpec) -> StagedOutput | None:
 
 
 def content_key(job: FeaturesJobSpec, source: Any) -> str:
-    """The commit's transaction id: the job's name and a hash of its spec and exactly what it read.
+    """The commit's transaction id: ``job.txn``, else the job's name and a hash of its spec and
+    exactly what it read.
 
-    Identical for a retried run of the same job on the same data, different once either changes.
+    Identical for a retried run of the same job on the same data when the source is versioned
+    (:attr:`dpipe.io.OpenedSource.versioned`); a live database's lineage holds its snapshot, so
+    each run gets its own id there unless the spec names one.
     """
+    if job.txn is not None:
+        return job.txn
     data = {"spec": redacted(job), "input": source.lineage()}
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:24]
     return f"dpipe:{job.name}:{digest}"

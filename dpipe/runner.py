@@ -28,7 +28,7 @@ from dpipe.manifest import cluster_info, run_manifest, source_lineage
 from dpipe.plan import Plan, plan, require, table_opener
 from dpipe.progress import Reporter
 from dpipe.spec import FeaturesJobSpec, JobSpec
-from dpipe.spec.base import redact
+from dpipe.spec.base import redact, redact_url
 from dpipe.spec.connectors import BaseSinkSpec
 from dpipe.spec.source import BaseSourceSpec
 from dpipe.train import TrainConfig, predict_frame
@@ -225,7 +225,8 @@ def predict(
             "input": source_lineage(src, uri=spec.uri, format=spec.format),
             "id_columns": ids,
         }
-        written = sink.commit(metadata={"manifest": redact(manifest)}, txn=_predict_txn(bundle, b, src))
+        txn = _predict_txn(bundle, b, src, sink)
+        written = sink.commit(metadata={"manifest": redact(manifest)}, txn=txn)
     state = "already committed (nothing appended)" if written.duplicate else "committed"
     reporter.log(f"predictions {state}: {written.uri} ({written.rows} rows)")
     return PredictResult(
@@ -233,9 +234,12 @@ def predict(
     )
 
 
-def _predict_txn(bundle: str, b: Bundle, src: Any) -> str:
-    """Scoring the same data with the same model commits once (a retried run appends nothing)."""
-    data = {"bundle": bundle, "model": b.manifest.get("finished_at"), "input": src.lineage()}
+def _predict_txn(bundle: str, b: Bundle, src: Any, sink: Any) -> str:
+    """Scoring the same data with the same model into the same place commits once (a retried run
+    appends nothing); see :func:`dpipe.featurize.content_key` for sources without versions."""
+    table = getattr(sink, "table", None)  # a SQL sink's table name (a Delta sink's is a DeltaTable)
+    target = [type(sink).__name__, redact_url(sink.uri), table if isinstance(table, str) else None]
+    data = {"bundle": bundle, "model": b.manifest.get("finished_at"), "input": src.lineage(), "output": target}
     return "dpipe-predict:" + hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

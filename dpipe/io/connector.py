@@ -56,6 +56,10 @@ class OpenedSource:
     datums: tuple[Datum, ...] = ()
     record: Mapping[str, Any] = field(default_factory=dict)
     partition_columns: list[str] = field(default_factory=list)
+    #: Whether the lineage identifies the rows read: equal lineage, equal rows (files with their
+    #: ETags, a table version, a database file's version). ``False`` for a live database, whose
+    #: rows can change without a version: two reads of it cannot be told apart from a retry.
+    versioned: bool = True
 
     @property
     def columns(self) -> list[str]:

@@ -211,6 +211,11 @@ class FeaturesJobSpec(Strict):
     pipeline_from: PipelineFrom | None = None
     columns: list[str] | None = Field(default=None, min_length=1)
     output: SinkSpec
+    #: The commit's transaction id: a rerun with the same one commits nothing (exactly once).
+    #: Default: derived from the spec and exactly what was read, which only identifies a retry for
+    #: versioned sources (files, Delta, Iceberg, DuckDB files); for a live database give one that
+    #: names the run, e.g. ``orders-${RUN_DATE}`` from the scheduler.
+    txn: str | None = Field(default=None, min_length=1, max_length=200)
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     checks: list[CheckSpec] = Field(default_factory=list)
     quarantine: QuarantineSpec | None = Field(default=None, validate_default=True)

@@ -149,3 +149,26 @@ def test_a_postgres_source_defaults_to_one_range_per_planned_worker_thread(event
     result = dpipe.run(job, progress=False)
     assert result.rows["written"] == 3000
     assert len(result.manifest["input"]["files"]) == 3  # one range per worker thread of the planned cluster
+
+
+def test_a_live_database_source_needs_a_txn_to_commit_a_retry_once(events, tmp_path, postgres, client, caplog):
+    with pgdb.connect(postgres.uri) as conn, conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS live_events")
+        cur.adbc_ingest("live_events", pa.Table.from_pandas(events.iloc[:500], preserve_index=False), mode="create")
+        conn.commit()
+    lake = str(tmp_path / "lake")
+    spec = {
+        "kind": "features",
+        "source": {"format": "postgresql", "uri": postgres.uri, "table": "live_events"},
+        "output": {"format": "delta", "uri": lake, "mode": "append"},
+    }
+    with caplog.at_level("INFO", logger="dpipe"):
+        first = dpipe.run(dpipe.job_from_dict(spec), client, progress=False)
+    assert "rows carry no version" in caplog.text
+    # The password is in the source's URL: it reaches neither the manifest nor the table's commit.
+    history = json.dumps(deltalake.DeltaTable(lake).history(), default=str)
+    assert postgres.password not in json.dumps(first.manifest) and postgres.password not in history
+    pinned = {**spec, "txn": "live-events-2024-06-01"}
+    for _ in range(2):  # the scheduler's retry of one run: committed once
+        dpipe.run(dpipe.job_from_dict(pinned), client, progress=False)
+    assert len(deltalake.DeltaTable(lake).to_pandas()) == 1000

@@ -107,8 +107,14 @@ def write_delta_part(frame: pd.DataFrame, task: DeltaWriteTask, index: int) -> l
     return actions
 
 
-def _flatten(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    return [action for part in parts for action in part]
+_ACTIONS_META = pd.DataFrame({"action": pd.Series([], dtype=object)})
+
+
+def _write_partition(frame: pd.DataFrame, task: DeltaWriteTask, partition_info: dict | None = None) -> pd.DataFrame:
+    """:func:`write_delta_part` as a frame of its add actions (JSON), for ``map_partitions``."""
+    index = partition_info["number"] if partition_info else 0
+    actions = write_delta_part(frame, task, index)
+    return pd.DataFrame({"action": pd.Series([json.dumps(a) for a in actions], dtype=object)})
 
 
 def _partition_text(value: Any) -> str | None:
@@ -247,12 +253,15 @@ class DeltaSink:
         assert self.schema is not None
         task = DeltaWriteTask(self.fs, self.path, uuid.uuid4().hex[:16], self.schema, tuple(self.partition_by))
         self.prefixes.append(task.prefix)  # abort() finds the files of a write that failed halfway by it
-        parts = [dask.delayed(write_delta_part)(part, task, i) for i, part in enumerate(frame.to_delayed())]
-        # One object to compute: `compute` (the run's, with its progress bar) returns one value per argument.
-        together = dask.delayed(_flatten)(parts, dask_key_name=f"dpipe-delta-write-{task.prefix}")
+        # A frame of add actions, one row per data file: one collection to compute, of the same
+        # kind as the frame (so the run can compute it with the quality values in one pass).
+        actions = frame.map_partitions(
+            _write_partition, task, meta=_ACTIONS_META, enforce_metadata=False, align_dataframes=False
+        )
         with storage_errors(self.where, self.uri):
             self.fs.makedirs(self.path, exist_ok=True)
-            (results,) = (compute or dask.compute)(together)
+            (written,) = (compute or dask.compute)(actions)
+        results = [json.loads(a) for a in written["action"]]
         self.actions.extend(results)
 
     def commit(self, *, metadata: Mapping[str, Any] | None = None, txn: str | None = None) -> Written:

@@ -182,6 +182,9 @@ class SQLSource:
     client's connection) and :meth:`location` (the database, without credentials).
     """
 
+    #: Whether equal lineage means equal rows (see :attr:`dpipe.io.OpenedSource.versioned`).
+    versioned: ClassVar[bool] = False
+
     Spec: ClassVar[type[SQLSourceSpec]] = SQLSourceSpec
     dialect: ClassVar[Dialect]
     kind: ClassVar[str]
@@ -265,6 +268,7 @@ class SQLSource:
             files=[t.label for t in tasks],
             datums=tuple(datums),
             record=record,
+            versioned=self.versioned,
         )
 
     def _columns(self, full: pa.Schema) -> list[str]:

@@ -138,6 +138,9 @@ class _Session:
 class DuckDBSource(SQLSource):
     """``format: duckdb``: a table or query of a DuckDB database file, in ranges of ``partition_on``."""
 
+    #: A database file's version changes whenever it is written: equal versions, equal rows.
+    versioned = True
+
     Spec = DuckDBSourceSpec
     dialect = DUCKDB
     kind = "duckdb"
