@@ -133,7 +133,8 @@ class Source(Protocol):
 
 @dataclass(frozen=True)
 class Written:
-    """What a sink committed: its URI, the rows (if known), the datums it wrote, and its record.
+    """What a sink committed: its URI, the rows this commit added (if known; 0 for a duplicate), the
+    datums it wrote, and its record.
 
     ``record`` is the sink's part of the lineage: what the commit created (``{"kind": "delta",
     "version": 7, "mode": "append"}``, an Iceberg snapshot id, a SQL table and transaction id).

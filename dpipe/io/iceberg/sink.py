@@ -284,8 +284,9 @@ class IcebergSink:
             if earlier is not None:
                 self._discard()
                 self.committed = True
-                rows = int(earlier.summary.get("added-records", 0)) if earlier.summary else None
-                return Written(self.uri, rows=rows, record=self._record(earlier.snapshot_id), duplicate=True)
+                # Nothing is added by this call (`rows` counts what a commit adds, as for every sink);
+                # the record names the earlier snapshot that holds the rows.
+                return Written(self.uri, rows=0, record=self._record(earlier.snapshot_id), duplicate=True)
         tx = self._transaction(table)
         producer = tx.update_snapshot(snapshot_properties=properties)
         overwrite = self.spec.mode == "overwrite" and table is not None
