@@ -18,8 +18,8 @@ from dpipe.errors import ColumnError, DataError, StorageError
 from dpipe.io.arrow import arrow_to_pandas, empty_frame
 from dpipe.io.connector import BadFileLog, Datum, OpenedSource
 from dpipe.io.delta.table import _check_protocol, _delta_errors, _first_line, _load_table
+from dpipe.io.filters import coerce, filter_columns, filter_expression
 from dpipe.io.fs import full_uri, resolve
-from dpipe.io.sources import _coerce, _filter_columns, _filter_expression
 from dpipe.spec.base import redact_url
 from dpipe.spec.delta import DeltaSourceSpec
 
@@ -131,7 +131,7 @@ class DeltaSource:
                 f" available: {available}",
                 hint=f"fix `{where}.columns`",
             )
-        expression = _filter_expression(spec.filters, schema, where) if spec.filters else None
+        expression = filter_expression(spec.filters, schema, where) if spec.filters else None
         root = table.table_uri
         actions = pa.table(table.get_add_actions(flatten=True)).to_pylist()
         total = len(actions)
@@ -166,7 +166,7 @@ class DeltaSource:
                     schema=schema,
                     columns=tuple(selected),
                     filter=expression,
-                    filter_columns=tuple(_filter_columns(spec.filters or [])),
+                    filter_columns=tuple(filter_columns(spec.filters or [])),
                     keep=None if keep is None else np.packbits(keep).tobytes(),
                     rows=0 if keep is None else len(keep),
                     bad_file_log=bad_file_log,
@@ -202,7 +202,7 @@ class DeltaSource:
         filters = self.spec.filters or []
         groups = filters if isinstance(filters[0], list) and isinstance(filters[0][0], (list, tuple)) else [filters]
         dnf = [
-            [(c, "=" if op == "==" else op, _coerce(v, schema.field(c).type)) for c, op, v in group] for group in groups
+            [(c, "=" if op == "==" else op, coerce(v, schema.field(c).type)) for c, op, v in group] for group in groups
         ]
         DeltaError, _, _ = _delta_errors()
         try:

@@ -1,0 +1,200 @@
+"""The parts of files that become partitions, and how a worker reads one.
+
+A file is one part, or several when it is larger than ``partition_size``: runs of Parquet row
+groups (:class:`RowGroups`), or byte ranges of whole lines of CSV and JSON-lines files
+(:class:`ByteBlock`; a line belongs to the block holding the line break before it, so every line is
+read exactly once). :class:`FragmentTask` is what a worker gets (picklable, tokenised by content),
+:func:`read_fragment` what it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+from dpipe.errors import DataError, StorageError
+from dpipe.io.arrow import arrow_to_pandas
+from dpipe.io.connector import BadFileLog
+
+#: Bytes read past a block's end in the same request, to find the line break that ends it.
+LOOKAHEAD = 64 * 1024
+BAD_FILE_HINT = (
+    "the file is corrupt or its schema differs from the other files; fix or remove it,"
+    " or set `quarantine.bad_files: skip` to leave such files out"
+)
+
+
+@dataclass(frozen=True)
+class RowGroups:
+    """A run of a Parquet file's row groups, by index (one partition of a split file)."""
+
+    ids: tuple[int, ...]
+
+    def fragment(self, file: ds.Fragment) -> ds.Fragment:
+        # `subset` reads the footer (that the read needs anyway) and keeps the ids in order;
+        # `make_fragment(row_groups=...)`, which pickling uses too, would not.
+        return file.subset(row_group_ids=list(self.ids))
+
+
+@dataclass(frozen=True)
+class ByteBlock:
+    """Bytes ``[start, end)`` of a text file of ``size`` bytes, read as whole lines (one partition).
+
+    A line belongs to the block that holds the line break before it (the first line to the
+    first block), so consecutive blocks read every line exactly once; a block reads on past
+    ``end`` to finish its last line. ``column_names`` (CSV) name the columns of a block that
+    does not start with the header.
+    """
+
+    start: int
+    end: int
+    size: int
+    column_names: tuple[str, ...] | None = None
+
+    def fragment(self, file: ds.Fragment) -> ds.Fragment | None:
+        """The block's lines as an in-memory fragment of the file's format (``None``: no lines)."""
+        fs = getattr(getattr(file.filesystem, "handler", None), "fs", None)
+        if fs is not None:
+            # An fsspec store: exact ranged reads (a buffered file would read ahead a whole block).
+            data = _lines(lambda n, at: fs.cat_file(file.path, start=at, end=at + n), self.size, self.start, self.end)
+        else:
+            with file.open() as f:
+                data = _lines(f.read_at, self.size, self.start, self.end)
+        if not data.strip():
+            return None
+        fmt = file.format
+        if self.column_names is not None:
+            fmt = ds.CsvFileFormat(
+                parse_options=fmt.parse_options,
+                read_options=pacsv.ReadOptions(column_names=list(self.column_names)),
+                convert_options=fmt.default_fragment_scan_options.convert_options,
+            )
+        return fmt.make_fragment(pa.py_buffer(data), partition_expression=file.partition_expression)
+
+
+#: A part of a file that is one partition: what :meth:`FileSource.parts` splits a file into.
+Part = RowGroups | ByteBlock
+
+
+@dataclass(frozen=True)
+class FragmentTask:
+    """What a worker needs to read one partition: picklable, tokenised by content.
+
+    A partition is a whole file (``fragment``) or a ``part`` of it: :class:`RowGroups` of a
+    Parquet file, a :class:`ByteBlock` of a text file. ``uri`` is the file's, ``label`` the
+    partition's (``OpenedSource.files``; the file's URI when the file is not split). ``error``
+    marks a file that is known to be unreadable (a column of another type): it is not read, and
+    is skipped or fails as a file that cannot be read does.
+    """
+
+    fragment: ds.Fragment
+    uri: str
+    schema: pa.Schema
+    columns: tuple[str, ...]
+    filter: ds.Expression | None = None
+    bad_file_log: BadFileLog | None = None
+    fs_token: str = ""
+    label: str = ""
+    part: Part | None = None
+    error: str | None = None
+
+    def __dask_tokenize__(self):
+        # The filesystem's token (a hash of its options) keeps two reads of one URL with other
+        # storage_options from sharing Dask keys, and so from sharing one filesystem.
+        skip = self.bad_file_log.uri if self.bad_file_log else None
+        return (
+            self.uri,
+            self.label,
+            self.fs_token,
+            str(self.fragment.partition_expression),
+            self.columns,
+            str(self.filter),
+            skip,
+            self.part,
+            self.error,
+        )
+
+
+def read_fragment(task: FragmentTask, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read one partition (runs on a worker); partition columns come from the file's directory.
+
+    ``columns`` (a subset of ``task.columns``) is how Dask pushes a column projection of the
+    frame into the read: with it, a computation that needs fewer columns reads fewer bytes.
+    With a ``bad_file_log`` a file that cannot be read gives an empty frame of the right columns
+    and types, and the file and its error are recorded in the log instead of failing the task.
+    """
+    columns = list(task.columns) if columns is None else list(columns)
+    if task.error is not None:
+        return _unreadable(task, columns, task.error)
+    try:
+        table = _read_table(task, columns)
+    except FileNotFoundError as exc:
+        raise StorageError(
+            f"source: file {task.uri!r} disappeared while reading",
+            hint="do not modify the input while a job runs",
+        ) from exc
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError, ValueError) as exc:
+        error = str(exc).splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        return _unreadable(task, columns, error, exc)
+    return arrow_to_pandas(table)
+
+
+def _unreadable(task: FragmentTask, columns: list[str], error: str, exc: BaseException | None = None) -> pd.DataFrame:
+    if task.bad_file_log is None:
+        raise DataError(f"source: cannot read file {task.uri!r}: {error}", hint=BAD_FILE_HINT) from exc
+    task.bad_file_log.record(task.uri, error)
+    return arrow_to_pandas(_empty(task.schema, columns))
+
+
+def _empty(schema: pa.Schema, columns: list[str]) -> pa.Table:
+    return pa.schema([schema.field(c) for c in columns]).empty_table()
+
+
+def _read_table(task: FragmentTask, columns: list[str]) -> pa.Table:
+    fragment = task.fragment if task.part is None else task.part.fragment(task.fragment)
+    if fragment is None:
+        return _empty(task.schema, columns)
+    return fragment.to_table(schema=task.schema, columns=columns, filter=task.filter)
+
+
+def _lines(read_at: Callable[[int, int], bytes], size: int, start: int, end: int) -> bytes:
+    """The lines whose preceding line break is in ``[start, end)`` (from byte 0 if ``start`` is 0).
+
+    ``read_at(n, offset)`` reads ``n`` bytes at ``offset``: usually once, :data:`LOOKAHEAD`
+    bytes past ``end``; again only while a line runs on.
+    """
+    end = min(end, size)
+    data = read_at(min(size, end + LOOKAHEAD) - start, start)
+
+    def line_break(i: int) -> int:
+        # The first b"\n" at or after data[i], reading on while the file has more.
+        nonlocal data
+        while (j := data.find(b"\n", i)) < 0 and start + len(data) < size:
+            data += read_at(min(size - start - len(data), max(len(data), LOOKAHEAD)), start + len(data))
+        return j
+
+    begin = 0
+    if start > 0:
+        j = line_break(0)
+        if j < 0:
+            return b""  # the line that covers `start` runs to the end of the file: the block before reads it
+        begin = j + 1
+    stop = len(data)
+    if end < size:
+        j = line_break(end - start)
+        stop = len(data) if j < 0 else j + 1
+    return data[begin:stop] if stop > begin else b""
+
+
+def arrow_filesystem(fs: Any) -> pafs.FileSystem:
+    """The fsspec filesystem as ``pyarrow.dataset`` wraps it (pyarrow's own for the local disk)."""
+    if type(fs).__name__ == "LocalFileSystem":
+        return pafs.LocalFileSystem()
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
