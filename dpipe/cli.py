@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
         help="override a spec value, e.g. train.num_boost_round=50 (repeatable)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.add_argument(
+        "--force", action="store_true", help="run even if the output already holds this spec's result on this input"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     _add_common(p)
 
@@ -165,7 +168,7 @@ def _run(args) -> int:
     from dpipe.spec import load_job
 
     job = load_job(args.spec, overrides=args.overrides)
-    result = run(job, scheduler=args.scheduler, progress=not args.quiet)
+    result = run(job, scheduler=args.scheduler, progress=not args.quiet, force=args.force)
     if args.json and not hasattr(result, "bundle_uri"):
         summary = {"job": result.job, "output_uri": result.output_uri, "rows": result.rows, "output": result.output}
         print(json.dumps({**summary, "timings": result.timings}, indent=2, default=str))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import uuid
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ class FeaturesResult:
 
 
 def run_features(
-    job: FeaturesJobSpec, client=None, *, scheduler: str | None = None, progress: bool = True
+    job: FeaturesJobSpec, client=None, *, scheduler: str | None = None, progress: bool = True, force: bool = False
 ) -> FeaturesResult:
     """Run a features job: write its transformed rows to ``job.output`` in one commit.
 
@@ -75,6 +76,17 @@ def run_features(
         fp = plan_features(job)
     source, pipeline, sink, side, bad_files = fp.source, fp.pipeline, fp.sink, fp.side, fp.bad_files
     tables, bundle_uri = fp.tables, fp.bundle_uri
+    txn = content_key(job, source)
+    if force:
+        txn = f"{txn}:forced:{uuid.uuid4().hex[:12]}"  # a commit of its own, even on the same input
+    elif _already_committed(sink, txn):
+        reporter.log(
+            f"unchanged: {job.output.uri} already holds the commit of this spec and input (txn {txn});"
+            " nothing to do (--force runs it again)"
+        )
+        skipped = {"uri": job.output.uri, "kind": job.output.format, "txn": txn, "duplicate": True, "skipped": True}
+        rows = {"read": 0, "quarantined": 0, "written": 0}
+        return FeaturesResult(job.name, job.output.uri, rows, skipped, dict(reporter.timings), {"skipped": skipped})
     reporter.log(f"source: {len(source.files)} partition(s) from {job.source.uri}")
     # The quarantine folder is staged like the output: a failed run leaves neither behind.
     staged = side if side is not None else nullcontext()
@@ -115,7 +127,6 @@ def run_features(
                 cluster=cluster_info(client),
                 started=started,
             )
-            txn = content_key(job, source)
             if job.txn is None and not getattr(source, "versioned", True):
                 reporter.log(
                     f"source: {job.source.format} rows carry no version, so a retry of this run cannot be"
@@ -238,6 +249,12 @@ def _capture(compute: Callable[..., tuple], collections: tuple, values: tuple, o
     results = compute(*collections, *values)
     out.extend(results[: len(collections)])
     return tuple(results[len(collections) :])
+
+
+def _already_committed(sink: Any, txn: str) -> bool:
+    """Whether the sink says a commit of ``txn`` is there (sinks that cannot tell: no)."""
+    has_commit = getattr(sink, "has_commit", None)
+    return bool(has_commit(txn)) if callable(has_commit) else False
 
 
 def _quarantine_output(job: FeaturesJobSpec) -> StagedOutput | None:

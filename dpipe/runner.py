@@ -24,10 +24,11 @@ from dpipe import stages
 from dpipe.bundle import Bundle
 from dpipe.errors import ColumnError
 from dpipe.io import StagedOutput, open_sink, open_source, source_spec
+from dpipe.io.fs import full_uri, resolve
 from dpipe.manifest import cluster_info, run_manifest, source_lineage
 from dpipe.plan import Plan, plan, require, table_opener
 from dpipe.progress import Reporter
-from dpipe.spec import FeaturesJobSpec, JobSpec
+from dpipe.spec import FeaturesJobSpec, JobSpec, redacted
 from dpipe.spec.base import redact, redact_url
 from dpipe.spec.connectors import BaseSinkSpec
 from dpipe.spec.source import BaseSourceSpec
@@ -70,7 +71,14 @@ class PredictResult:
 
 
 # -- run --------------------------------------------------------------------------------------
-def run(job: JobSpec | FeaturesJobSpec, client=None, *, scheduler: str | None = None, progress: bool = True) -> Any:
+def run(
+    job: JobSpec | FeaturesJobSpec,
+    client=None,
+    *,
+    scheduler: str | None = None,
+    progress: bool = True,
+    force: bool = False,
+) -> Any:
     """Run a job: train and commit its model bundle to ``job.output.uri`` (a :class:`RunResult`),
     or, for ``kind: features``, write its rows to the sink ``job.output`` (a
     :class:`~dpipe.featurize.FeaturesResult`).
@@ -85,6 +93,10 @@ def run(job: JobSpec | FeaturesJobSpec, client=None, *, scheduler: str | None = 
         ``LocalCluster``.
     progress
         Show Dask's progress bar on a terminal. Progress lines go to the ``dpipe`` logger.
+    force
+        Run even when the output already holds this job's result: a bundle whose manifest has the
+        same ``content_key`` (spec and exactly what was read), or a sink holding the commit of the
+        same transaction id. Without it such a rerun does no computation and says so.
 
     Examples
     --------
@@ -94,7 +106,7 @@ def run(job: JobSpec | FeaturesJobSpec, client=None, *, scheduler: str | None = 
     if isinstance(job, FeaturesJobSpec):
         from dpipe.featurize import run_features
 
-        return run_features(job, client, scheduler=scheduler, progress=progress)
+        return run_features(job, client, scheduler=scheduler, progress=progress, force=force)
     reporter = Reporter(progress=progress)
     started = dt.datetime.now(dt.UTC)
     with (
@@ -105,6 +117,14 @@ def run(job: JobSpec | FeaturesJobSpec, client=None, *, scheduler: str | None = 
             job.output.uri, job.output.storage_options, overwrite=job.output.overwrite, marker="manifest.json"
         )
         p = plan(job, bad_file_log=_quality.bad_file_log(job, out))
+        key = content_key(p)
+        previous = None if force else _unchanged_bundle(job, key)
+    if previous is not None:
+        reporter.log(
+            f"unchanged: {job.output.uri} already holds the bundle of this spec and input"
+            f" (content key {key[:16]}); nothing to do (--force trains again)"
+        )
+        return previous
     reporter.log(f"source: {len(p.source.files)} file(s) from {job.source.uri}")
     with _cluster.connect(job.cluster, client=client, address=scheduler, log=reporter.log) as client, out:
         compute = reporter.compute(client)
@@ -123,12 +143,45 @@ def run(job: JobSpec | FeaturesJobSpec, client=None, *, scheduler: str | None = 
             trained = stages.train(client, placed, TrainConfig.from_spec(job.train))
         _log_training(reporter, trained)
         with reporter.stage("write", f"model bundle to {job.output.uri}"):
-            manifest = _manifest(p, fitted, reporter, cluster_info(client), started)
+            manifest = {**_manifest(p, fitted, reporter, cluster_info(client), started), "content_key": key}
             stages.write(out, p, fitted, placed, trained, compute, manifest)
             uri = out.commit()
     reporter.log(f"bundle committed: {uri}")
     metrics, rows = dict(trained.metrics), dict(fitted.rows)
     return RunResult(job.name, uri, metrics, rows, timings=dict(reporter.timings), manifest=manifest)
+
+
+def content_key(p: Plan) -> str:
+    """A training run's identity: its spec and exactly what it read (every table's lineage).
+
+    Equal keys mean the run would train the same model on the same rows (for versioned sources).
+    """
+    data = {
+        "spec": redacted(p.job),
+        "input": p.source.lineage(),
+        "tables": {where: t.lineage() for where, t in p.tables.items() if hasattr(t, "lineage")},
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _unchanged_bundle(job: JobSpec, key: str) -> RunResult | None:
+    """The committed bundle at ``job.output.uri`` if its manifest has this content key."""
+    from dpipe.bundle import MANIFEST, METRICS, read_files
+    from dpipe.errors import BundleError
+
+    try:
+        raw = read_files(job.output.uri, job.output.storage_options, (MANIFEST, METRICS))
+    except BundleError:
+        return None
+    try:
+        manifest, metrics = json.loads(raw[MANIFEST]), json.loads(raw[METRICS])
+    except ValueError:
+        return None
+    if manifest.get("content_key") != key:
+        return None
+    fs, path = resolve(job.output.uri, job.output.storage_options, where="output.uri")
+    uri = full_uri(fs, path.rstrip("/"))
+    return RunResult(job.name, uri, metrics, dict(manifest.get("rows", {})), timings={}, manifest=manifest)
 
 
 def _manifest(p: Plan, fitted: stages.Fitted, reporter: Reporter, cluster: dict, started: dt.datetime) -> dict:

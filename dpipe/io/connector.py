@@ -168,7 +168,9 @@ class Sink(Protocol):
     a commit (an error) calls :meth:`abort`, which leaves the destination as it was.
 
     ``check(meta)`` (optional) checks an empty frame of what will be written against the
-    destination (an appended table's schema) before any computation. ``commit`` takes
+    destination (an appended table's schema) before any computation; ``has_commit(txn)``
+    (optional) says whether a commit of ``txn`` is already there, so an unchanged rerun can stop
+    before any work. ``commit`` takes
     ``metadata``, a JSON-able dict stored with the commit (the manifest of a features job: in a
     table's commit metadata, or beside a folder's files), and ``txn``, an id that makes the commit
     happen at most once: a sink that finds a commit with the same ``txn`` returns a

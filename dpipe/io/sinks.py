@@ -250,6 +250,17 @@ class ParquetFolderSink:
         if not self.out.committed:
             self.abort()
 
+    def has_commit(self, txn: str) -> bool:
+        """Whether the folder is the output of a commit of ``txn`` (its ``_dpipe_manifest.json`` says so)."""
+        path = f"{self.out.path}/{MANIFEST}"
+        with storage_errors(self.out.where, self.out.uri):
+            if not (self.out.fs.exists(f"{self.out.path}/{SUCCESS}") and self.out.fs.exists(path)):
+                return False
+            try:
+                return json.loads(self.out.fs.cat_file(path)).get("txn") == txn
+            except ValueError:
+                return False
+
     def check(self, meta) -> None:
         """``partition_by`` columns must be in what is written (checked before any computation)."""
         missing = [c for c in self.partition_by if c not in meta.columns]
@@ -276,8 +287,8 @@ class ParquetFolderSink:
 
         The folder is replaced whole, so a retried commit (``txn``) cannot duplicate rows.
         """
-        if metadata is not None:
-            self.out.write_json(MANIFEST, dict(metadata))
+        if metadata is not None or txn is not None:
+            self.out.write_json(MANIFEST, {"txn": txn, **dict(metadata or {})})
         uri = self.out.commit()
         fs = self.out.fs
         with storage_errors(self.out.where, self.out.uri):

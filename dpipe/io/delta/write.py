@@ -209,6 +209,13 @@ class DeltaSink:
         if not self.committed:
             self.abort()
 
+    def has_commit(self, txn: str) -> bool:
+        """Whether the table already holds a commit of ``txn`` (checked before any work)."""
+        if self.table is None:
+            return False
+        self.table.update_incremental()
+        return self.table.transaction_version(txn) is not None
+
     def check(self, meta: pd.DataFrame) -> None:
         """The frame's columns against the table's (and ``partition_by``), before any computation."""
         where = self.where

@@ -196,6 +196,11 @@ class IcebergSink:
             except (NoSuchTableError, NoSuchNamespaceError):
                 return None
 
+    def has_commit(self, txn: str) -> bool:
+        """Whether a snapshot of the table already carries ``txn`` (checked before any work)."""
+        table = self._existing()
+        return table is not None and any(s.summary and s.summary.get(TXN) == str(txn) for s in table.metadata.snapshots)
+
     def check(self, meta: pd.DataFrame) -> None:
         """What will be written against the table (its columns and types), before any computation."""
         self._check(meta, self._existing())
