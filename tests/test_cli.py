@@ -147,5 +147,6 @@ def test_xgboost_console_lines_are_debug_lines_of_the_dpipe_logger(spec_file):
         return done.stdout + done.stderr
 
     assert "got rank" not in run()
-    ranks = re.findall(r"^\[dpipe\] .*got rank (\d)", run("--verbose"), flags=re.MULTILINE)
+    # --force: the same job on the same data would otherwise be skipped as unchanged.
+    ranks = re.findall(r"^\[dpipe\] .*got rank (\d)", run("--verbose", "--force"), flags=re.MULTILINE)
     assert sorted(ranks) == ["0", "1"]
