@@ -47,23 +47,12 @@ def run_manifest(
     started: dt.datetime,
 ) -> dict[str, Any]:
     """The manifest of a training run, from the plan's, fit's and training's results."""
-    versions = library_versions()
     return {
-        "dpipe_version": versions.get("dpipe"),
-        "job": job.name,
-        "started_at": started.isoformat(),
-        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
-        "spec": redacted(job),
-        "input": source_lineage(source, uri=job.source.uri, format=job.source.format),
-        "tables": {where: source_lineage(t, uri=t.uri) for where, t in tables.items()},
+        **_read(job, source, tables, started),
         "rows": dict(rows),
         "steps": dict(steps),
         "features": dict(features),
-        "fit_phases": [list(p) for p in fit_phases],
-        "quality": dict(quality),
-        "timings": dict(timings),
-        "cluster": dict(cluster),
-        "versions": versions,
+        **_how(fit_phases, quality, timings, cluster),
     }
 
 
@@ -81,23 +70,38 @@ def features_manifest(
     started: dt.datetime,
 ) -> dict[str, Any]:
     """The manifest of a features job, stored with its output's commit (what was read, how)."""
-    versions = library_versions()
     return {
-        "dpipe_version": versions.get("dpipe"),
         "kind": "features",
+        **_read(job, source, tables, started),
+        "pipeline_from": pipeline_from,
+        "steps": dict(steps),
+        **_how(fit_phases, quality, timings, cluster),
+    }
+
+
+def _read(job: Any, source: Any, tables: Mapping[str, Any], started: dt.datetime) -> dict[str, Any]:
+    """What every manifest opens with: the job, when, its spec, and exactly what it read."""
+    return {
+        "dpipe_version": library_versions().get("dpipe"),
         "job": job.name,
         "started_at": started.isoformat(),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         "spec": redacted(job),
         "input": source_lineage(source, uri=job.source.uri, format=job.source.format),
         "tables": {where: source_lineage(t, uri=t.uri) for where, t in tables.items()},
-        "pipeline_from": pipeline_from,
-        "steps": dict(steps),
+    }
+
+
+def _how(
+    fit_phases: list[list[str]], quality: Mapping[str, Any], timings: Mapping[str, float], cluster: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What every manifest closes with: the fit passes, data quality, timings, cluster, versions."""
+    return {
         "fit_phases": [list(p) for p in fit_phases],
         "quality": dict(quality),
         "timings": dict(timings),
         "cluster": dict(cluster),
-        "versions": versions,
+        "versions": library_versions(),
     }
 
 

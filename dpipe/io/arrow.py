@@ -36,3 +36,24 @@ def arrow_to_pandas(table: pa.Table) -> pd.DataFrame:
 def empty_frame(schema: pa.Schema, columns: list[str]) -> pd.DataFrame:
     """The Dask meta of ``columns`` of ``schema``: an empty frame with the partitions' dtypes."""
     return arrow_to_pandas(pa.schema([schema.field(c) for c in columns]).empty_table())
+
+
+def writable_schema(meta: pd.DataFrame, *, utc_timestamps: bool = False) -> pa.Schema:
+    """The Arrow schema a sink writes a frame with (the same on every worker, from its meta).
+
+    Categories are written as their values; columns of unknown type (empty object columns) and
+    large or view strings as plain strings; timestamps in microseconds, what lake tables and
+    databases store. ``utc_timestamps``: zoned timestamps become UTC (Delta has only UTC instants
+    and zone-less times).
+    """
+    fields = []
+    for f in pa.Schema.from_pandas(meta, preserve_index=False):
+        t = f.type
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        if pa.types.is_null(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+            t = pa.string()
+        if pa.types.is_timestamp(t):
+            t = pa.timestamp("us", tz=("UTC" if utc_timestamps else t.tz) if t.tz else None)
+        fields.append(pa.field(f.name, t))
+    return pa.schema(fields)

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dpipe.errors import ColumnError, DataError, SpecError, StorageError
+from dpipe.io.arrow import writable_schema
 from dpipe.io.connector import Datum, Written
 from dpipe.io.delta.read import _partition_value
 from dpipe.io.delta.table import NULL_PARTITION, _first_line, _load_table, delta_storage_options
@@ -31,21 +32,8 @@ from dpipe.spec.delta import DeltaSinkSpec
 
 
 def arrow_schema(meta: pd.DataFrame) -> pa.Schema:
-    """The Delta-compatible Arrow schema of a frame: plain strings, microsecond timestamps, no dictionaries."""
-    fields = []
-    for f in pa.Schema.from_pandas(meta, preserve_index=False):
-        t = f.type
-        if pa.types.is_dictionary(t):
-            t = t.value_type
-        if pa.types.is_large_string(t) or pa.types.is_string_view(t):
-            t = pa.string()
-        if pa.types.is_timestamp(t):
-            # Delta has two timestamps: UTC instants, and wall-clock times without a zone.
-            t = pa.timestamp("us", tz="UTC" if t.tz else None)
-        if pa.types.is_null(t):
-            t = pa.string()
-        fields.append(pa.field(f.name, t))
-    return pa.schema(fields)
+    """The Delta-compatible Arrow schema of a frame (zoned timestamps as UTC instants)."""
+    return writable_schema(meta, utc_timestamps=True)
 
 
 @dataclass(frozen=True)

@@ -10,28 +10,15 @@ import pandas as pd
 import pyarrow as pa
 
 from dpipe.errors import ColumnError, DataError
+from dpipe.io.arrow import writable_schema
 from dpipe.io.sql.base import quietly
 
 __all__ = ["check_append", "frame_schema", "partition_writes", "quietly", "to_arrow"]
 
 
 def frame_schema(meta: pd.DataFrame) -> pa.Schema:
-    """The Arrow schema rows are written with, from the frame's meta (the same on every worker).
-
-    Columns of unknown type (empty object columns) are text; categories are written as their
-    values; timestamps in microseconds, what both databases store.
-    """
-    fields = []
-    for f in pa.Schema.from_pandas(meta, preserve_index=False):
-        t = f.type
-        if pa.types.is_dictionary(t):
-            t = t.value_type
-        if pa.types.is_null(t) or pa.types.is_large_string(t):
-            t = pa.string()
-        if pa.types.is_timestamp(t) and t.unit == "ns":
-            t = pa.timestamp("us", t.tz)
-        fields.append(pa.field(f.name, t))
-    return pa.schema(fields)
+    """The Arrow schema rows are written with, from the frame's meta (the same on every worker)."""
+    return writable_schema(meta)
 
 
 def to_arrow(frame: pd.DataFrame, schema: pa.Schema, *, where: str) -> pa.Table:
