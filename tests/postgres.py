@@ -50,6 +50,9 @@ class PostgresServer:
     password: str
     dbname: str
     bindir: Path
+    #: The server's log (its stderr): what ``log_statement`` and ``auto_explain`` write, when a
+    #: test turns them on for a database of its own (see :meth:`log_from`).
+    log: Path | None = None
 
     @property
     def uri(self) -> str:
@@ -59,6 +62,22 @@ class PostgresServer:
     @property
     def uri_without_password(self) -> str:
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+    def uri_of(self, dbname: str) -> str:
+        """The URL of another database on this server."""
+        return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{dbname}"
+
+    def log_size(self) -> int:
+        """Bytes in the server's log so far: where :meth:`log_from` starts reading later lines."""
+        assert self.log is not None
+        return self.log.stat().st_size
+
+    def log_from(self, offset: int) -> str:
+        """The server's log from byte ``offset`` on (what was logged since :meth:`log_size` said it)."""
+        assert self.log is not None
+        with self.log.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
 
     def sql(self, statement: str, *, dbname: str | None = None) -> str:
         """Run ``statement`` with ``psql`` (unaligned, tuples only); returns its output, stripped.
@@ -209,7 +228,7 @@ def running_server(*, attempts: int = 3) -> Iterator[PostgresServer]:
             if attempt == attempts - 1:
                 server_log = log.read_text()[-2000:] if log.exists() else ""
                 raise RuntimeError(f"pg_ctl start failed ({done.returncode}): {done.stderr}\n{server_log}")
-        server = PostgresServer("127.0.0.1", port, USER, PASSWORD, DBNAME, bindir)
+        server = PostgresServer("127.0.0.1", port, USER, PASSWORD, DBNAME, bindir, log)
         server.sql(f"CREATE DATABASE {DBNAME}", dbname="postgres")
         yield server
     finally:

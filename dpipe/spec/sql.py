@@ -8,7 +8,11 @@ rows of a ``query``, with the keys of every source (``columns``: the SELECT list
 - ``partition_on`` and ``partitions``: a numeric, date or timestamp column whose range is split
   into ``partitions`` ranges read in parallel, one Dask partition each (default: one per worker
   thread of the cluster the run plans for, else of the current Dask client, else 4); without
-  ``partition_on``, one partition.
+  ``partition_on``, one partition;
+- ``watermark``: a number, date or timestamp column that only grows for new rows (an insert
+  timestamp, a serial id). A read then takes the rows up to the column's highest value when it
+  opens, as one datum (``events:inserted_at(,2024-06-01T00:00:00]``), and an incremental read
+  (``open_new``) only the rows above the previous read's mark. It may be ``partition_on`` too.
 
 PostgreSQL reads every partition in one snapshot (``snapshot: true``, see
 :mod:`dpipe.io.sql.postgres`). A sink writes a ``table`` (``mode: append`` or ``replace``,
@@ -46,13 +50,14 @@ def check_table_name(name: str) -> str:
 
 
 class SQLSourceSpec(BaseSourceSpec):
-    """The keys of a database source: ``table`` or ``query``, filters and partitioned reads."""
+    """The keys of a database source: ``table`` or ``query``, filters, partitioned and incremental reads."""
 
     table: str | None = None
     query: str | None = None
     filters: Filters = None
     partition_on: str | None = Field(default=None, min_length=1)
     partitions: int | None = Field(default=None, ge=1)
+    watermark: str | None = Field(default=None, min_length=1)
 
     @field_validator("table")
     @classmethod
@@ -75,14 +80,19 @@ class SQLSourceSpec(BaseSourceSpec):
             raise ValueError("give exactly one of `table` (a table or view) and `query` (a SELECT)")
         if self.partitions is not None and self.partitions > 1 and self.partition_on is None:
             raise ValueError("`partitions` needs `partition_on`, the column whose range is split")
-        if self.query is not None and self.partition_on is not None:
-            found = UNREPEATABLE.search(self.query)
-            if found:
-                raise ValueError(
-                    f"a `query` read in ranges of `partition_on` runs once per range, so it must return the same"
-                    f" rows every time; this one has {found.group(0).strip()!r}. Read it in one partition (leave"
-                    " `partition_on` out), or write its rows to a table first"
-                )
+        found = UNREPEATABLE.search(self.query) if self.query is not None else None
+        if found and self.partition_on is not None:
+            raise ValueError(
+                f"a `query` read in ranges of `partition_on` runs once per range, so it must return the same"
+                f" rows every time; this one has {found.group(0).strip()!r}. Read it in one partition (leave"
+                " `partition_on` out), or write its rows to a table first"
+            )
+        if found and self.watermark is not None:
+            raise ValueError(
+                f"a `query` read above a `watermark` runs once for the mark and once for the rows, so it must"
+                f" return the same rows every time; this one has {found.group(0).strip()!r}. Write its rows"
+                " to a table first, or leave `watermark` out"
+            )
         return self
 
 

@@ -5,15 +5,20 @@ and a picklable :class:`Reader` for the workers); :class:`SQLSource` does the re
 for every database: it checks the columns, splits the range, and builds one :class:`RangeRead`
 per range, each a Dask partition read by ``read_range`` with the projection pushed into its
 SELECT list.
+
+With a ``watermark`` column a read is one datum, the rows up to the column's highest value (read
+in the same snapshot as the rest), and :meth:`SQLSource.open_new` reads only the rows above the
+highest mark of the datums seen before: new rows, as long as the column only grows for them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -24,17 +29,19 @@ import pyarrow.compute as pc
 
 from dpipe.errors import ColumnError, DataError, DpipeError, SpecError, StorageError
 from dpipe.io.arrow import arrow_to_pandas, empty_frame
-from dpipe.io.connector import BadFileLog, Datum, OpenedSource
+from dpipe.io.connector import BadFileLog, Datum, Increment, OpenedSource
 from dpipe.io.sql.text import (
     Dialect,
     filter_condition,
     filter_groups,
+    from_jsonable,
     jsonable,
     range_bounds,
     range_condition,
     relation,
     select,
     split_range,
+    watermark_condition,
 )
 from dpipe.spec.sql import SQLSourceSpec
 
@@ -107,15 +114,25 @@ def plain_table(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=plain_schema(table.schema))
 
 
+#: The column types that have ranges, and the kind of value (see :data:`dpipe.io.sql.text.UNJSONABLE`)
+#: a bound of each is.
+RANGE_KINDS: tuple[tuple[Callable[[pa.DataType], bool], str], ...] = (
+    (pa.types.is_integer, "integer"),
+    (pa.types.is_floating, "float"),
+    (pa.types.is_decimal, "decimal"),
+    (pa.types.is_date, "date"),
+    (pa.types.is_timestamp, "timestamp"),
+)
+
+
+def range_kind(t: pa.DataType) -> str | None:
+    """The kind of a column that has ranges (``"integer"``, ``"date"``...), else ``None``."""
+    return next((kind for test, kind in RANGE_KINDS if test(t)), None)
+
+
 def is_rangeable(t: pa.DataType) -> bool:
     """Can a column of this type be split into ranges: a number, a date or a timestamp."""
-    return bool(
-        pa.types.is_integer(t)
-        or pa.types.is_floating(t)
-        or pa.types.is_decimal(t)
-        or pa.types.is_date(t)
-        or pa.types.is_timestamp(t)
-    )
+    return range_kind(t) is not None
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -208,6 +225,35 @@ class SQLSource:
         return "query-" + hashlib.sha1((spec.query or "").encode()).hexdigest()[:10]
 
     def open(self, *, bad_file_log: BadFileLog | None = None) -> OpenedSource:
+        opened = self._read(None, bad_file_log=bad_file_log)
+        assert opened is not None  # only a read above an earlier mark can find nothing
+        return opened
+
+    def open_new(self, seen: Collection[Datum], *, bad_file_log: BadFileLog | None = None) -> Increment:
+        """Only the rows above the watermark of the ``seen`` datums (an earlier run's), as one datum.
+
+        The earlier mark is the highest of the seen datums of this source and column
+        (``events:ts(...,<mark>]``); the rows read are those with ``mark < watermark <= high``,
+        ``high`` the column's highest value now, within ``filters``, split into ranges of
+        ``partition_on`` as :meth:`open` does. No rows above the mark: ``Increment(source=None)``.
+        ``changed`` and ``missing`` are always empty: rows updated, or inserted with a watermark
+        below the mark, are not seen (that is what a watermark means).
+        """
+        spec, where = self.spec, self.where
+        if spec.watermark is None:
+            raise SpecError(
+                f"{where}.watermark: an incremental read of a {self.kind} source needs a watermark column, one"
+                " that only grows for new rows (an insert timestamp, a serial id); got none",
+                hint=f"add `watermark: <column>` to `{where}`, or read the source in full (not incrementally)",
+            )
+        before = tuple(seen)
+        opened = self._read(before, bad_file_log=bad_file_log)
+        if opened is None:
+            return Increment(source=None, current=before)
+        return Increment(source=opened, new=opened.datums, current=before + opened.datums)
+
+    def _read(self, seen: tuple[Datum, ...] | None, *, bad_file_log: BadFileLog | None) -> OpenedSource | None:
+        """Everything (``seen=None``), or the rows above the watermark of ``seen`` (``None``: there are none)."""
         spec, where, d = self.spec, self.where, self.dialect
         if bad_file_log is not None:
             raise SpecError(
@@ -215,18 +261,27 @@ class SQLSource:
                 hint="leave `quarantine.bad_files` unset for database sources",
             )
         rel = relation(d, table=spec.table, query=spec.query)
+        mark: tuple[Any, Any] | None = None  # (low, high] of the watermark
+        marked: int | None = None  # the rows in it
         with self.session() as session:
             full = plain_schema(session.table(select(d, rel, None) + " LIMIT 0").schema)
             selected = self._columns(full)
             condition = filter_condition(d, spec.filters)
             where_sql = [condition] if condition else []
+            if spec.watermark is not None:
+                low = None if seen is None else self._previous_mark(seen, full)
+                high, marked = self._high_mark(session, full, rel, where_sql, low)
+                if seen is not None and (not marked or high == low):
+                    return None
+                mark = (low, high)
+                where_sql.append(watermark_condition(d, spec.watermark, low, high))
             edges, rows = self._edges(session, full, rel, where_sql)
             reader = session.keep()
             version, snapshot = session.version, session.snapshot
         schema = pa.schema([full.field(c) for c in selected])
         bounds = range_bounds(edges)
         location, name = self.location(), self.name
-        tasks, datums = [], []
+        tasks, ids = [], []
         for i, b in enumerate(bounds):
             predicate = range_condition(d, spec.partition_on, b) if spec.partition_on else None
             label = f"{location}/{name}#part={i}"
@@ -241,7 +296,11 @@ class SQLSource:
                     label,
                 )
             )
-            datums.append(Datum(self._datum_id(name, edges, i), None, version))
+            ids.append(self._datum_id(name, edges, i) if mark is None else self._mark_id(name, *mark))
+        if mark is None:
+            datums = tuple(Datum(i, None, version) for i in ids)
+        else:
+            datums = (Datum(ids[0], None, json.dumps(jsonable(mark[1]))),)
         frame = dd.from_map(
             read_range,
             tasks,
@@ -249,26 +308,30 @@ class SQLSource:
             label=f"dpipe-read-{self.kind}",
             enforce_metadata=False,
         )
-        record = {
+        record: dict[str, Any] = {
             "kind": self.kind,
             "uri": location,
             "table": spec.table,
             "query": select(d, rel, selected, where_sql),
             "partition_on": spec.partition_on,
             "ranges": [[jsonable(edges[i]), jsonable(edges[i + 1])] for i in range(len(edges) - 1)],
-            "rows": rows,
+            "rows": marked if rows is None else rows,
             "snapshot": snapshot,
             "watermark": version,
         }
+        if mark is not None:
+            record["watermark_column"] = spec.watermark
+            record["watermark_range"] = [jsonable(mark[0]), jsonable(mark[1])]
         return OpenedSource(
             uri=location + "/" + name,
             format=spec.format,
             frame=frame,
             schema=schema,
             files=[t.label for t in tasks],
-            datums=tuple(datums),
+            datums=datums,
             record=record,
             versioned=self.versioned,
+            partition_datums=tuple(ids),
         )
 
     def _columns(self, full: pa.Schema) -> list[str]:
@@ -278,8 +341,7 @@ class SQLSource:
         named = [("columns", c) for c in selected] + [
             ("filters", c) for g in filter_groups(spec.filters) for c, _, _ in g
         ]
-        if spec.partition_on:
-            named.append(("partition_on", spec.partition_on))
+        named += [(key, getattr(spec, key)) for key in ("partition_on", "watermark") if getattr(spec, key)]
         for key, column in named:
             if column not in available:
                 raise ColumnError(
@@ -315,6 +377,75 @@ class SQLSource:
             )
         n_parts = spec.partitions or default_partitions()
         return (split_range(lo, hi, n_parts) if n else []), int(n)
+
+    def _watermark_kind(self, full: pa.Schema) -> str:
+        """The kind of the ``watermark`` column's values; a ``SpecError`` if it has no order to grow in."""
+        column = self.spec.watermark
+        assert column is not None
+        t = full.field(column).type
+        kind = range_kind(t)
+        if kind is None:
+            raise SpecError(
+                f"{self.where}.watermark: column {column!r} has type {t}; a watermark column is a number, date or"
+                " timestamp that only grows for new rows",
+                hint="use an insert timestamp or a serial id as `watermark`",
+            )
+        return kind
+
+    def _high_mark(
+        self, session: Session, full: pa.Schema, rel: str, where_sql: list[str], low: Any
+    ) -> tuple[Any, int]:
+        """The watermark's highest value within the filters (above ``low``), and how many rows are there.
+
+        Read in the session's snapshot, so the partitions read exactly the rows up to it, and
+        rows inserted while they run wait for the next read.
+        """
+        kind = self._watermark_kind(full)
+        assert self.spec.watermark is not None
+        c = self.dialect.ident(self.spec.watermark)
+        above = [*where_sql, f"{c} > {self.dialect.literal(low)}"] if low is not None else where_sql
+        sql = select(self.dialect, rel, None, above).replace("SELECT *", f"SELECT max({c}) AS hi, count({c}) AS n", 1)
+        high, n = plain_table(session.table(sql)).to_pylist()[0].values()
+        if kind == "timestamp" and hasattr(high, "to_pydatetime"):
+            # Nanoseconds (a pandas Timestamp): SQL literals hold microseconds, so the mark is the
+            # microsecond at or below the highest value; rows past it wait for a later mark.
+            high = high.to_pydatetime(warn=False)
+        return high, int(n)
+
+    def _previous_mark(self, seen: Collection[Datum], full: pa.Schema) -> Any:
+        """The highest mark of the ``seen`` datums read above this source's watermark (``None``: none)."""
+        spec, where = self.spec, self.where
+        kind = self._watermark_kind(full)
+        prefix = f"{self.name}:{spec.watermark}("
+        marks = []
+        for datum in seen:
+            if not datum.id.startswith(prefix) or datum.version is None:
+                continue
+            try:
+                value = from_jsonable(json.loads(datum.version), kind)
+            except (TypeError, ValueError) as exc:
+                raise DataError(
+                    f"{where}.watermark: the earlier read {datum.id!r} ended at {datum.version!r}, which is not a"
+                    f" value of column {spec.watermark!r} ({kind})",
+                    hint="the column's type changed since that run: read the source in full once",
+                ) from exc
+            if value is not None:
+                marks.append(value)
+        try:
+            return max(marks, default=None)
+        except TypeError as exc:  # timestamps with and without a time zone
+            raise DataError(
+                f"{where}.watermark: the earlier reads' marks of {spec.watermark!r} cannot be compared: {marks}",
+                hint="the column's type changed between runs: read the source in full once",
+            ) from exc
+
+    def _mark_id(self, name: str, low: Any, high: Any) -> str:
+        """``events:ts(<low>,<high>]``: the rows above ``low`` (``(,``: from the start) up to ``high``."""
+
+        def text(v: Any) -> str:
+            return "" if v is None else str(jsonable(v))
+
+        return f"{name}:{self.spec.watermark}({text(low)},{text(high)}]"
 
     def _datum_id(self, name: str, edges: list[Any], i: int) -> str:
         if len(edges) < 2:

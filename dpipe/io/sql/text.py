@@ -1,4 +1,5 @@
-"""SQL text for the database connectors: quoted identifiers, literals, filters and range predicates.
+"""SQL text for the database connectors: quoted identifiers, literals, filters, range and watermark
+predicates.
 
 Values are written as quoted literals, not bound parameters, so the query a source records in its
 lineage is exactly the text that ran and can be run again. Every identifier is double-quoted
@@ -12,7 +13,7 @@ import datetime as _dt
 import decimal
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,3 +191,26 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, decimal.Decimal):
         return str(value)
     return value
+
+
+#: How a bound of each kind of column comes back from its :func:`jsonable` form.
+UNJSONABLE: dict[str, Callable[[Any], Any]] = {
+    "integer": int,
+    "float": float,
+    "decimal": lambda v: decimal.Decimal(str(v)),
+    "date": lambda v: _dt.date.fromisoformat(v),
+    "timestamp": lambda v: _dt.datetime.fromisoformat(v),
+}
+
+
+def from_jsonable(value: Any, kind: str) -> Any:
+    """The inverse of :func:`jsonable` for a column of ``kind`` (a key of :data:`UNJSONABLE`),
+    so the value is written back as a literal of the column's type (``DATE '...'``, not text)."""
+    return None if value is None else UNJSONABLE[kind](value)
+
+
+def watermark_condition(dialect: Dialect, column: str, low: Any, high: Any) -> str:
+    """``col > low AND col <= high`` (``low=None``: from the start). NULLs are in no range."""
+    col = dialect.ident(column)
+    upper = f"{col} <= {dialect.literal(high)}"
+    return upper if low is None else f"{col} > {dialect.literal(low)} AND {upper}"
