@@ -40,6 +40,9 @@ class FitReport:
     extras: Collected = field(default_factory=Collected)
     #: What each row-changing op did (rows in/out, unmatched join keys), by its location.
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The computed statistics each stateful op was finalized with (merged with ``partials``), by
+    #: location: what an incremental run saves and merges the next run's statistics into.
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class FeaturePipeline:
@@ -146,6 +149,7 @@ class FeaturePipeline:
         extras: Extras | None = None,
         extra_inputs: Collection[str] = frozenset(),
         compute: Compute = dask.compute,
+        partials: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> FitReport:
         """Learn every op's statistics in as few ``compute`` calls as the dependencies allow.
 
@@ -171,6 +175,12 @@ class FeaturePipeline:
         compute
             The function that computes a phase (``dask.compute`` or ``client.compute``-based);
             injected so tests can count computations.
+        partials
+            Computed statistics of earlier rows (a previous :attr:`FitReport.stats`), by op
+            location: each op is finalized with them merged into its statistics of ``df``
+            (:meth:`~dpipe.ops.Op.merge`), which is a fit over both sets of rows without reading
+            the earlier ones. Only ops of the first phase can be merged so (later phases read
+            outputs of fitted ops, which change); see :meth:`not_incremental`.
 
         Examples
         --------
@@ -179,6 +189,11 @@ class FeaturePipeline:
         """
         fit_rows = fit_rows or (lambda frame: frame)
         needs, op_phases, extras_phase = self._schedule(set(extra_inputs))
+        if partials:
+            blocked = self.not_incremental()
+            if blocked:
+                raise StateError(f"cannot merge statistics: {blocked[0]}", hint="fit without `partials`")
+        stats: dict[str, dict[str, Any]] = {}
         # Row changes are measured along with statistics, never by a pass of their own.
         n_phases = max([p + 1 for p in op_phases] + [extras_phase + 1 if extras else 0])
         phases: list[list[str]] = []
@@ -216,12 +231,31 @@ class FeaturePipeline:
                 if rows_consumer(op) in results:
                     steps[op.where] = {"op": op.name, **op.check(results[rows_consumer(op)])}
                 if op_phases[i] == phase:
-                    op.finalize(dict(results.of(op.where)))
+                    computed = dict(results.of(op.where))
+                    if partials and op.where in partials:
+                        computed = op.merge([partials[op.where], computed])
+                    op.finalize(computed)
+                    stats[op.where] = computed
                     names.append(op.where)
             if consumers:
                 computed_extras = Collected({c: results[c] for c in consumers})
             phases.append(names)
-        return FitReport(phases=phases, extras=computed_extras, steps=steps)
+        return FitReport(phases=phases, extras=computed_extras, steps=steps, stats=stats)
+
+    def not_incremental(self, extra_inputs: Collection[str] = frozenset()) -> list[str]:
+        """Why this pipeline cannot be fitted by merging saved statistics (empty when it can):
+        ops that cannot merge or read other datums' rows, and stateful ops fitted after another
+        (their input is the output of an op whose state the new rows change, so statistics saved
+        from earlier rows would be stale)."""
+        _, phases, _ = self._schedule(set(extra_inputs))
+        problems = []
+        for op, phase in zip(self.ops, phases):
+            why = op.not_incremental()
+            if why is None and phase > 0:
+                why = "it reads the output of another fitted op, whose statistics change with new rows"
+            if why is not None:
+                problems.append(f"{op.where} ({op.name}): {why}")
+        return problems
 
     # -- applying ----------------------------------------------------------------------------
     def transform_partition(self, pdf: pd.DataFrame) -> pd.DataFrame:

@@ -12,10 +12,11 @@ See ``docs/connectors.md`` for writing one.
 """
 
 from dpipe.io.arrow import arrow_to_pandas, empty_frame
-from dpipe.io.connector import BadFileLog, Datum, OpenedSource, Sink, Source, Written
+from dpipe.io.connector import BadFileLog, Datum, Increment, OpenedSource, Sink, Source, Written, increment
 from dpipe.io.fs import full_uri, is_local, resolve, storage_errors
 from dpipe.io.listing import Listing, list_files
 from dpipe.io.registry import (
+    open_increment,
     open_sink,
     open_source,
     read,
@@ -31,6 +32,7 @@ from dpipe.io.sinks import ParquetFolderSink, StagedOutput, parquet_task, write_
 __all__ = [
     "BadFileLog",
     "Datum",
+    "Increment",
     "Listing",
     "OpenedSource",
     "ParquetFolderSink",
@@ -41,8 +43,10 @@ __all__ = [
     "arrow_to_pandas",
     "empty_frame",
     "full_uri",
+    "increment",
     "is_local",
     "list_files",
+    "open_increment",
     "open_sink",
     "open_source",
     "parquet_task",

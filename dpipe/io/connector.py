@@ -10,10 +10,11 @@ previous run's. Kinds are found by ``format`` in :mod:`dpipe.io.registry`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import pyarrow as pa
@@ -60,6 +61,8 @@ class OpenedSource:
     #: ETags, a table version, a database file's version). ``False`` for a live database, whose
     #: rows can change without a version: two reads of it cannot be told apart from a retry.
     versioned: bool = True
+    #: The datum id of each partition (``()``: a partition's ``files`` label up to its ``#``).
+    partition_datums: tuple[str, ...] = ()
 
     @property
     def columns(self) -> list[str]:
@@ -74,6 +77,60 @@ class OpenedSource:
     def lineage(self) -> dict[str, Any]:
         """What exactly was read, JSON-able: the connector's record and every datum."""
         return {**self.record, "datums": [d.to_dict() for d in self.datums]}
+
+    def datum_of_partitions(self) -> tuple[str, ...]:
+        """The datum id of every partition of ``frame``, in order."""
+        return self.partition_datums or tuple(label.split("#", 1)[0] for label in self.files)
+
+    def select(self, ids: Collection[str]) -> OpenedSource:
+        """Only the partitions of the datums ``ids`` (the frame reads nothing else); at least one."""
+        wanted = set(ids)
+        parts = self.datum_of_partitions()
+        keep = [i for i, d in enumerate(parts) if d in wanted]
+        if not keep:
+            raise ValueError("select: none of the datums is in this source")
+        return replace(
+            self,
+            frame=self.frame.partitions[keep],
+            files=[self.files[i] for i in keep],
+            datums=tuple(d for d in self.datums if d.id in wanted),
+            partition_datums=tuple(parts[i] for i in keep),
+        )
+
+
+@dataclass(frozen=True)
+class Increment:
+    """What is new in a source since the datums of earlier runs (``seen``).
+
+    ``source`` reads only the ``new`` datums (``None`` when there are none); ``changed`` are seen
+    datums whose version differs now (as they are now), ``missing`` seen datums that are gone.
+    A source whose datums accumulate (a SQL watermark range) never reports either.
+    """
+
+    source: OpenedSource | None
+    new: tuple[Datum, ...] = ()
+    changed: tuple[Datum, ...] = ()
+    missing: tuple[Datum, ...] = ()
+    #: Every datum the source holds now (the seen ones included).
+    current: tuple[Datum, ...] = ()
+
+
+def increment(opened: OpenedSource, seen: Collection[Datum]) -> Increment:
+    """The :class:`Increment` of a fully opened source: its datums diffed against ``seen`` by id
+    and version. Sources whose ``open`` lists every datum cheaply use this; others (a database
+    read above a watermark) implement ``open_new`` themselves."""
+    diff = diff_datums(opened.datums, seen)
+    return dataclasses.replace(diff, source=opened.select([d.id for d in diff.new]) if diff.new else None)
+
+
+def diff_datums(current: Collection[Datum], seen: Collection[Datum]) -> Increment:
+    """``current`` datums against ``seen`` ones by id and version (an :class:`Increment` without a source)."""
+    before = {d.id: d for d in seen}
+    now = {d.id: d for d in current}
+    new = tuple(d for i, d in now.items() if i not in before)
+    changed = tuple(d for i, d in now.items() if i in before and before[i].version != d.version)
+    missing = tuple(d for i, d in before.items() if i not in now)
+    return Increment(None, new, changed, missing, tuple(current))
 
 
 @dataclass(frozen=True)
@@ -129,6 +186,10 @@ class Source(Protocol):
     def __init__(self, spec: Any, *, where: str = "source") -> None: ...
 
     def open(self, *, bad_file_log: BadFileLog | None = None) -> OpenedSource: ...
+
+    # Optional: ``open_new(seen, *, bad_file_log=None) -> Increment`` opens only the data that is
+    # not among the ``seen`` datums (a database reads above its watermark); without it dpipe
+    # opens the source and diffs its datums (:func:`increment`).
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ the kind's install hint if its package is missing. Adding a connector is one mod
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Literal
 
 from dpipe.errors import SpecError
-from dpipe.io.connector import BadFileLog, OpenedSource, Sink, Source
+from dpipe.io.connector import BadFileLog, Datum, Increment, OpenedSource, Sink, Source, increment
 from dpipe.spec.base import REDACTED
 from dpipe.spec.connectors import BaseSinkSpec, Role, connector_kind, import_object, register_sink, register_source
 from dpipe.spec.source import BaseSourceSpec, sink_spec, source_spec
@@ -94,6 +94,35 @@ def open_source(
         spec = spec.model_copy(update={"columns": list(columns)})
     source = source_class(spec.format, where=where)(spec, where=where)
     return source.open(bad_file_log=bad_file_log)
+
+
+def open_increment(
+    spec: BaseSourceSpec | Mapping[str, Any],
+    seen: Collection[Datum],
+    *,
+    where: str = "source",
+    columns: list[str] | None = None,
+    bad_file_log: BadFileLog | None = None,
+) -> Increment:
+    """Open only what is new in a source since the ``seen`` datums (an earlier run's).
+
+    The connector's ``open_new`` when it has one (a database reads above its watermark), else the
+    source opened whole (listings and footers only) and its datums diffed against ``seen``.
+
+    Examples
+    --------
+    >>> inc = open_increment({"uri": "data/events"}, previous_state.datums)
+    >>> [d.id for d in inc.new], inc.source.frame.npartitions
+    """
+    if not isinstance(spec, BaseSourceSpec):
+        spec = source_spec(spec, where=where)
+    if columns is not None:
+        spec = spec.model_copy(update={"columns": list(columns)})
+    source = source_class(spec.format, where=where)(spec, where=where)
+    open_new = getattr(source, "open_new", None)
+    if callable(open_new):
+        return open_new(seen, bad_file_log=bad_file_log)
+    return increment(source.open(bad_file_log=bad_file_log), seen)
 
 
 def open_sink(spec: BaseSinkSpec | Mapping[str, Any], *, where: str = "output") -> Sink:

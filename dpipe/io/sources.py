@@ -16,7 +16,8 @@ now the connector protocol, and an opened source is a :class:`~dpipe.io.OpenedSo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Collection, Sequence
 from typing import Any, ClassVar
 
 import dask.dataframe as dd
@@ -25,7 +26,7 @@ import pyarrow.dataset as ds
 
 from dpipe.errors import ColumnError, DataError, SpecError
 from dpipe.io.arrow import empty_frame
-from dpipe.io.connector import BadFileLog, OpenedSource, Source
+from dpipe.io.connector import BadFileLog, Datum, Increment, OpenedSource, Source, diff_datums
 from dpipe.io.filters import filter_columns, filter_expression, partition_filters
 from dpipe.io.fs import resolve, storage_errors
 from dpipe.io.listing import Listing, list_files
@@ -73,6 +74,18 @@ class FileSource:
         return [(uri, None)]
 
     def open(self, *, bad_file_log: BadFileLog | None = None) -> OpenedSource:
+        opened = self._open(bad_file_log, None)
+        assert isinstance(opened, OpenedSource)
+        return opened
+
+    def open_new(self, seen: Collection[Datum], *, bad_file_log: BadFileLog | None = None) -> Increment:
+        """Only the files that are not among ``seen`` (by URI and ETag or mtime): the listing is
+        diffed before any file is opened, so earlier files are not read at all (not even a footer)."""
+        diff = self._open(bad_file_log, seen)
+        assert isinstance(diff, Increment)
+        return diff
+
+    def _open(self, bad_file_log: BadFileLog | None, seen: Collection[Datum] | None) -> OpenedSource | Increment:
         spec, where, uri = self.spec, self.where, self.spec.uri
         fs, path = resolve(uri, spec.storage_options, where=f"{where}.uri")
         types = column_types(spec.schema_, where)
@@ -84,6 +97,13 @@ class FileSource:
         # The Hive columns come from the paths alone; filters on them prune before any file is read.
         partition = pa.schema([pa.field(f.name, types.get(f.name, f.type)) for f in factory.inspect(fragments=0)])
         paths = self._pruned(factory, partition, listing.paths)
+        diff = None
+        if seen is not None:
+            diff = diff_datums(listing.datums(paths), seen)
+            if not diff.new:
+                return diff
+            new = {d.id for d in diff.new}
+            paths = [p for p in paths if listing.datums_by_path[p].id in new]
         with storage_errors(f"{where}.uri", uri):
             sizes = [listing.datums_by_path[p].size for p in paths]
             infos = {i.path: i for i in inspect_files(fs, paths, sizes, self.inspect_file, file_format)}
@@ -92,7 +112,7 @@ class FileSource:
         self._found(len(schema))
         selected = self._selected(schema, types)
         expression = filter_expression(spec.filters, schema, where) if spec.filters else None
-        fragments = self._fragments(factory.finish(schema), expression, schema)
+        fragments = [f for f in self._fragments(factory.finish(schema), expression, schema) if f.path in infos]
         target = spec.partition_bytes
         tasks = [
             FragmentTask(
@@ -123,7 +143,7 @@ class FileSource:
             label=f"dpipe-read-{spec.format}",
             enforce_metadata=False,
         )
-        return OpenedSource(
+        opened = OpenedSource(
             uri=uri,
             format=spec.format,
             frame=frame,
@@ -133,6 +153,9 @@ class FileSource:
             record=listing.record(),
             partition_columns=list(partition.names),
         )
+        if diff is None:
+            return opened
+        return dataclasses.replace(diff, source=opened)
 
     def _found(self, n: int) -> None:
         if n == 0:

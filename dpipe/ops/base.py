@@ -20,7 +20,10 @@ An op is built from its spec model and its location in the spec (``features[2]``
 * ops that read other tables name them in ``sources()``; the runner reads them and hands them
   over with ``bind`` (the op never does I/O itself);
 * ops with ``needs_label`` (target encoding) see the internal label, validation and fold columns
-  in training frames (:mod:`dpipe.columns`) and never at prediction.
+  in training frames (:mod:`dpipe.columns`) and never at prediction;
+* incremental runs merge the computed statistics of earlier rows with those of new rows
+  (:meth:`merge`, by the ``merges`` an op declares per statistic); an op that cannot be merged, or
+  whose output depends on rows of other datums (``dedupe``), says why in :meth:`not_incremental`.
 
 Stateful ops never add or drop rows: only stateless ops such as ``filter`` may.
 """
@@ -28,12 +31,12 @@ Stateful ops never add or drop rows: only stateless ops such as ``filter`` may.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import pandas as pd
 
-from dpipe.errors import BundleError, ColumnError
+from dpipe.errors import BundleError, ColumnError, StateError
 
 NUMERIC_HINT = "cast or encode the column first, or remove it from the op"
 #: The dtype of text columns the ops produce.
@@ -56,6 +59,14 @@ class Op:
     state: ClassVar[tuple[str, ...]] = ()
     filters_rows: ClassVar[bool] = False
     needs_label: ClassVar[bool] = False
+    #: How each statistic ``fit`` returns is merged with the same statistic of other rows, by the
+    #: statistic's name up to its ``:`` (``"moments"``, ``"counts"`` for ``"counts:city"``); see
+    #: the ``merge_*`` functions of :mod:`dpipe.ops.stats`. An op without them cannot be refitted
+    #: incrementally.
+    merges: ClassVar[Mapping[str, Callable[[list[Any]], Any]]] = {}
+    #: Why each partition's output depends on rows of other partitions (a dedupe, a forward fill),
+    #: so an incremental run, which sees new datums only, would differ; ``None`` when it does not.
+    across_datums: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -164,6 +175,29 @@ class Op:
 
     def state_loaded(self) -> None:
         """Called by ``set_state`` once the attributes are set: normalise them, reset caches."""
+
+    # -- incremental runs --------------------------------------------------------------------
+    def not_incremental(self) -> str | None:
+        """Why an incremental run cannot use this op (``None`` when it can)."""
+        if self.across_datums is not None:
+            return self.across_datums
+        if self.stateful and not self.merges:
+            return "its statistics cannot be merged across runs (the op declares no `merges`)"
+        return None
+
+    def merge(self, parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Computed statistics of disjoint sets of rows (what ``fit`` returned, computed) merged
+        into those of all of them, statistic by statistic with ``merges``."""
+        merged = {}
+        for key in parts[0]:
+            merger = self.merges.get(key.split(":", 1)[0])
+            if merger is None:
+                raise StateError(
+                    f"{self.where} ({self.name}): no merge for its statistic {key!r}",
+                    hint="run without `incremental`, or declare how it merges in the op's `merges`",
+                )
+            merged[key] = merger([p[key] for p in parts])
+        return merged
 
     # -- other tables ------------------------------------------------------------------------
     def sources(self) -> dict[str, Any]:

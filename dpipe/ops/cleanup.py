@@ -8,7 +8,15 @@ import pandas as pd
 from dpipe.columns import INTERNAL
 from dpipe.errors import ColumnError, DataError
 from dpipe.ops.base import STRING, Op, is_temporal, plain, to_builtin, value_dtype
-from dpipe.ops.stats import moments, quantile_sketch, sketch_quantile, value_counts
+from dpipe.ops.stats import (
+    merge_moments,
+    merge_sketch,
+    merge_sums,
+    moments,
+    quantile_sketch,
+    sketch_quantile,
+    value_counts,
+)
 
 
 class FillMissing(Op):
@@ -26,6 +34,7 @@ class FillMissing(Op):
 
     name = "fill_missing"
     state = ("values_",)
+    merges = {"moments": merge_moments, "counts": merge_sums, "sketch": merge_sketch}
 
     def __init__(self, spec, where):
         super().__init__(spec, where)
@@ -35,6 +44,11 @@ class FillMissing(Op):
         if not self.stateful:
             # Saved although nothing is learned: bundles have always carried the constants.
             self.values_ = {c: spec.value for c in spec.columns}
+
+    def not_incremental(self) -> str | None:
+        if self.spec.strategy == "forward":
+            return "a forward fill carries values from earlier rows, which an incremental run does not read"
+        return super().not_incremental()
 
     def input_columns(self) -> set[str]:
         if self.spec.strategy != "forward":
@@ -265,6 +279,7 @@ class Clip(Op):
 
     name = "clip"
     state = ("lower_", "upper_")
+    merges = {"sketch": merge_sketch}
 
     def __init__(self, spec, where):
         super().__init__(spec, where)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from dpipe.errors import ColumnError, DataError
 from dpipe.ops.base import STRING, Op, is_temporal, plain, to_builtin
-from dpipe.ops.stats import value_counts
+from dpipe.ops.stats import merge_sums, value_counts
 
 #: Category of the out-of-vocabulary bucket of ``categorical`` with ``unknown: bucket``.
 OTHER = "__other__"
@@ -23,6 +23,7 @@ class _Vocabulary(Op):
 
     stateful = True
     state = ("categories_",)
+    merges = {"counts": merge_sums}
 
     def fit(self, df):
         return {f"counts:{c}": value_counts(df, c) for c in self.spec.columns}

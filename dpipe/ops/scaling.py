@@ -14,7 +14,15 @@ import numpy as np
 import pandas as pd
 
 from dpipe.ops.base import Op, to_builtin
-from dpipe.ops.stats import min_max, moments, quantile_sketch, sketch_quantile
+from dpipe.ops.stats import (
+    merge_min_max,
+    merge_moments,
+    merge_sketch,
+    min_max,
+    moments,
+    quantile_sketch,
+    sketch_quantile,
+)
 
 EPS = float(np.finfo(np.float64).eps)
 
@@ -32,6 +40,7 @@ class StandardScale(Op):
     name = "standard_scale"
     stateful = True
     state = ("mean_", "scale_")
+    merges = {"moments": merge_moments}
 
     def describe(self, meta):
         self.require_columns(meta, self.spec.columns, numeric=True)
@@ -83,6 +92,7 @@ class MinMaxScale(Op):
     name = "minmax_scale"
     stateful = True
     state = ("scale_", "offset_")
+    merges = {"min_max": merge_min_max}
 
     def describe(self, meta):
         self.require_columns(meta, self.spec.columns, numeric=True)
@@ -137,6 +147,7 @@ class RobustScale(Op):
     name = "robust_scale"
     stateful = True
     state = ("center_", "scale_")
+    merges = {"sketch": merge_sketch}
 
     def describe(self, meta):
         self.require_columns(meta, self.spec.columns, numeric=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -146,3 +146,57 @@ def sketch_quantile(sketch: pd.DataFrame, q: float, *, method: QuantileMethod = 
     # Each point stands for `weight` rows centred on its position in the cumulative weight.
     centres = (np.cumsum(weights) - weights / 2) / weights.sum()
     return float(np.interp(q, centres, values))
+
+
+# -- merging computed statistics ---------------------------------------------------------------
+# What an incremental run needs: the statistics of earlier rows (saved, computed) merged with
+# those of new rows give what one fit over all of them gives: exactly for counts, sums and
+# moments (up to float rounding), within the sketch's rank error for quantiles.
+def merge_moments(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Merge computed :func:`moments` (Chan et al.'s parallel update, as the fit's own tree does)."""
+    return _merge_moments(pd.concat(parts))
+
+
+def merge_min_max(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Merge computed :func:`min_max`."""
+    return _merge_min_max(pd.concat(parts))
+
+
+def merge_sketch(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Merge computed :func:`quantile_sketch` (re-compressed to at most 2048 points)."""
+    return _merge_sketch(pd.concat(parts, ignore_index=True))
+
+
+def merge_sums(parts: list[Any]) -> Any:
+    """Merge computed counts or sums indexed by value (``value_counts``, group-by ``sum``/``count``/``size``)."""
+    return _by_index(parts, "sum")
+
+
+def merge_minimum(parts: list[Any]) -> Any:
+    """Merge computed group-by minimums."""
+    return _by_index(parts, "min")
+
+
+def merge_maximum(parts: list[Any]) -> Any:
+    """Merge computed group-by maximums."""
+    return _by_index(parts, "max")
+
+
+def _by_index(parts: list[Any], how: str) -> Any:
+    kept = [p for p in parts if len(p)] or parts[:1]
+    # Categorical indexes of two runs have other categories: merge them as plain values.
+    kept = [p.set_axis(_plain_index(p.index)) for p in kept]
+    joined = pd.concat(kept)
+    levels = list(range(joined.index.nlevels))
+    merged = getattr(joined.groupby(level=levels if len(levels) > 1 else 0, sort=False, dropna=False), how)()
+    return merged.rename(parts[0].name) if isinstance(merged, pd.Series) else merged
+
+
+def _plain_index(index: pd.Index) -> pd.Index:
+    if isinstance(index, pd.MultiIndex):
+        return pd.MultiIndex.from_arrays(
+            [_plain_index(index.get_level_values(i)) for i in range(index.nlevels)], names=index.names
+        )
+    if isinstance(index.dtype, pd.CategoricalDtype):
+        return pd.Index(index.astype(index.dtype.categories.dtype), name=index.name)
+    return index

@@ -12,6 +12,7 @@ import pandas as pd
 from dpipe.columns import LABEL
 from dpipe.errors import ColumnError, DataError, StateError
 from dpipe.ops.base import Op, count_rows, plain, to_builtin
+from dpipe.ops.stats import merge_maximum, merge_minimum, merge_sums
 
 _MATCH = "__dpipe_match__"
 
@@ -281,8 +282,24 @@ class Aggregate(Op):
             stats["count"] = grouped.size(split_out=1)
         for column, aggs in self.spec.columns.items():
             for agg in aggs:
-                stats[f"{column}:{agg}"] = getattr(grouped[column], agg)(split_out=1)
+                # A mean is kept as its sum and count, so the statistics of two runs merge.
+                group = grouped[column]
+                stats[f"{column}:{agg}"] = (
+                    group.agg(["sum", "count"], split_out=1) if agg == "mean" else getattr(group, agg)(split_out=1)
+                )
         return stats
+
+    #: How each aggregate's statistic merges (a mean's is its sum and count); std and nunique do not.
+    _MERGES = {"count": merge_sums, "sum": merge_sums, "mean": merge_sums, "min": merge_minimum, "max": merge_maximum}
+
+    def not_incremental(self) -> str | None:
+        unmergeable = sorted({a for aggs in self.spec.columns.values() for a in aggs} - set(self._MERGES))
+        if unmergeable:
+            return f"its {unmergeable} per group cannot be merged across runs (count, sum, mean, min and max can)"
+        return None
+
+    def merge(self, parts):
+        return {key: self._MERGES[key.rpartition(":")[2]]([p[key] for p in parts]) for key in parts[0]}
 
     def finalize(self, stats):
         prefix = self.spec.output_prefix
@@ -291,7 +308,10 @@ class Aggregate(Op):
             series[f"{prefix}count"] = stats["count"]
         for column, aggs in self.spec.columns.items():
             for agg in aggs:
-                series[f"{prefix}{column}_{agg}"] = stats[f"{column}:{agg}"]
+                value = stats[f"{column}:{agg}"]
+                if agg == "mean":
+                    value = (value["sum"] / value["count"]).where(value["count"] > 0)
+                series[f"{prefix}{column}_{agg}"] = value
         table = pd.DataFrame(series).reset_index()
         self.table_ = {c: [to_builtin(v) for v in table[c]] for c in table.columns}
         self._frame = None
@@ -331,6 +351,7 @@ class Dedupe(Op):
     """
 
     name = "dedupe"
+    across_datums = "it compares rows of every datum, and an incremental run reads the new ones only"
     filters_rows = True
 
     def input_columns(self) -> set[str]:

@@ -9,6 +9,7 @@ from dpipe.columns import FOLD, LABEL, VALID
 from dpipe.errors import ColumnError
 from dpipe.ops.base import Op
 from dpipe.ops.encoding import check_discrete, lookup, vocab_index, vocab_values
+from dpipe.ops.stats import merge_sums
 
 
 class TargetEncode(Op):
@@ -32,6 +33,7 @@ class TargetEncode(Op):
     #: The label prior over all training rows, the label sum and count of each fold, and per
     #: column its ``values`` with their sums and counts per fold (``fold_sum[fold][value]``).
     state = ("prior_", "fold_sum_", "fold_count_", "columns_")
+    merges = {"sums": merge_sums, "prior": merge_sums}
 
     def describe(self, meta):
         self.require_columns(meta, self.spec.columns)

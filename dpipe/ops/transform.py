@@ -7,7 +7,7 @@ import pandas as pd
 
 from dpipe.errors import ColumnError, DataError
 from dpipe.ops.base import STRING, Op, plain, value_dtype
-from dpipe.ops.stats import min_max, quantile_sketch, sketch_quantile
+from dpipe.ops.stats import merge_min_max, merge_sketch, min_max, quantile_sketch, sketch_quantile
 
 _PARTS = {
     "year": lambda t: t.dt.year,
@@ -182,6 +182,7 @@ class Bucketize(Op):
     name = "bucketize"
     #: Interior bin edges per column (scikit-learn's ``bin_edges_[1:-1]``: JSON has no inf).
     state = ("edges_",)
+    merges = {"min_max": merge_min_max, "sketch": merge_sketch}
 
     def __init__(self, spec, where):
         super().__init__(spec, where)

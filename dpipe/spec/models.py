@@ -13,6 +13,7 @@ from dpipe.expr import check_expression
 from dpipe.spec.base import Strict
 from dpipe.spec.connectors import SinkSpec
 from dpipe.spec.features import OpSpec
+from dpipe.spec.incremental import IncrementalSpec, TrainIncrementalSpec
 from dpipe.spec.quality import CheckSpec, QuarantineSpec, check_names_unique
 from dpipe.spec.source import SourceSpec
 
@@ -155,6 +156,8 @@ class JobSpec(Strict):
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     checks: list[CheckSpec] = Field(default_factory=list)
     quarantine: QuarantineSpec | None = Field(default=None, validate_default=True)
+    #: New-data-only runs (``incremental: true``, or ``dpipe run --incremental``).
+    incremental: TrainIncrementalSpec = Field(default_factory=lambda: TrainIncrementalSpec(enabled=False))
 
     @field_validator("checks")
     @classmethod
@@ -219,6 +222,8 @@ class FeaturesJobSpec(Strict):
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     checks: list[CheckSpec] = Field(default_factory=list)
     quarantine: QuarantineSpec | None = Field(default=None, validate_default=True)
+    #: New-data-only runs (``incremental: true``, or ``dpipe run --incremental``).
+    incremental: IncrementalSpec = Field(default_factory=lambda: IncrementalSpec(enabled=False))
 
     @field_validator("pipeline_from", mode="before")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -173,7 +174,11 @@ class DeltaSource:
                     fs_token=str(getattr(fs, "_fs_token", "")),
                 )
             )
-            datums.append(Datum(full_uri(fs, file_path), action["size_bytes"], str(action["modification_time"])))
+            # A deletion vector changes a file's rows without touching the file: it is in the version.
+            version = str(action["modification_time"])
+            if keep is not None:
+                version += ":dv=" + hashlib.sha1(np.packbits(keep).tobytes()).hexdigest()[:16]
+            datums.append(Datum(full_uri(fs, file_path), action["size_bytes"], version))
         frame = dd.from_map(
             read_delta_file, tasks, meta=empty_frame(schema, selected), label="dpipe-read-delta", enforce_metadata=False
         )
