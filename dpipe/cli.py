@@ -43,7 +43,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="store_true", help="run even if the output already holds this spec's result on this input"
     )
+    p.add_argument(
+        "--incremental",
+        action="store_true",
+        help="process only the data that is new since the last committed run (as `incremental: true`)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    _add_common(p)
+
+    p = sub.add_parser("watch", help="poll a job's source and run it incrementally whenever new data arrives")
+    p.add_argument("spec", help="job spec (YAML)")
+    p.add_argument("--every", default="60s", metavar="DURATION", help="time between polls, e.g. 30s, 5m (default 60s)")
+    p.add_argument("--max-datums", type=int, metavar="N", help="at most N new datums per batch (the rest follow)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask scheduler")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     _add_common(p)
 
     p = sub.add_parser("validate", help="check a job spec (and the source schema) without starting a cluster")
@@ -168,7 +182,8 @@ def _run(args) -> int:
     from dpipe.spec import load_job
 
     job = load_job(args.spec, overrides=args.overrides)
-    result = run(job, scheduler=args.scheduler, progress=not args.quiet, force=args.force)
+    incremental = True if args.incremental else None
+    result = run(job, scheduler=args.scheduler, progress=not args.quiet, force=args.force, incremental=incremental)
     if args.json and not hasattr(result, "bundle_uri"):
         summary = {"job": result.job, "output_uri": result.output_uri, "rows": result.rows, "output": result.output}
         print(json.dumps({**summary, "timings": result.timings}, indent=2, default=str))
@@ -187,6 +202,22 @@ def _run(args) -> int:
         )
     else:
         print(result.summary())
+    return 0
+
+
+def _watch(args) -> int:
+    from dpipe.spec import load_job
+    from dpipe.spec.incremental import parse_duration
+    from dpipe.watch import watch
+
+    try:
+        every = parse_duration(args.every, "--every")
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    if args.max_datums is not None and args.max_datums < 1:
+        raise SpecError(f"--max-datums must be at least 1, got {args.max_datums}")
+    job = load_job(args.spec, overrides=args.overrides)
+    watch(job, every=every, max_datums=args.max_datums, scheduler=args.scheduler)
     return 0
 
 
@@ -298,6 +329,7 @@ def _demo_data(args) -> int:
 
 _COMMANDS = {
     "run": _run,
+    "watch": _watch,
     "validate": _validate,
     "predict": _predict,
     "show": _show,

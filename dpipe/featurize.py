@@ -9,6 +9,7 @@ the same computation as the write. A check that fails aborts the write: nothing 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -20,8 +21,9 @@ from typing import Any
 
 from dpipe import cluster as _cluster
 from dpipe.bundle import Bundle
-from dpipe.errors import ColumnError
-from dpipe.io import BadFileLog, StagedOutput, open_sink, open_source
+from dpipe.errors import ColumnError, SpecError
+from dpipe.incremental import Decision, check_job, decide
+from dpipe.io import BadFileLog, Datum, Increment, StagedOutput, open_sink, open_source
 from dpipe.manifest import cluster_info, features_manifest
 from dpipe.ops.base import count_rows
 from dpipe.pipeline import FeaturePipeline
@@ -29,6 +31,8 @@ from dpipe.plan import table_opener
 from dpipe.progress import Reporter
 from dpipe.quality import BAD_FILES_DIR, QualityGate, check_columns
 from dpipe.spec import FeaturesJobSpec, redacted
+from dpipe.spec.base import redact_url
+from dpipe.state import RunState, StateFolder, fit_key, new_run_id
 
 __all__ = ["FeaturesResult", "run_features"]
 
@@ -43,11 +47,15 @@ class FeaturesResult:
     output: dict
     timings: dict
     manifest: dict = field(repr=False)
+    #: Why nothing was computed (an unchanged rerun, no new data), else ``None``.
+    skipped: str | None = None
 
     def summary(self) -> str:
         written = self.output
         what = "already committed by an earlier run (nothing appended)" if written.get("duplicate") else "committed"
         pin = {k: written[k] for k in ("version", "snapshot_id") if written.get(k) is not None}
+        if self.skipped and written.get("skipped"):
+            return f"job {self.job!r}: nothing to do ({self.skipped}); output: {self.output_uri}"
         return (
             f"job {self.job!r}: {self.rows['read']} rows read, {self.rows['written']} written\n"
             f"output: {self.output_uri} ({written.get('kind')}{', ' + str(pin) if pin else ''}) {what}"
@@ -55,7 +63,13 @@ class FeaturesResult:
 
 
 def run_features(
-    job: FeaturesJobSpec, client=None, *, scheduler: str | None = None, progress: bool = True, force: bool = False
+    job: FeaturesJobSpec,
+    client=None,
+    *,
+    scheduler: str | None = None,
+    progress: bool = True,
+    force: bool = False,
+    max_datums: int | None = None,
 ) -> FeaturesResult:
     """Run a features job: write its transformed rows to ``job.output`` in one commit.
 
@@ -69,11 +83,15 @@ def run_features(
     """
     reporter = Reporter(progress=progress)
     started = dt.datetime.now(dt.UTC)
+    run_id = new_run_id()
     with (
         reporter.stage("plan", "checking the spec against the source schema"),
         _cluster.planning(job.cluster, client=client, address=scheduler),
     ):
-        fp = plan_features(job)
+        batch = Batch.plan(job, reporter.log, max_datums) if job.incremental.enabled else None
+        if batch is not None and batch.decision.action == "nothing":
+            return _nothing_new(job, batch, reporter)
+        fp = plan_features(job, batch)
     source, pipeline, sink, side, bad_files = fp.source, fp.pipeline, fp.sink, fp.side, fp.bad_files
     tables, bundle_uri = fp.tables, fp.bundle_uri
     txn = content_key(job, source)
@@ -84,9 +102,13 @@ def run_features(
             f"unchanged: {job.output.uri} already holds the commit of this spec and input (txn {txn});"
             " nothing to do (--force runs it again)"
         )
+        if batch is not None:  # committed by a run whose state was lost: the state catches up
+            done = batch.base.after_run(run_id, source.datums, info={"txn": txn, "recovered": True})
+            batch.folder.save(dataclasses.replace(done, pipeline=pipeline.to_dict() if pipeline.fitted else None))
         skipped = {"uri": job.output.uri, "kind": job.output.format, "txn": txn, "duplicate": True, "skipped": True}
         rows = {"read": 0, "quarantined": 0, "written": 0}
-        return FeaturesResult(job.name, job.output.uri, rows, skipped, dict(reporter.timings), {"skipped": skipped})
+        record: dict[str, Any] = {"skipped": skipped}
+        return FeaturesResult(job.name, job.output.uri, rows, skipped, dict(reporter.timings), record, "unchanged")
     reporter.log(f"source: {len(source.files)} partition(s) from {job.source.uri}")
     # The quarantine folder is staged like the output: a failed run leaves neither behind.
     staged = side if side is not None else nullcontext()
@@ -132,7 +154,28 @@ def run_features(
                     f"source: {job.source.format} rows carry no version, so a retry of this run cannot be"
                     " told from a new one; set `txn:` (e.g. from the scheduler's run date) to commit it once"
                 )
+            manifest["run_id"] = run_id
+            if batch is not None:
+                manifest["incremental"] = {
+                    "action": batch.decision.action,
+                    "reason": batch.decision.reason,
+                    "new_datums": len(source.datums),
+                }
+                if batch.base.run_id is not None:
+                    manifest["parent"] = {"run_id": batch.base.run_id, "state": redact_url(batch.folder.uri)}
+            if batch is not None:
+                # Written ahead: a run killed past this point is finished by the next one.
+                pending = batch.base.pending_batch(run_id, txn, source.datums)
+                batch.folder.save(dataclasses.replace(pending, pipeline=pipeline.to_dict()))
             written = sink.commit(metadata={"manifest": manifest, "pipeline": pipeline.to_dict()}, txn=txn)
+            if batch is not None:
+                info = {
+                    "txn": txn,
+                    "rows": rows_read,
+                    "output": {k: v for k, v in written.record.items() if k != "rows"},
+                }
+                done = batch.base.after_run(run_id, source.datums, info=info)
+                batch.folder.save(dataclasses.replace(done, pipeline=pipeline.to_dict()))
             if side is not None:
                 side.write_json("manifest.json", manifest)
                 side.commit()
@@ -158,19 +201,28 @@ class FeaturesPlan:
     bad_files: BadFileLog | None = None
 
 
-def plan_features(job: FeaturesJobSpec) -> FeaturesPlan:
+def plan_features(job: FeaturesJobSpec, batch: Batch | None = None) -> FeaturesPlan:
     """Open the source, the pipeline (a bundle's, or the spec's ops) and the sink, and check the
-    columns of each against the others; only listings, footers and table logs are read."""
+    columns of each against the others; only listings, footers and table logs are read.
+
+    ``batch`` is an incremental run's: its new datums are the source, the pipeline fitted by the
+    state's first run is reused, and a refit replaces the output."""
     side = _quarantine_output(job)
     bad_files = (
         BadFileLog(side.staged_uri(BAD_FILES_DIR), side.storage_options)
         if side is not None and job.quarantine is not None and job.quarantine.bad_files == "skip"
         else None
     )
-    source = open_source(job.source, where="source", bad_file_log=bad_files)
+    if batch is not None and batch.increment is not None and batch.increment.source is not None:
+        source = batch.increment.source
+    else:
+        source = open_source(job.source, where="source", bad_file_log=bad_files)
     meta = source.frame._meta
     check_columns(job, meta)
     pipeline, bundle_uri = _pipeline(job)
+    if batch is not None and batch.base.pipeline is not None and not pipeline.fitted:
+        # Every batch is transformed as the first one was: one fit for all of the output's rows.
+        pipeline = FeaturePipeline.from_dict(dict(batch.base.pipeline))
     tables = pipeline.bind(table_opener(job.pipeline_from.storage_options if job.pipeline_from else None))
     if pipeline.needs_label:
         where = next(op.where for op in pipeline.ops if op.needs_label)
@@ -188,7 +240,7 @@ def plan_features(job: FeaturesJobSpec) -> FeaturesPlan:
                 hint="read the same columns the model was trained on",
             )
         out_meta = _select(pipeline.describe(meta), job)
-    sink = open_sink(job.output, where="output")
+    sink = open_sink(batch.sink_spec if batch is not None else job.output, where="output")
     if out_meta is not None:
         _check_sink(sink, out_meta)
     return FeaturesPlan(source, pipeline, sink, out_meta, tables, bundle_uri, side, bad_files)
@@ -277,3 +329,96 @@ def content_key(job: FeaturesJobSpec, source: Any) -> str:
     data = {"spec": redacted(job), "input": source.lineage()}
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:24]
     return f"dpipe:{job.name}:{digest}"
+
+
+# -- incremental runs ------------------------------------------------------------------------
+#: The mode that replaces a table's rows, for a refit (a datum changed): by sink format.
+REPLACE_MODES = {"delta": "overwrite", "iceberg": "overwrite", "postgresql": "replace", "duckdb": "replace"}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """An incremental features run: the state it starts from, what it decided, where it writes."""
+
+    folder: StateFolder
+    #: The state this run builds on (a fresh one when it starts over).
+    base: RunState
+    decision: Decision
+    sink_spec: Any
+
+    @property
+    def increment(self) -> Increment | None:
+        return self.decision.increment if self.decision.action == "increment" else None
+
+    @classmethod
+    def plan(cls, job: FeaturesJobSpec, log: Callable[[str], None], max_datums: int | None = None) -> Batch:
+        """Check the job, finish a batch an earlier run left pending, and diff the datums."""
+        fitted = (
+            Bundle.load(job.pipeline_from.uri, job.pipeline_from.storage_options).pipeline
+            if job.pipeline_from
+            else None
+        )
+        check_job(job, fitted)
+        folder = state_folder(job)
+        state = folder.load()
+        sink = open_sink(job.output, where="output")
+        if not callable(getattr(sink, "has_commit", None)):
+            raise SpecError(
+                f"incremental: a {job.output.format} output cannot tell whether a batch committed",
+                hint="write to a sink with transaction ids (delta, iceberg, postgresql, duckdb)",
+            )
+        if state is not None and state.pending is not None:
+            state = _settle(state, sink, log)
+            folder.save(state)
+        decision = decide(job, state, max_datums=max_datums)
+        log(f"incremental: {decision.reason}")
+        spec = job.output
+        if decision.action == "full" and state is not None:
+            # Starting over (a changed datum, another spec): the output is replaced, not appended to.
+            spec = spec.model_copy(update={"mode": REPLACE_MODES.get(spec.format, getattr(spec, "mode", None))})
+        base = state if decision.action != "full" and state is not None else RunState(job.name, fit_key(job))
+        if decision.action == "full" and state is not None:
+            base = dataclasses.replace(base, runs=state.runs[-1:])  # the parent run, for the lineage
+        return cls(folder, base, decision, spec)
+
+
+def _settle(state: RunState, sink: Any, log: Callable[[str], None]) -> RunState:
+    """A pending batch is done if its commit is in the sink, else it never happened."""
+    pending = dict(state.pending or {})
+    if sink.has_commit(pending["txn"]):
+        log(
+            f"incremental: run {pending['run_id'][:12]} committed its batch but stopped before saving the state; saved now"
+        )
+        datums = [Datum(d["id"], d.get("size"), d.get("version")) for d in pending["datums"]]
+        return state.after_run(pending["run_id"], datums, info={"txn": pending["txn"], "recovered": True})
+    log(f"incremental: run {pending['run_id'][:12]} stopped before its commit; its datums are processed again")
+    return dataclasses.replace(state, pending=None)
+
+
+def state_folder(job: FeaturesJobSpec) -> StateFolder:
+    """Where a features job keeps its run state: ``incremental.state``, else beside its output."""
+    spec = job.incremental.state
+    if spec is not None:
+        return StateFolder(spec.uri, spec.storage_options)
+    output = job.output
+    if output.format == "delta":
+        return StateFolder(f"{output.uri.rstrip('/')}/_dpipe_state/{job.name}", output.storage_options)
+    if output.format == "duckdb":
+        return StateFolder(f"{output.uri}.dpipe-state/{job.name}", {})
+    if output.format == "parquet":
+        raise SpecError(
+            "incremental: a parquet output folder is replaced whole by each commit; new data is appended",
+            hint="write to a table (format: delta, iceberg, postgresql or duckdb) with `mode: append`",
+        )
+    raise SpecError(
+        f"incremental: where should the run state of a {output.format} output live?",
+        hint=f"set `incremental.state: <folder>` (e.g. runs/{job.name}-state), local or any fsspec URL",
+    )
+
+
+def _nothing_new(job: FeaturesJobSpec, batch: Batch, reporter: Reporter) -> FeaturesResult:
+    skipped = {"uri": job.output.uri, "kind": job.output.format, "duplicate": True, "skipped": True}
+    rows = {"read": 0, "quarantined": 0, "written": 0}
+    manifest = {"skipped": skipped, "incremental": {"action": "nothing", "reason": batch.decision.reason}}
+    reason = batch.decision.reason
+    return FeaturesResult(job.name, job.output.uri, rows, skipped, dict(reporter.timings), manifest, reason)

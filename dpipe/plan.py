@@ -17,7 +17,7 @@ from dpipe import quality as _quality
 from dpipe.columns import INTERNAL
 from dpipe.errors import ColumnError
 from dpipe.expr import Expression
-from dpipe.io import BadFileLog, open_source
+from dpipe.io import BadFileLog, OpenedSource, open_source
 from dpipe.ops.tables import Join
 from dpipe.pipeline import FeaturePipeline
 from dpipe.spec import JobSpec
@@ -84,14 +84,22 @@ class Plan:
         return None if len(columns) == len(self.source.frame.columns) else columns
 
 
-def plan(job: JobSpec, *, bad_file_log: BadFileLog | None = None, open_table: TableOpener | None = None) -> Plan:
+def plan(
+    job: JobSpec,
+    *,
+    bad_file_log: BadFileLog | None = None,
+    open_table: TableOpener | None = None,
+    source: OpenedSource | None = None,
+) -> Plan:
     """Open the source lazily and check every column the job names against its schema.
 
     With a ``bad_file_log``, input files that cannot be read are skipped and recorded there.
     ``open_table`` opens the other tables (joins, the label's table); default :func:`table_opener`.
+    ``source`` is the source already opened (an incremental run's new datums).
     """
     open_table = open_table or table_opener()
-    source = open_source(job.source, where="source", bad_file_log=bad_file_log)
+    if source is None:
+        source = open_source(job.source, where="source", bad_file_log=bad_file_log)
     meta = source.frame._meta
     _quality.check_columns(job, meta)
     require(meta, job.id_columns, "id_columns")

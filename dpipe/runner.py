@@ -8,6 +8,7 @@ the output atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -23,15 +24,18 @@ from dpipe import quality as _quality
 from dpipe import stages
 from dpipe.bundle import Bundle
 from dpipe.errors import ColumnError
-from dpipe.io import StagedOutput, open_sink, open_source, source_spec
+from dpipe.incremental import bundle_state, check_job, decide
+from dpipe.io import StagedOutput, open_increment, open_sink, open_source, source_spec
 from dpipe.io.fs import full_uri, resolve
 from dpipe.manifest import cluster_info, run_manifest, source_lineage
+from dpipe.pipeline import FeaturePipeline
 from dpipe.plan import Plan, plan, require, table_opener
 from dpipe.progress import Reporter
 from dpipe.spec import FeaturesJobSpec, JobSpec, redacted
 from dpipe.spec.base import redact, redact_url
 from dpipe.spec.connectors import BaseSinkSpec
 from dpipe.spec.source import BaseSourceSpec
+from dpipe.state import STATE, RunState, fit_key, new_run_id
 from dpipe.train import TrainConfig, predict_frame
 
 __all__ = ["PredictResult", "RunResult", "plan", "predict", "run"]
@@ -49,10 +53,13 @@ class RunResult:
     rows: dict
     timings: dict
     manifest: dict = field(repr=False)
+    #: Why nothing was computed (an unchanged rerun, no new data), else ``None``.
+    skipped: str | None = None
 
     def summary(self) -> str:
         valid = ", ".join(f"{k}={v:.4f}" for k, v in self.metrics.get("valid", {}).items() if v is not None)
-        return (
+        skipped = f"nothing to do ({self.skipped}); the committed bundle:\n" if self.skipped else ""
+        return skipped + (
             f"job {self.job!r}: {self.rows['train']} train / {self.rows['valid']} valid rows, "
             f"best iteration {self.metrics['best_iteration']}, valid {valid}\n"
             f"bundle: {self.bundle_uri}"
@@ -78,6 +85,8 @@ def run(
     scheduler: str | None = None,
     progress: bool = True,
     force: bool = False,
+    incremental: bool | None = None,
+    max_datums: int | None = None,
 ) -> Any:
     """Run a job: train and commit its model bundle to ``job.output.uri`` (a :class:`RunResult`),
     or, for ``kind: features``, write its rows to the sink ``job.output`` (a
@@ -97,34 +106,60 @@ def run(
         Run even when the output already holds this job's result: a bundle whose manifest has the
         same ``content_key`` (spec and exactly what was read), or a sink holding the commit of the
         same transaction id. Without it such a rerun does no computation and says so.
+    incremental
+        Process only the datums that are new since the last committed run (``True``), or every
+        datum (``False``); ``None`` follows the spec's ``incremental`` section. See
+        :mod:`dpipe.incremental`.
+    max_datums
+        With ``incremental``, process at most this many new datums (the rest are left for the
+        next run): bounded work per run, as ``dpipe watch --max-datums`` does.
 
     Examples
     --------
     >>> result = dpipe.run(dpipe.load_job("jobs/quickstart.yaml"))
     >>> result.metrics["valid"]["auc"]
     """
+    if incremental is not None:
+        job = job.model_copy(update={"incremental": job.incremental.model_copy(update={"enabled": incremental})})
     if isinstance(job, FeaturesJobSpec):
         from dpipe.featurize import run_features
 
-        return run_features(job, client, scheduler=scheduler, progress=progress, force=force)
+        return run_features(job, client, scheduler=scheduler, progress=progress, force=force, max_datums=max_datums)
     reporter = Reporter(progress=progress)
     started = dt.datetime.now(dt.UTC)
+    run_id = new_run_id()
+    decision = None
     with (
         reporter.stage("plan", "checking the spec against the source schema"),
         _cluster.planning(job.cluster, client=client, address=scheduler),
     ):
-        out = StagedOutput(
-            job.output.uri, job.output.storage_options, overwrite=job.output.overwrite, marker="manifest.json"
-        )
-        p = plan(job, bad_file_log=_quality.bad_file_log(job, out))
+        state = None
+        if job.incremental.enabled:
+            check_job(job)
+            state = bundle_state(job.output.uri, job.output.storage_options)
+        # An incremental run replaces its own bundle.
+        overwrite = job.output.overwrite or state is not None
+        out = StagedOutput(job.output.uri, job.output.storage_options, overwrite=overwrite, marker="manifest.json")
+        bad_files = _quality.bad_file_log(job, out)
+        if job.incremental.enabled:
+            decision = decide(job, state, bad_file_log=bad_files, max_datums=max_datums)
+            reporter.log(f"incremental: {decision.reason}")
+            if decision.action == "nothing":
+                previous = _committed_bundle(job)
+                if previous is not None:
+                    return dataclasses.replace(previous, skipped=decision.reason)
+        increment, partials = None, None
+        if decision is not None and decision.action == "increment" and decision.state is not None:
+            increment, partials = decision.increment, decision.state.partials
+        p = plan(job, bad_file_log=bad_files, source=increment.source if increment is not None else None)
         key = content_key(p)
-        previous = None if force else _unchanged_bundle(job, key)
+        previous = None if force or increment is not None else _unchanged_bundle(job, key)
     if previous is not None:
         reporter.log(
             f"unchanged: {job.output.uri} already holds the bundle of this spec and input"
             f" (content key {key[:16]}); nothing to do (--force trains again)"
         )
-        return previous
+        return dataclasses.replace(previous, skipped="unchanged")
     reporter.log(f"source: {len(p.source.files)} file(s) from {job.source.uri}")
     with _cluster.connect(job.cluster, client=client, address=scheduler, log=reporter.log) as client, out:
         compute = reporter.compute(client)
@@ -134,21 +169,105 @@ def run(
         )
         with checks:
             pre = stages.prepass(p, gate, compute)
-        with reporter.stage("fit", f"learning feature statistics ({len(job.features)} ops)"):
-            fitted = stages.fit(p, gate, pre, compute, quarantine_to=out, log=reporter.log)
+        what = (
+            "merging saved statistics with the new datums'" if increment is not None else "learning feature statistics"
+        )
+        with reporter.stage("fit", f"{what} ({len(job.features)} ops)"):
+            fitted = stages.fit(p, gate, pre, compute, quarantine_to=out, log=reporter.log, partials=partials)
         _log_fit(reporter, fitted)
-        with reporter.stage("load", "transforming and placing data on every worker"):
-            placed = stages.place(client, p, fitted, gate, pre)
-        with reporter.stage("train", f"xgboost.dask, up to {job.train.num_boost_round} rounds"):
-            trained = stages.train(client, placed, TrainConfig.from_spec(job.train))
+        retrain = Retrain.of(job, decision, p, fitted, client)
+        with reporter.stage("load", f"transforming and placing {retrain.what} on every worker"):
+            placed = stages.place(
+                client, retrain.plan, retrain.fitted, retrain.gate or gate, pre, balanced=retrain.gate is None
+            )
+        config = TrainConfig.from_spec(job.train).replace(xgb_model=retrain.booster)
+        with reporter.stage("train", f"xgboost.dask, up to {job.train.num_boost_round} rounds{retrain.rounds}"):
+            trained = stages.train(client, placed, config)
         _log_training(reporter, trained)
         with reporter.stage("write", f"model bundle to {job.output.uri}"):
-            manifest = {**_manifest(p, fitted, reporter, cluster_info(client), started), "content_key": key}
-            stages.write(out, p, fitted, placed, trained, compute, manifest)
+            manifest = {
+                **_manifest(p, fitted, reporter, cluster_info(client), started),
+                "run_id": run_id,
+                "content_key": key,
+            }
+            if decision is not None:
+                manifest["incremental"] = _increment_record(decision, retrain, placed)
+            if state is not None:
+                manifest["parent"] = {"run_id": state.run_id, "uri": redact_url(job.output.uri)}
+            new_state = _next_state(job, decision, p, fitted, run_id, manifest)
+            out.write_json(STATE, new_state.to_dict())
+            stages.write(out, retrain.plan, retrain.fitted, placed, trained, compute, manifest)
             uri = out.commit()
     reporter.log(f"bundle committed: {uri}")
-    metrics, rows = dict(trained.metrics), dict(fitted.rows)
+    metrics, rows = dict(trained.metrics), dict(manifest["rows"])
     return RunResult(job.name, uri, metrics, rows, timings=dict(reporter.timings), manifest=manifest)
+
+
+@dataclass(frozen=True)
+class Retrain:
+    """What an incremental run trains on: the new rows with the previous booster (``continue``:
+    the bundle's transforms too, so the old trees keep their meaning), or the rows of every datum
+    or of a window, transformed by the refitted pipeline. A full run trains on what it fitted."""
+
+    plan: Plan
+    fitted: stages.Fitted
+    #: ``fit`` (the fitted rows: a full run), ``continue``, ``all`` or ``window``.
+    how: str = "fit"
+    what: str = "data"
+    #: The quality gate of other rows than the fit's (``None``: the fit's rows).
+    gate: Any = None
+    booster: Any = None
+    rounds: str = ""
+    datums: int | None = None
+
+    @classmethod
+    def of(cls, job: JobSpec, decision: Any, p: Plan, fitted: stages.Fitted, client: Any) -> Retrain:
+        if decision is None or decision.action != "increment":
+            return cls(p, fitted)
+        how = job.incremental.retrain
+        if how == "continue":
+            previous = Bundle.load(job.output.uri, job.output.storage_options)
+            kept = dataclasses.replace(fitted, pipeline=previous.pipeline, model_input=previous.model_input)
+            rounds = f" more, after the previous model's {previous.booster.num_boosted_rounds()}"
+            datums = len(p.source.datums)
+            return cls(p, kept, how, "the new data", booster=previous.booster, rounds=rounds, datums=datums)
+        inc = decision.increment
+        if how == "window":
+            window = set(decision.state.after_run("", inc.new).window(job.incremental.window()))
+            ids = [d.id for d in inc.current if d.id in window]
+            # Only the window's datums are opened: the others count as seen.
+            seen = [d for d in inc.current if d.id not in window]
+            opened = open_increment(job.source, seen, where="source", bad_file_log=p.bad_files).source
+            assert opened is not None
+        else:
+            ids = [d.id for d in inc.current]
+            opened = open_source(job.source, where="source", bad_file_log=p.bad_files)
+        present = set(opened.datum_of_partitions())
+        source = opened.select([i for i in ids if i in present])
+        trained_on = dataclasses.replace(p, source=source)
+        what = f"{len(source.datums)} datum(s)" + (" (the window)" if how == "window" else " (all)")
+        return cls(trained_on, fitted, how, what, gate=stages.quality_gate(trained_on), datums=len(source.datums))
+
+
+def _increment_record(decision: Any, retrain: Retrain, placed: stages.Placed) -> dict[str, Any]:
+    """What the manifest says of an incremental run: what it decided and what it trained on."""
+    record: dict[str, Any] = {"action": decision.action, "reason": decision.reason}
+    if decision.action == "increment":
+        record.update(
+            new_datums=len(decision.increment.new),
+            retrain=retrain.how,
+            trained_on={"datums": retrain.datums, "train": len(placed.train), "valid": len(placed.valid)},
+        )
+    return record
+
+
+def _next_state(job: JobSpec, decision: Any, p: Plan, fitted: stages.Fitted, run_id: str, manifest: dict) -> RunState:
+    """The run state this bundle carries: the datums processed so far and the merged statistics."""
+    incremental = decision is not None and decision.action == "increment"
+    base = decision.state if incremental else RunState(job.name, fit_key(job))
+    mergeable = not FeaturePipeline.from_specs(job.features).not_incremental()
+    info = {"rows": {k: v for k, v in manifest["rows"].items() if isinstance(v, int)}}
+    return base.after_run(run_id, p.source.datums, partials=dict(fitted.stats) if mergeable else {}, info=info)
 
 
 def content_key(p: Plan) -> str:
@@ -166,6 +285,12 @@ def content_key(p: Plan) -> str:
 
 def _unchanged_bundle(job: JobSpec, key: str) -> RunResult | None:
     """The committed bundle at ``job.output.uri`` if its manifest has this content key."""
+    result = _committed_bundle(job)
+    return result if result is not None and result.manifest.get("content_key") == key else None
+
+
+def _committed_bundle(job: JobSpec) -> RunResult | None:
+    """The bundle committed at ``job.output.uri``, as the result of the run that wrote it."""
     from dpipe.bundle import MANIFEST, METRICS, read_files
     from dpipe.errors import BundleError
 
@@ -176,8 +301,6 @@ def _unchanged_bundle(job: JobSpec, key: str) -> RunResult | None:
     try:
         manifest, metrics = json.loads(raw[MANIFEST]), json.loads(raw[METRICS])
     except ValueError:
-        return None
-    if manifest.get("content_key") != key:
         return None
     fs, path = resolve(job.output.uri, job.output.storage_options, where="output.uri")
     uri = full_uri(fs, path.rstrip("/"))

@@ -87,6 +87,9 @@ class Fitted:
     steps: Mapping[str, Any]
     phases: list[list[str]]
     quality: Mapping[str, Any]
+    #: The computed statistics of every stateful op (merged with the partials it was given), by
+    #: location: what the run state saves for the next incremental run.
+    stats: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def passes(self) -> int:
@@ -103,6 +106,7 @@ def fit(
     quarantine_to: Any = None,
     frame: dd.DataFrame | None = None,
     log: Log = _quiet,
+    partials: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Fitted:
     """Learn every statistic, with the checks, row counts, label distribution and the label
     join's measurements computed in the same pass (one ``compute`` per fit phase).
@@ -110,7 +114,8 @@ def fit(
     ``frame`` replaces the source's rows (default: ``plan.source.frame``); the fit pass reads only
     :attr:`Plan.fit_columns` of it. ``gate`` names the file of each of its partitions (build it
     with ``QualityGate(checks, quarantine, files)`` for other rows), and :func:`place` must be
-    given the same frame.
+    given the same frame. ``partials`` are saved statistics of earlier rows to merge into this
+    fit's (an incremental run: :meth:`dpipe.pipeline.FeaturePipeline.fit`).
     """
     raw = plan.source.frame if frame is None else frame
     _check_files(gate, raw)
@@ -124,6 +129,7 @@ def fit(
         extras=lambda f: {**prepared.lazy, "rows": _row_measures(f, plan.classify)},
         extra_inputs={LABEL, VALID},
         compute=compute,
+        partials=partials,
     )
     steps = dict(report.steps)
     if plan.label_join is not None:
@@ -136,7 +142,7 @@ def fit(
     model_input = ModelInput.infer(fitted_meta, features=plan.job.train.features, exclude=set(plan.exclude))
     model_input.require_categories(fitted_meta)
     per_partition = tuple(int(n) for n in report.extras["rows"]["per_partition"])
-    return Fitted(pipeline, model_input, rows, per_partition, steps, list(report.phases), quality)
+    return Fitted(pipeline, model_input, rows, per_partition, steps, list(report.phases), quality, dict(report.stats))
 
 
 def _check_files(gate: QualityGate, frame: dd.DataFrame) -> None:
@@ -216,10 +222,21 @@ class Placed:
 
 
 def place(
-    client: Any, plan: Plan, fitted: Fitted, gate: QualityGate, pre: Prepass, *, frame: dd.DataFrame | None = None
+    client: Any,
+    plan: Plan,
+    fitted: Fitted,
+    gate: QualityGate,
+    pre: Prepass,
+    *,
+    frame: dd.DataFrame | None = None,
+    balanced: bool = True,
 ) -> Placed:
     """Transform every column of the rows to train on and place them on the workers, each
-    worker holding a fair share of both sides (:func:`dpipe.placement.spread_train_valid`)."""
+    worker holding a fair share of both sides (:func:`dpipe.placement.spread_train_valid`).
+
+    The fit pass's row counts per partition balance the workers; with ``balanced=False`` (other
+    rows than the fit's: an incremental run training on all datums) partitions are spread by number.
+    """
     frame = plan.source.frame if frame is None else frame
     _check_files(gate, frame)
     prepared = prepare(plan, frame, gate, pre)
@@ -227,7 +244,8 @@ def place(
     select = fitted.model_input.with_passthrough(keep)
     transformed = fitted.pipeline.transform(prepared.frame)
     model_frame = transformed.map_partitions(select, meta=select(transformed._meta))
-    train_part, valid_part = spread_train_valid(client, model_frame, list(fitted.rows_per_partition))
+    sizes = list(fitted.rows_per_partition) if balanced else None
+    train_part, valid_part = spread_train_valid(client, model_frame, sizes)
     return Placed(train_part, valid_part, fitted.model_input)
 
 

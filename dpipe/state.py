@@ -117,6 +117,11 @@ class RunState:
             pending=None,
         )
 
+    def pending_batch(self, run_id: str, txn: str, datums: Iterable[Datum]) -> RunState:
+        """This state with a batch about to commit as ``txn`` (saved before the sink commits)."""
+        batch = {"run_id": run_id, "txn": txn, "datums": [d.to_dict() for d in datums]}
+        return dataclasses.replace(self, pending=batch)
+
     def window(self, last: dt.timedelta | int, now: dt.datetime | None = None) -> list[str]:
         """The ids of the datums first processed within ``last`` (a duration) or the last ``last`` ones."""
         if isinstance(last, int):

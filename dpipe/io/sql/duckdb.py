@@ -254,6 +254,25 @@ class DuckDBSink:
         if existing is not None and self.mode == "append":
             check_append(frame_schema(meta), existing, where=self.where, name=self.table)
 
+    def has_commit(self, txn: str) -> bool:
+        """Whether ``_dpipe_commits`` holds a commit of ``txn`` to this table."""
+        if not self.path.exists():
+            return False
+        d, lit = DUCKDB, DUCKDB.literal
+        schema = self.schema_name or "main"
+        conn = _connect(self.path, self.config, read_only=True, where=f"{self.where}.uri")
+        try:
+            found = conn.execute(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [schema, COMMITS]
+            ).fetchall()
+            if not found:
+                return False
+            commits = d.table(f"{schema}.{COMMITS}")
+            sql = f"SELECT 1 FROM {commits} WHERE txn = {lit(txn)} AND target = {lit(self.table)}"
+            return bool(conn.execute(sql).fetchall())
+        finally:
+            conn.close()
+
     def write_task(self, frame: Any) -> Any:
         """The lazy write of ``frame``'s partitions as Parquet files in the staging folder."""
         self.check(frame._meta)

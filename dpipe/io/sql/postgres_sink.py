@@ -170,6 +170,16 @@ class PostgresSink:
         if existing is not None and self.mode == "append":
             check_append(frame_schema(meta), existing, where=self.where, name=self.table)
 
+    def has_commit(self, txn: str) -> bool:
+        """Whether ``_dpipe_commits`` holds a commit of ``txn`` to this table."""
+        lit, commits = POSTGRES.literal, _qualified(self.schema_name, COMMITS)
+        with self._cursor() as cur:
+            cur.execute(f"SELECT to_regclass({lit(commits)}) IS NOT NULL")
+            if not cur.fetchone()[0]:
+                return False
+            cur.execute(f"SELECT 1 FROM {commits} WHERE txn = {lit(txn)} AND target = {lit(self.table)}")
+            return cur.fetchone() is not None
+
     def write_task(self, frame: Any) -> Any:
         """The lazy write of ``frame``'s partitions into a new staging table."""
         self.check(frame._meta)
