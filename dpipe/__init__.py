@@ -48,6 +48,13 @@ def predict(bundle, source, output, **kwargs):
     return _predict(bundle, source, output, **kwargs)
 
 
+def watch(job, **kwargs):
+    """Run a job incrementally whenever its source has new data; see :func:`dpipe.watcher.watch`."""
+    from dpipe.watcher import watch as _watch
+
+    return _watch(job, **kwargs)
+
+
 __all__ = [
     "BundleError",
     "ClusterError",
@@ -65,4 +72,5 @@ __all__ = [
     "load_job",
     "predict",
     "run",
+    "watch",
 ]

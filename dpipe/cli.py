@@ -90,6 +90,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     _add_common(p)
 
+    p = sub.add_parser("lineage", help="print where an output came from: its bundle, data, spec and runs, upstream")
+    p.add_argument("output", help="a bundle, a Parquet folder, a Delta table, or a table's database (with --table)")
+    p.add_argument("--json", action="store_true", help="print the tree as JSON")
+    p.add_argument("--format", help="bundle, parquet, delta, iceberg, postgresql or duckdb (default: detected)")
+    p.add_argument("--table", help="the table of a database output, or of an Iceberg catalog")
+    p.add_argument("--catalog", metavar="JSON", help="an Iceberg catalog's properties as JSON (as in the sink spec)")
+    p.add_argument("--depth", type=int, default=10, help="how many outputs up to follow (default 10)")
+    p.add_argument("--storage-options", metavar="JSON", help="fsspec options as JSON")
+    _add_common(p)
+
     p = sub.add_parser("show", help="print a model bundle's metrics, features and fitted statistics")
     p.add_argument("bundle")
     p.add_argument("--storage-options", metavar="JSON")
@@ -166,14 +176,18 @@ def _print_error(message: str, args) -> None:
 
 
 def _storage_options(raw: str | None) -> dict | None:
+    return _json_object(raw, "--storage-options")
+
+
+def _json_object(raw: str | None, flag: str) -> dict | None:
     if not raw:
         return None
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise SpecError(f"--storage-options: not valid JSON: {exc.msg}") from exc
+        raise SpecError(f"{flag}: not valid JSON: {exc.msg}") from exc
     if not isinstance(value, dict):
-        raise SpecError("--storage-options: expected a JSON object")
+        raise SpecError(f"{flag}: expected a JSON object")
     return value
 
 
@@ -208,7 +222,7 @@ def _run(args) -> int:
 def _watch(args) -> int:
     from dpipe.spec import load_job
     from dpipe.spec.incremental import parse_duration
-    from dpipe.watch import watch
+    from dpipe.watcher import watch
 
     try:
         every = parse_duration(args.every, "--every")
@@ -275,6 +289,22 @@ def _predict(args) -> int:
     return 0
 
 
+def _lineage(args) -> int:
+    from dpipe.lineage import format_tree, lineage_tree
+
+    catalog = _json_object(args.catalog, "--catalog")
+    tree = lineage_tree(
+        args.output,
+        storage_options=_storage_options(args.storage_options),
+        format=args.format,
+        depth=args.depth,
+        table=args.table,
+        catalog=catalog,
+    )
+    print(json.dumps(tree, indent=2, default=str) if args.json else format_tree(tree))
+    return 0
+
+
 def _show(args) -> int:
     from dpipe.bundle import Bundle
 
@@ -332,6 +362,7 @@ _COMMANDS = {
     "watch": _watch,
     "validate": _validate,
     "predict": _predict,
+    "lineage": _lineage,
     "show": _show,
     "inspect": _inspect,
     "demo-data": _demo_data,

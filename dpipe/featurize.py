@@ -25,6 +25,7 @@ from dpipe.errors import ColumnError, SpecError
 from dpipe.incremental import Decision, check_job, decide
 from dpipe.io import BadFileLog, Datum, Increment, StagedOutput, open_sink, open_source
 from dpipe.manifest import cluster_info, features_manifest
+from dpipe.openlineage import run_events
 from dpipe.ops.base import count_rows
 from dpipe.pipeline import FeaturePipeline
 from dpipe.plan import table_opener
@@ -112,73 +113,77 @@ def run_features(
     reporter.log(f"source: {len(source.files)} partition(s) from {job.source.uri}")
     # The quarantine folder is staged like the output: a failed run leaves neither behind.
     staged = side if side is not None else nullcontext()
-    with _cluster.connect(job.cluster, client=client, address=scheduler, log=reporter.log) as client, sink, staged:
-        compute = reporter.compute(client)
-        gate = QualityGate(list(job.checks), job.quarantine, source.files)
-        pre = gate.prepass(source.frame, compute)
-        checked = gate.apply(source.frame, pre, quarantine_to=side)
-        lazy = {"quality": checked.lazy, "input": {"rows_read": count_rows(source.frame)}}
-        steps: dict[str, Any] = {}
-        phases: list[list[str]] = []
-        values: dict[str, Any] = {}
-        if not pipeline.fitted:
-            with reporter.stage("fit", f"learning feature statistics ({len(pipeline.ops)} ops)"):
-                report = pipeline.fit(checked.frame, extras=lambda f: lazy, compute=compute)
-            values, steps, phases = dict(report.extras), dict(report.steps), list(report.phases)
-        frame = _select(pipeline.transform(checked.frame), job)
-        _check_sink(sink, frame._meta)
-        with reporter.stage("write", f"{job.output.format} output to {job.output.uri}"):
-            write_compute = compute if values else _with_extras(compute, lazy, values)
-            sink.write(frame, compute=write_compute)
-            rows_read = int(values["input"]["rows_read"])
-            quality = gate.evaluate(
-                values["quality"],
-                rows_read=rows_read,
-                bad_files=bad_files.records() if bad_files is not None else [],
-                log=reporter.log,
-            )
-            manifest = features_manifest(
-                job,
-                source=source,
-                tables=tables,
-                pipeline_from=bundle_uri,
-                steps=steps,
-                fit_phases=phases,
-                quality=quality,
-                timings=reporter.timings,
-                cluster=cluster_info(client),
-                started=started,
-            )
-            if job.txn is None and not getattr(source, "versioned", True):
-                reporter.log(
-                    f"source: {job.source.format} rows carry no version, so a retry of this run cannot be"
-                    " told from a new one; set `txn:` (e.g. from the scheduler's run date) to commit it once"
+    with run_events(job.lineage, job=job.name, run_id=run_id, kind="features") as events:
+        events.start([source, *tables.values()], [job.output])
+        with _cluster.connect(job.cluster, client=client, address=scheduler, log=reporter.log) as client, sink, staged:
+            compute = reporter.compute(client)
+            gate = QualityGate(list(job.checks), job.quarantine, source.files)
+            pre = gate.prepass(source.frame, compute)
+            checked = gate.apply(source.frame, pre, quarantine_to=side)
+            lazy = {"quality": checked.lazy, "input": {"rows_read": count_rows(source.frame)}}
+            steps: dict[str, Any] = {}
+            phases: list[list[str]] = []
+            values: dict[str, Any] = {}
+            if not pipeline.fitted:
+                with reporter.stage("fit", f"learning feature statistics ({len(pipeline.ops)} ops)"):
+                    report = pipeline.fit(checked.frame, extras=lambda f: lazy, compute=compute)
+                values, steps, phases = dict(report.extras), dict(report.steps), list(report.phases)
+            frame = _select(pipeline.transform(checked.frame), job)
+            _check_sink(sink, frame._meta)
+            with reporter.stage("write", f"{job.output.format} output to {job.output.uri}"):
+                write_compute = compute if values else _with_extras(compute, lazy, values)
+                sink.write(frame, compute=write_compute)
+                rows_read = int(values["input"]["rows_read"])
+                quality = gate.evaluate(
+                    values["quality"],
+                    rows_read=rows_read,
+                    bad_files=bad_files.records() if bad_files is not None else [],
+                    log=reporter.log,
                 )
-            manifest["run_id"] = run_id
-            if batch is not None:
-                manifest["incremental"] = {
-                    "action": batch.decision.action,
-                    "reason": batch.decision.reason,
-                    "new_datums": len(source.datums),
-                }
-                if batch.base.run_id is not None:
-                    manifest["parent"] = {"run_id": batch.base.run_id, "state": redact_url(batch.folder.uri)}
-            if batch is not None:
-                # Written ahead: a run killed past this point is finished by the next one.
-                pending = batch.base.pending_batch(run_id, txn, source.datums)
-                batch.folder.save(dataclasses.replace(pending, pipeline=pipeline.to_dict()))
-            written = sink.commit(metadata={"manifest": manifest, "pipeline": pipeline.to_dict()}, txn=txn)
-            if batch is not None:
-                info = {
-                    "txn": txn,
-                    "rows": rows_read,
-                    "output": {k: v for k, v in written.record.items() if k != "rows"},
-                }
-                done = batch.base.after_run(run_id, source.datums, info=info)
-                batch.folder.save(dataclasses.replace(done, pipeline=pipeline.to_dict()))
-            if side is not None:
-                side.write_json("manifest.json", manifest)
-                side.commit()
+                manifest = features_manifest(
+                    job,
+                    source=source,
+                    tables=tables,
+                    pipeline_from=bundle_uri,
+                    steps=steps,
+                    fit_phases=phases,
+                    quality=quality,
+                    timings=reporter.timings,
+                    cluster=cluster_info(client),
+                    started=started,
+                )
+                if job.txn is None and not getattr(source, "versioned", True):
+                    reporter.log(
+                        f"source: {job.source.format} rows carry no version, so a retry of this run cannot be"
+                        " told from a new one; set `txn:` (e.g. from the scheduler's run date) to commit it once"
+                    )
+                manifest["run_id"] = run_id
+                if batch is not None:
+                    manifest["incremental"] = {
+                        "action": batch.decision.action,
+                        "reason": batch.decision.reason,
+                        "new_datums": len(source.datums),
+                    }
+                    if batch.base.run_id is not None:
+                        manifest["parent"] = {"run_id": batch.base.run_id, "state": redact_url(batch.folder.uri)}
+                if batch is not None:
+                    # Written ahead: a run killed past this point is finished by the next one.
+                    pending = batch.base.pending_batch(run_id, txn, source.datums)
+                    batch.folder.save(dataclasses.replace(pending, pipeline=pipeline.to_dict()))
+                written = sink.commit(metadata={"manifest": manifest, "pipeline": pipeline.to_dict()}, txn=txn)
+                if batch is not None:
+                    info = {
+                        "txn": txn,
+                        "rows": rows_read,
+                        "output": {k: v for k, v in written.record.items() if k != "rows"},
+                    }
+                    done = batch.base.after_run(run_id, source.datums, info=info)
+                    batch.folder.save(dataclasses.replace(done, pipeline=pipeline.to_dict()))
+                if side is not None:
+                    side.write_json("manifest.json", manifest)
+                    side.commit()
+        output = {**written.lineage(), "schema": frame._meta}
+        events.complete(outputs=[output], facets={"dpipe": {"spec_hash": manifest["spec_hash"]}})
     rows = {"read": rows_read, "quarantined": quality.get("quarantined_rows", 0), "written": written.rows}
     manifest = {**manifest, "rows": rows, "output": written.lineage(), "txn": txn}
     state = "already committed (nothing appended)" if written.duplicate else "committed"
@@ -326,7 +331,7 @@ def content_key(job: FeaturesJobSpec, source: Any) -> str:
     """
     if job.txn is not None:
         return job.txn
-    data = {"spec": redacted(job), "input": source.lineage()}
+    data = {"spec": {k: v for k, v in redacted(job).items() if k != "lineage"}, "input": source.lineage()}
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:24]
     return f"dpipe:{job.name}:{digest}"
 

@@ -28,12 +28,14 @@ from dpipe.incremental import bundle_state, check_job, decide
 from dpipe.io import StagedOutput, open_increment, open_sink, open_source, source_spec
 from dpipe.io.fs import full_uri, resolve
 from dpipe.manifest import cluster_info, run_manifest, source_lineage
+from dpipe.openlineage import run_events
 from dpipe.pipeline import FeaturePipeline
 from dpipe.plan import Plan, plan, require, table_opener
 from dpipe.progress import Reporter
 from dpipe.spec import FeaturesJobSpec, JobSpec, redacted
-from dpipe.spec.base import redact, redact_url
+from dpipe.spec.base import REDACTED, redact, redact_url
 from dpipe.spec.connectors import BaseSinkSpec
+from dpipe.spec.lineage import LineageSpec
 from dpipe.spec.source import BaseSourceSpec
 from dpipe.state import STATE, RunState, fit_key, new_run_id
 from dpipe.train import TrainConfig, predict_frame
@@ -161,43 +163,51 @@ def run(
         )
         return dataclasses.replace(previous, skipped="unchanged")
     reporter.log(f"source: {len(p.source.files)} file(s) from {job.source.uri}")
-    with _cluster.connect(job.cluster, client=client, address=scheduler, log=reporter.log) as client, out:
-        compute = reporter.compute(client)
-        gate = stages.quality_gate(p)
-        checks = (
-            reporter.stage("checks", "finding duplicated keys to quarantine") if gate.needs_prepass else nullcontext()
-        )
-        with checks:
-            pre = stages.prepass(p, gate, compute)
-        what = (
-            "merging saved statistics with the new datums'" if increment is not None else "learning feature statistics"
-        )
-        with reporter.stage("fit", f"{what} ({len(job.features)} ops)"):
-            fitted = stages.fit(p, gate, pre, compute, quarantine_to=out, log=reporter.log, partials=partials)
-        _log_fit(reporter, fitted)
-        retrain = Retrain.of(job, decision, p, fitted, client)
-        with reporter.stage("load", f"transforming and placing {retrain.what} on every worker"):
-            placed = stages.place(
-                client, retrain.plan, retrain.fitted, retrain.gate or gate, pre, balanced=retrain.gate is None
+    bundle = {"uri": job.output.uri, "format": "bundle", "storage_options": job.output.storage_options}
+    with run_events(job.lineage, job=job.name, run_id=run_id, kind="train") as events:
+        events.start([p.source, *p.tables.values()], [bundle])
+        with _cluster.connect(job.cluster, client=client, address=scheduler, log=reporter.log) as client, out:
+            compute = reporter.compute(client)
+            gate = stages.quality_gate(p)
+            checks = (
+                reporter.stage("checks", "finding duplicated keys to quarantine")
+                if gate.needs_prepass
+                else nullcontext()
             )
-        config = TrainConfig.from_spec(job.train).replace(xgb_model=retrain.booster)
-        with reporter.stage("train", f"xgboost.dask, up to {job.train.num_boost_round} rounds{retrain.rounds}"):
-            trained = stages.train(client, placed, config)
-        _log_training(reporter, trained)
-        with reporter.stage("write", f"model bundle to {job.output.uri}"):
-            manifest = {
-                **_manifest(p, fitted, reporter, cluster_info(client), started),
-                "run_id": run_id,
-                "content_key": key,
-            }
-            if decision is not None:
-                manifest["incremental"] = _increment_record(decision, retrain, placed)
-            if state is not None:
-                manifest["parent"] = {"run_id": state.run_id, "uri": redact_url(job.output.uri)}
-            new_state = _next_state(job, decision, p, fitted, run_id, manifest)
-            out.write_json(STATE, new_state.to_dict())
-            stages.write(out, retrain.plan, retrain.fitted, placed, trained, compute, manifest)
-            uri = out.commit()
+            with checks:
+                pre = stages.prepass(p, gate, compute)
+            what = (
+                "merging saved statistics with the new datums'"
+                if increment is not None
+                else "learning feature statistics"
+            )
+            with reporter.stage("fit", f"{what} ({len(job.features)} ops)"):
+                fitted = stages.fit(p, gate, pre, compute, quarantine_to=out, log=reporter.log, partials=partials)
+            _log_fit(reporter, fitted)
+            retrain = Retrain.of(job, decision, p, fitted, client)
+            with reporter.stage("load", f"transforming and placing {retrain.what} on every worker"):
+                placed = stages.place(
+                    client, retrain.plan, retrain.fitted, retrain.gate or gate, pre, balanced=retrain.gate is None
+                )
+            config = TrainConfig.from_spec(job.train).replace(xgb_model=retrain.booster)
+            with reporter.stage("train", f"xgboost.dask, up to {job.train.num_boost_round} rounds{retrain.rounds}"):
+                trained = stages.train(client, placed, config)
+            _log_training(reporter, trained)
+            with reporter.stage("write", f"model bundle to {job.output.uri}"):
+                manifest = {
+                    **_manifest(p, fitted, reporter, cluster_info(client), started),
+                    "run_id": run_id,
+                    "content_key": key,
+                }
+                if decision is not None:
+                    manifest["incremental"] = _increment_record(decision, retrain, placed)
+                if state is not None:
+                    manifest["parent"] = {"run_id": state.run_id, "uri": redact_url(job.output.uri)}
+                new_state = _next_state(job, decision, p, fitted, run_id, manifest)
+                out.write_json(STATE, new_state.to_dict())
+                stages.write(out, retrain.plan, retrain.fitted, placed, trained, compute, manifest)
+                uri = out.commit()
+        events.complete(outputs=[{**bundle, "uri": uri}], facets={"dpipe": {"spec_hash": manifest["spec_hash"]}})
     reporter.log(f"bundle committed: {uri}")
     metrics, rows = dict(trained.metrics), dict(manifest["rows"])
     return RunResult(job.name, uri, metrics, rows, timings=dict(reporter.timings), manifest=manifest)
@@ -276,7 +286,7 @@ def content_key(p: Plan) -> str:
     Equal keys mean the run would train the same model on the same rows (for versioned sources).
     """
     data = {
-        "spec": redacted(p.job),
+        "spec": {k: v for k, v in redacted(p.job).items() if k != "lineage"},
         "input": p.source.lineage(),
         "tables": {where: t.lineage() for where, t in p.tables.items() if hasattr(t, "lineage")},
     }
@@ -353,6 +363,7 @@ def predict(
     storage_options: dict | None = None,
     overwrite: bool = True,
     progress: bool = True,
+    lineage: LineageSpec | Mapping[str, Any] | None = None,
 ) -> PredictResult:
     """Score ``source`` with a bundle and commit the predictions to ``output`` once.
 
@@ -362,6 +373,8 @@ def predict(
     "append"}``). Exactly the fitted transforms saved in the bundle are applied; nothing is
     re-fitted. ``id_columns`` default to the job's ``id_columns``. The commit carries the bundle
     and exactly what was read (a table's commit metadata, or ``_dpipe_manifest.json``).
+    ``lineage`` says where the OpenLineage events go (a job's ``lineage:`` section; default: the
+    bundle's job's, else JSON files in ``$DPIPE_HOME/openlineage``).
 
     Examples
     --------
@@ -390,24 +403,49 @@ def predict(
         if callable(check):
             check(preds._meta)
     reporter.log(f"source: {len(src.files)} partition(s) from {spec.uri}")
+    run_id = new_run_id()
+    events_spec = _predict_lineage(lineage, b)
     connected = _cluster.connect(None, client=client, address=scheduler, log=reporter.log)
-    with connected as client, sink, reporter.stage("predict", f"writing predictions to {sink.uri}"):
-        sink.write(preds, compute=reporter.compute(client))
-        manifest = {
-            "kind": "predict",
-            "bundle": bundle,
-            "model_job": b.manifest.get("job"),
-            "started_at": started.isoformat(),
-            "input": source_lineage(src, uri=spec.uri, format=spec.format),
-            "id_columns": ids,
-        }
-        txn = _predict_txn(bundle, b, src, sink)
-        written = sink.commit(metadata={"manifest": redact(manifest)}, txn=txn)
+    with run_events(
+        events_spec, job=f"{b.manifest.get('job') or 'model'}.predict", run_id=run_id, kind="predict"
+    ) as events:
+        events.start([src], [sink.uri])
+        with connected as client, sink, reporter.stage("predict", f"writing predictions to {sink.uri}"):
+            sink.write(preds, compute=reporter.compute(client))
+            manifest = {
+                "kind": "predict",
+                "run_id": run_id,
+                "bundle": _absolute(bundle, storage_options),
+                "bundle_run_id": b.manifest.get("run_id"),
+                "model_job": b.manifest.get("job"),
+                "started_at": started.isoformat(),
+                "input": source_lineage(src, uri=spec.uri, format=spec.format),
+                "id_columns": ids,
+            }
+            txn = _predict_txn(bundle, b, src, sink)
+            written = sink.commit(metadata={"manifest": redact(manifest)}, txn=txn)
+        events.complete(outputs=[{**written.lineage(), "schema": preds._meta}])
     state = "already committed (nothing appended)" if written.duplicate else "committed"
     reporter.log(f"predictions {state}: {written.uri} ({written.rows} rows)")
     return PredictResult(
         written.uri, written.rows, columns=list(preds.columns), timings=dict(reporter.timings), output=written.lineage()
     )
+
+
+def _predict_lineage(given: LineageSpec | Mapping[str, Any] | None, b: Bundle) -> LineageSpec:
+    """Where a prediction's events go: as given, else as the bundle's job said, else the default."""
+    if isinstance(given, LineageSpec):
+        return given
+    saved = (b.manifest.get("spec") or {}).get("lineage")
+    if given is None and isinstance(saved, Mapping) and REDACTED not in json.dumps(saved, default=str):
+        given = saved
+    return LineageSpec.model_validate(dict(given or {}))
+
+
+def _absolute(uri: str, storage_options: dict | None) -> str:
+    """A bundle's URI as the lineage of its predictions records it: absolute, without secrets."""
+    fs, path = resolve(uri, storage_options, where="bundle")
+    return redact_url(full_uri(fs, path.rstrip("/")))
 
 
 def _predict_txn(bundle: str, b: Bundle, src: Any, sink: Any) -> str:

@@ -18,14 +18,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _isolated_environment():
-    """Never use the developer's AWS config or a scheduler from the environment."""
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("AWS_") or k == "DASK_SCHEDULER_ADDRESS"}
+def _isolated_environment(tmp_path_factory):
+    """Never use the developer's AWS config, a scheduler or an OpenLineage server from the
+    environment; runs write their OpenLineage event files into a temporary DPIPE_HOME."""
+    ours = ("DASK_SCHEDULER_ADDRESS", "DPIPE_HOME")
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith(("AWS_", "OPENLINEAGE_")) or k in ours}
     os.environ["AWS_CONFIG_FILE"] = os.devnull
     os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    os.environ["DPIPE_HOME"] = str(tmp_path_factory.mktemp("dpipe-home"))
     yield
-    for k in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_EC2_METADATA_DISABLED"):
+    for k in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_EC2_METADATA_DISABLED", "DPIPE_HOME"):
         os.environ.pop(k, None)
     os.environ.update(saved)
 

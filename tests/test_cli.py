@@ -110,7 +110,8 @@ def test_show_prints_metrics_and_fitted_state(spec_file, client, tmp_path, capsy
 def test_every_command_has_help():
     parser = cli._parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == set(cli._COMMANDS) == {"run", "validate", "predict", "show", "inspect", "demo-data"}
+    expected = {"run", "watch", "validate", "predict", "lineage", "show", "inspect", "demo-data"}
+    assert set(commands) == set(cli._COMMANDS) == expected
     for name, sub in commands.items():
         assert sub.format_help().startswith(f"usage: dpipe {name}"), name
 

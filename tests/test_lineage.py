@@ -64,7 +64,7 @@ def test_the_tree_of_predictions_reaches_the_bundle_and_the_data_it_was_trained_
     assert lines[0].startswith(f"predictions {scores} (parquet")
     run = f"run {model['run_id'][:8]}, " if model["run_id"] else ""  # manifests before run ids have none
     assert lines[1] == f"├─ model: bundle {lake['bundle']} (job test, {run}{model['finished_at'][:19]})"
-    assert "│  │  dpipe " in text and "xgboost 3." in text
+    assert f"│  │  spec {model['spec_hash'][:12]}, dpipe " in text and "xgboost 3." in text
     assert f"│  └─ source: parquet {lake['events']} (2 datums" in text and "date=2024-01-01/part-0.parquet" in text
     assert lines[-1].startswith(f"└─ source: parquet {lake['events']}")
     json.dumps(tree)  # the CLI's --json
@@ -229,3 +229,35 @@ def test_code_lineage_names_custom_ops_with_their_package():
          "package": "PyYAML", "version": yaml.__version__},
     ]  # fmt: skip
     assert code_lineage([{"op": "fill_missing"}, {"op": "yaml.x:Y"}])["custom_ops"][0]["package"] == "PyYAML"
+
+
+def test_the_lineage_command_prints_the_tree_and_its_json(lake, capsys):
+    from dpipe.cli import main
+
+    scores = str(lake["root"] / "scores")
+    assert main(["lineage", scores]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"predictions {scores} (parquet") and f"model: bundle {lake['bundle']}" in text
+    assert main(["lineage", scores, "--json", "--depth", "1"]) == 0
+    tree = json.loads(capsys.readouterr().out)
+    assert tree["kind"] == "predictions" and tree["parents"][0]["kind"] == "bundle"
+    assert main(["lineage", str(lake["root"] / "nothing-here")]) == 1
+    assert "nothing-here' does not exist" in capsys.readouterr().err
+
+
+def test_an_incremental_bundle_records_its_parent_run(lake, client, tmp_path):
+    import shutil
+
+    events = tmp_path / "events"
+    shutil.copytree(lake["events"], events)
+    later = sorted(events.glob("date=*"))[-1]
+    shutil.move(str(later), tmp_path / later.name)
+    spec = job_dict(lake["root"] / "demo", tmp_path / "m", source={"uri": str(events)}, incremental=True)
+    spec["train"] = {**spec["train"], "num_boost_round": 3}
+    first = dpipe.run(dpipe.job_from_dict(spec), client, progress=False)
+    shutil.move(str(tmp_path / later.name), events / later.name)
+    second = dpipe.run(dpipe.job_from_dict(spec), client, progress=False)
+    tree = lineage_tree(second.bundle_uri)
+    assert tree["run_id"] == second.manifest["run_id"]
+    (previous,) = [p for p in tree["parents"] if p.get("role") == "previous run"]
+    assert previous["run_id"] == first.manifest["run_id"]

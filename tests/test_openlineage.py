@@ -222,3 +222,44 @@ def test_the_lineage_spec_is_strict_and_its_api_key_is_a_secret():
     spec = LineageSpec.model_validate({"openlineage": {"transport": "http", "url": "http://m:5000", "api_key": "k"}})
     assert redact(spec.model_dump(mode="json"))["openlineage"]["api_key"] == "***"
     assert LineageSpec().openlineage.transport == "file" and LineageSpec().openlineage.endpoint == "api/v1/lineage"
+
+
+def test_a_training_run_and_its_predictions_send_their_events(lineage_server, demo_root, tmp_path, client):
+    """``dpipe.run`` and ``dpipe.predict`` themselves: START and COMPLETE with what they read and wrote."""
+    import dpipe
+    from tests.conftest import job_dict
+
+    url = f"http://127.0.0.1:{lineage_server.server_address[1]}"
+    lineage = {"openlineage": {"transport": "http", "url": url, "namespace": "team-ml"}}
+    job = dpipe.job_from_dict(job_dict(demo_root, tmp_path / "m1", train={"num_boost_round": 3}, lineage=lineage))
+    result = dpipe.run(job, client, progress=False)
+    events = [r["event"] for r in lineage_server.received]
+    assert [e["eventType"] for e in events] == ["START", "COMPLETE"]
+    complete = events[1]
+    assert complete["run"]["runId"] == str(uuid.UUID(result.manifest["run_id"]))
+    assert (complete["job"]["namespace"], complete["job"]["name"]) == ("team-ml", "test")
+    assert complete["run"]["facets"]["dpipe"]["spec_hash"] == result.manifest["spec_hash"]
+    assert [i["name"] for i in complete["inputs"]] == [str(demo_root / "events")]
+    assert complete["outputs"][0]["name"] == str(tmp_path / "m1")
+
+    lineage_server.received.clear()
+    # The bundle's job said where its events go: its predictions' events go there too.
+    dpipe.predict(result.bundle_uri, str(demo_root / "events"), str(tmp_path / "scores"), client=client, progress=False)
+    events = [r["event"] for r in lineage_server.received]
+    assert [e["eventType"] for e in events] == ["START", "COMPLETE"]
+    assert events[1]["job"]["name"] == "test.predict" and events[1]["outputs"][0]["name"] == str(tmp_path / "scores")
+
+
+def test_a_failed_run_sends_fail(lineage_server, demo_root, tmp_path, client):
+    import dpipe
+    from tests.conftest import job_dict
+
+    url = f"http://127.0.0.1:{lineage_server.server_address[1]}"
+    spec = job_dict(demo_root, tmp_path / "m1", lineage={"openlineage": {"transport": "http", "url": url}})
+    spec["label"] = {"expr": "converted > 5"}  # one class: a DataError in the fit, after START
+    with pytest.raises(DataError, match="one class"):
+        dpipe.run(dpipe.job_from_dict(spec), client, progress=False)
+    events = [r["event"] for r in lineage_server.received]
+    assert [e["eventType"] for e in events] == ["START", "FAIL"]
+    assert "one class" in events[1]["run"]["facets"]["errorMessage"]["message"]
+    assert not (tmp_path / "m1").exists()

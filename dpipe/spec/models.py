@@ -14,6 +14,7 @@ from dpipe.spec.base import Strict
 from dpipe.spec.connectors import SinkSpec
 from dpipe.spec.features import OpSpec
 from dpipe.spec.incremental import IncrementalSpec, TrainIncrementalSpec
+from dpipe.spec.lineage import LineageSpec
 from dpipe.spec.quality import CheckSpec, QuarantineSpec, check_names_unique
 from dpipe.spec.source import SourceSpec
 
@@ -158,6 +159,8 @@ class JobSpec(Strict):
     quarantine: QuarantineSpec | None = Field(default=None, validate_default=True)
     #: New-data-only runs (``incremental: true``, or ``dpipe run --incremental``).
     incremental: TrainIncrementalSpec = Field(default_factory=lambda: TrainIncrementalSpec(enabled=False))
+    #: Where the run's OpenLineage events go (default: JSON files in ``$DPIPE_HOME/openlineage``).
+    lineage: LineageSpec = Field(default_factory=LineageSpec)
 
     @field_validator("checks")
     @classmethod
@@ -224,6 +227,8 @@ class FeaturesJobSpec(Strict):
     quarantine: QuarantineSpec | None = Field(default=None, validate_default=True)
     #: New-data-only runs (``incremental: true``, or ``dpipe run --incremental``).
     incremental: IncrementalSpec = Field(default_factory=lambda: IncrementalSpec(enabled=False))
+    #: Where the run's OpenLineage events go (default: JSON files in ``$DPIPE_HOME/openlineage``).
+    lineage: LineageSpec = Field(default_factory=LineageSpec)
 
     @field_validator("pipeline_from", mode="before")
     @classmethod

@@ -98,3 +98,16 @@ def test_lakes_quick_run_compares_tables_and_postgres(tmp_path):
     assert all(r["median_s"] > 0 for r in report["tables"].values())
     reads = [k for k in report["postgres"] if k.startswith("dpipe, ")]
     assert len(reads) == 3 and all(report["postgres"][k]["rows_per_s"] > 0 for k in reads)
+
+
+def test_incremental_quick_run_compares_every_mode_to_the_full_run(tmp_path):
+    from benchmarks import incremental
+
+    out = tmp_path / "incremental.json"
+    assert incremental.main(["--quick", "--out", str(out)]) == 0
+    summary = json.loads(out.read_text())["summary"]
+    modes = [f"train incremental ({m})" for m in incremental.MODES]
+    assert set(summary) == {"train full", *modes, "features full", "features incremental"}
+    assert all(_number(summary[name]["ratio_to_full"]) for name in [*modes, "features incremental"])
+    assert summary["features incremental"]["rows_read"] == 2000  # month 12 of 24k rows
+    assert summary["train incremental (continue)"]["rows_read"] == 2000
