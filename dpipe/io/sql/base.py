@@ -8,14 +8,14 @@ SELECT list.
 
 With a ``watermark`` column a read is one datum, the rows up to the column's highest value (read
 in the same snapshot as the rest), and :meth:`SQLSource.open_new` reads only the rows above the
-highest mark of the datums seen before: new rows, as long as the column only grows for them.
+highest mark of the datums seen before: new rows, as long as the column only grows for them
+(:mod:`~dpipe.io.sql.watermark`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import uuid
 from collections.abc import Callable, Collection, Iterator
@@ -34,15 +34,14 @@ from dpipe.io.sql.text import (
     Dialect,
     filter_condition,
     filter_groups,
-    from_jsonable,
     jsonable,
     range_bounds,
     range_condition,
     relation,
     select,
     split_range,
-    watermark_condition,
 )
+from dpipe.io.sql.watermark import Mark, Watermark, increment, require_watermark
 from dpipe.spec.sql import SQLSourceSpec
 
 logger = logging.getLogger(__name__)
@@ -192,6 +191,11 @@ def default_partitions() -> int:
         return DEFAULT_PARTITIONS
 
 
+def _row(session: Session, sql: str) -> dict[str, Any]:
+    """The one row of an aggregate query, read in the session's snapshot."""
+    return plain_table(session.table(sql)).to_pylist()[0]
+
+
 class SQLSource:
     """A table or query read in ranges of ``partition_on``: the open logic all databases share.
 
@@ -239,18 +243,9 @@ class SQLSource:
         ``changed`` and ``missing`` are always empty: rows updated, or inserted with a watermark
         below the mark, are not seen (that is what a watermark means).
         """
-        spec, where = self.spec, self.where
-        if spec.watermark is None:
-            raise SpecError(
-                f"{where}.watermark: an incremental read of a {self.kind} source needs a watermark column, one"
-                " that only grows for new rows (an insert timestamp, a serial id); got none",
-                hint=f"add `watermark: <column>` to `{where}`, or read the source in full (not incrementally)",
-            )
+        require_watermark(self.spec.watermark, kind=self.kind, where=self.where)
         before = tuple(seen)
-        opened = self._read(before, bad_file_log=bad_file_log)
-        if opened is None:
-            return Increment(source=None, current=before)
-        return Increment(source=opened, new=opened.datums, current=before + opened.datums)
+        return increment(before, self._read(before, bad_file_log=bad_file_log))
 
     def _read(self, seen: tuple[Datum, ...] | None, *, bad_file_log: BadFileLog | None) -> OpenedSource | None:
         """Everything (``seen=None``), or the rows above the watermark of ``seen`` (``None``: there are none)."""
@@ -261,20 +256,17 @@ class SQLSource:
                 hint="leave `quarantine.bad_files` unset for database sources",
             )
         rel = relation(d, table=spec.table, query=spec.query)
-        mark: tuple[Any, Any] | None = None  # (low, high] of the watermark
-        marked: int | None = None  # the rows in it
+        mark: Mark | None = None  # with a watermark: the rows up to its highest value (above ``seen``'s)
         with self.session() as session:
             full = plain_schema(session.table(select(d, rel, None) + " LIMIT 0").schema)
             selected = self._columns(full)
             condition = filter_condition(d, spec.filters)
             where_sql = [condition] if condition else []
             if spec.watermark is not None:
-                low = None if seen is None else self._previous_mark(seen, full)
-                high, marked = self._high_mark(session, full, rel, where_sql, low)
-                if seen is not None and (not marked or high == low):
+                mark = self._watermark(full).mark(lambda sql: _row(session, sql), rel, where_sql, seen)
+                if mark is None:
                     return None
-                mark = (low, high)
-                where_sql.append(watermark_condition(d, spec.watermark, low, high))
+                where_sql.append(mark.condition())
             edges, rows = self._edges(session, full, rel, where_sql)
             reader = session.keep()
             version, snapshot = session.version, session.snapshot
@@ -285,22 +277,10 @@ class SQLSource:
         for i, b in enumerate(bounds):
             predicate = range_condition(d, spec.partition_on, b) if spec.partition_on else None
             label = f"{location}/{name}#part={i}"
-            tasks.append(
-                RangeRead(
-                    reader,
-                    d,
-                    rel,
-                    tuple(where_sql + ([predicate] if predicate else [])),
-                    schema,
-                    tuple(selected),
-                    label,
-                )
-            )
-            ids.append(self._datum_id(name, edges, i) if mark is None else self._mark_id(name, *mark))
-        if mark is None:
-            datums = tuple(Datum(i, None, version) for i in ids)
-        else:
-            datums = (Datum(ids[0], None, json.dumps(jsonable(mark[1]))),)
+            within = tuple(where_sql + ([predicate] if predicate else []))
+            tasks.append(RangeRead(reader, d, rel, within, schema, tuple(selected), label))
+            ids.append(self._datum_id(name, edges, i) if mark is None else mark.datum_id())
+        datums = tuple(Datum(i, None, version) for i in ids) if mark is None else (mark.datum(),)
         frame = dd.from_map(
             read_range,
             tasks,
@@ -315,13 +295,12 @@ class SQLSource:
             "query": select(d, rel, selected, where_sql),
             "partition_on": spec.partition_on,
             "ranges": [[jsonable(edges[i]), jsonable(edges[i + 1])] for i in range(len(edges) - 1)],
-            "rows": marked if rows is None else rows,
+            "rows": rows if rows is not None or mark is None else mark.rows,
             "snapshot": snapshot,
             "watermark": version,
         }
         if mark is not None:
-            record["watermark_column"] = spec.watermark
-            record["watermark_range"] = [jsonable(mark[0]), jsonable(mark[1])]
+            record.update(mark.record())
         return OpenedSource(
             uri=location + "/" + name,
             format=spec.format,
@@ -369,7 +348,7 @@ class SQLSource:
         sql = select(d, rel, None, where_sql).replace(
             "SELECT *", f"SELECT min({c}) AS lo, max({c}) AS hi, count(*) AS n", 1
         )
-        lo, hi, n = plain_table(session.table(sql)).to_pylist()[0].values()
+        lo, hi, n = _row(session, sql).values()
         if n and lo is None:
             raise DataError(
                 f"{where}.partition_on: column {column!r} is NULL in every row of {self._what()}; it has no range to split",
@@ -378,74 +357,11 @@ class SQLSource:
         n_parts = spec.partitions or default_partitions()
         return (split_range(lo, hi, n_parts) if n else []), int(n)
 
-    def _watermark_kind(self, full: pa.Schema) -> str:
-        """The kind of the ``watermark`` column's values; a ``SpecError`` if it has no order to grow in."""
+    def _watermark(self, full: pa.Schema) -> Watermark:
         column = self.spec.watermark
         assert column is not None
         t = full.field(column).type
-        kind = range_kind(t)
-        if kind is None:
-            raise SpecError(
-                f"{self.where}.watermark: column {column!r} has type {t}; a watermark column is a number, date or"
-                " timestamp that only grows for new rows",
-                hint="use an insert timestamp or a serial id as `watermark`",
-            )
-        return kind
-
-    def _high_mark(
-        self, session: Session, full: pa.Schema, rel: str, where_sql: list[str], low: Any
-    ) -> tuple[Any, int]:
-        """The watermark's highest value within the filters (above ``low``), and how many rows are there.
-
-        Read in the session's snapshot, so the partitions read exactly the rows up to it, and
-        rows inserted while they run wait for the next read.
-        """
-        kind = self._watermark_kind(full)
-        assert self.spec.watermark is not None
-        c = self.dialect.ident(self.spec.watermark)
-        above = [*where_sql, f"{c} > {self.dialect.literal(low)}"] if low is not None else where_sql
-        sql = select(self.dialect, rel, None, above).replace("SELECT *", f"SELECT max({c}) AS hi, count({c}) AS n", 1)
-        high, n = plain_table(session.table(sql)).to_pylist()[0].values()
-        if kind == "timestamp" and hasattr(high, "to_pydatetime"):
-            # Nanoseconds (a pandas Timestamp): SQL literals hold microseconds, so the mark is the
-            # microsecond at or below the highest value; rows past it wait for a later mark.
-            high = high.to_pydatetime(warn=False)
-        return high, int(n)
-
-    def _previous_mark(self, seen: Collection[Datum], full: pa.Schema) -> Any:
-        """The highest mark of the ``seen`` datums read above this source's watermark (``None``: none)."""
-        spec, where = self.spec, self.where
-        kind = self._watermark_kind(full)
-        prefix = f"{self.name}:{spec.watermark}("
-        marks = []
-        for datum in seen:
-            if not datum.id.startswith(prefix) or datum.version is None:
-                continue
-            try:
-                value = from_jsonable(json.loads(datum.version), kind)
-            except (TypeError, ValueError) as exc:
-                raise DataError(
-                    f"{where}.watermark: the earlier read {datum.id!r} ended at {datum.version!r}, which is not a"
-                    f" value of column {spec.watermark!r} ({kind})",
-                    hint="the column's type changed since that run: read the source in full once",
-                ) from exc
-            if value is not None:
-                marks.append(value)
-        try:
-            return max(marks, default=None)
-        except TypeError as exc:  # timestamps with and without a time zone
-            raise DataError(
-                f"{where}.watermark: the earlier reads' marks of {spec.watermark!r} cannot be compared: {marks}",
-                hint="the column's type changed between runs: read the source in full once",
-            ) from exc
-
-    def _mark_id(self, name: str, low: Any, high: Any) -> str:
-        """``events:ts(<low>,<high>]``: the rows above ``low`` (``(,``: from the start) up to ``high``."""
-
-        def text(v: Any) -> str:
-            return "" if v is None else str(jsonable(v))
-
-        return f"{name}:{self.spec.watermark}({text(low)},{text(high)}]"
+        return Watermark.of(column, t, range_kind(t), dialect=self.dialect, source=self.name, where=self.where)
 
     def _datum_id(self, name: str, edges: list[Any], i: int) -> str:
         if len(edges) < 2:
