@@ -153,7 +153,9 @@ def main(argv=None) -> int:
     report["summary"] = summary = summarize(rounds)
     report["load_average_after"] = os.getloadavg()
     print(f"\n{args.rows:,} rows in 12 months; month 12 new ({args.layout} workers x threads, median of {args.repeat})")
-    print(f"{'run':<32}{'median s':>10}{'min s':>8}{'max s':>8}{'fit s':>8}{'rows read':>11}{'ratio':>8}{'fit ratio':>10}")
+    print(
+        f"{'run':<32}{'median s':>10}{'min s':>8}{'max s':>8}{'fit s':>8}{'rows read':>11}{'ratio':>8}{'fit ratio':>10}"
+    )
     for name, r in summary.items():
         ratio = f"{r['ratio_to_full']:>8.3f}" if "ratio_to_full" in r else f"{'':>8}"
         fit = r.get("fit_ratio_to_full")

@@ -152,7 +152,7 @@ def run_features(
                     cluster=cluster_info(client),
                     started=started,
                 )
-                if job.txn is None and not getattr(source, "versioned", True):
+                if job.txn is None and not getattr(source, "versioned", True) and batch is None:
                     reporter.log(
                         f"source: {job.source.format} rows carry no version, so a retry of this run cannot be"
                         " told from a new one; set `txn:` (e.g. from the scheduler's run date) to commit it once"

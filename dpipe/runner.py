@@ -253,7 +253,8 @@ class Retrain:
             ids = [d.id for d in inc.current]
             opened = open_source(job.source, where="source", bad_file_log=p.bad_files)
         present = set(opened.datum_of_partitions())
-        source = opened.select([i for i in ids if i in present])
+        # A source whose datums accumulate (rows below a SQL watermark) is one datum read whole.
+        source = opened if present.isdisjoint(ids) else opened.select([i for i in ids if i in present])
         trained_on = dataclasses.replace(p, source=source)
         what = f"{len(source.datums)} datum(s)" + (" (the window)" if how == "window" else " (all)")
         return cls(trained_on, fitted, how, what, gate=stages.quality_gate(trained_on), datums=len(source.datums))

@@ -188,3 +188,57 @@ def test_a_new_delta_version_is_read_alone(tmp_path, demo_root, client):
         progress=False,
     )
     assert states(second.bundle_uri)["features[4]"] == states(full.bundle_uri)["features[4]"]
+
+
+def test_rows_added_to_a_postgres_table_are_read_alone_and_delivered_once(demo_root, tmp_path, postgres, client):
+    """A watermark column: training reads only the rows above the mark and matches a full refit;
+    a features job from the same table into DuckDB appends each new row once."""
+    import adbc_driver_postgresql.dbapi as pgdb
+    import duckdb
+    import pandas as pd
+    import pyarrow as pa
+
+    frame = pd.read_parquet(demo_root / "events")
+    frame["date"] = frame["date"].astype(str)
+    table = "incremental_events"
+
+    def load(rows: pd.DataFrame, mode: str) -> None:
+        with pgdb.connect(postgres.uri) as conn, conn.cursor() as cur:
+            if mode == "create":
+                cur.execute(f"DROP TABLE IF EXISTS {table}")
+            cur.adbc_ingest(table, pa.Table.from_pandas(rows, preserve_index=False), mode=mode)
+            conn.commit()
+
+    load(frame.iloc[:15000], "create")
+    source = {"format": "postgresql", "uri": postgres.uri, "table": table, "watermark": "event_id"}
+    job = dpipe.job_from_dict(job_dict(demo_root, tmp_path / "model", source=source, incremental=True))
+    first = dpipe.run(job, client, progress=False)
+    assert first.rows["read"] == 15000
+    load(frame.iloc[15000:], "append")
+    second = dpipe.run(job, client, progress=False)
+    assert second.rows["read"] == 5000 and second.manifest["incremental"]["new_datums"] == 1
+    assert '"event_id" >' in second.manifest["input"]["lineage"]["query"]
+    full_job = job_dict(demo_root, tmp_path / "full", source={**source, "watermark": None})
+    full = dpipe.run(dpipe.job_from_dict(full_job), client, progress=False)
+    assert states(second.bundle_uri)["features[4]"] == states(full.bundle_uri)["features[4]"]
+    merged, refit = states(second.bundle_uri)["features[3]"], states(full.bundle_uri)["features[3]"]
+    assert merged["mean"] == pytest.approx(refit["mean"]) and merged["scale"] == pytest.approx(refit["scale"])
+
+    load(frame.iloc[:15000], "create")
+    warehouse = tmp_path / "warehouse.duckdb"
+    features = {
+        "kind": "features",
+        "name": "events-to-duckdb",
+        "source": source,
+        "columns": ["event_id", "income"],
+        "output": {"format": "duckdb", "uri": str(warehouse), "table": "events", "mode": "append"},
+        "incremental": True,
+    }
+    spec = dpipe.job_from_dict(features)
+    assert dpipe.run(spec, client, progress=False).rows["written"] == 15000
+    load(frame.iloc[15000:], "append")
+    assert dpipe.run(spec, client, progress=False).rows["written"] == 5000
+    assert dpipe.run(spec, client, progress=False).skipped
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        ids = [r[0] for r in conn.execute("SELECT event_id FROM events").fetchall()]
+    assert sorted(ids) == sorted(frame["event_id"].tolist())

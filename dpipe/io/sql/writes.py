@@ -84,9 +84,15 @@ def check_append(written: pa.Schema, table: pa.Schema, *, where: str, name: str)
 
 
 def partition_writes(frame: Any, write: Callable[..., int], target: Any) -> tuple[Any, int]:
-    """The lazy write of every partition (``write(part, target, i) -> rows``) and their number."""
-    import dask
+    """The lazy write of every partition (``write(part, target, i) -> rows``) and their number.
 
-    parts = frame.to_delayed()
-    writes = [dask.delayed(write, pure=False)(part, target, i) for i, part in enumerate(parts)]
-    return dask.delayed(sum)(writes), len(parts)
+    A Dask expression (the rows written, summed), so it computes in one graph with the run's
+    other lazy values (the row counts of a features job) without mixing collection kinds.
+    """
+    rows = frame.map_partitions(_write_one, write, target, partition_info=True, meta=("rows", "int64"))
+    return rows.sum(), frame.npartitions
+
+
+def _write_one(part: Any, write: Callable[..., int], target: Any, partition_info: dict | None = None) -> Any:
+    number = partition_info["number"] if partition_info else 0
+    return pd.Series([write(part, target, number)], dtype="int64", name="rows")
