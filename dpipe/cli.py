@@ -243,6 +243,10 @@ def _validate(args) -> int:
     from dpipe.spec import JobSpec, load_job
 
     job = load_job(args.spec, overrides=args.overrides)
+    if job.incremental.enabled and job.kind != "features":
+        from dpipe.incremental import check_job
+
+        check_job(job)  # ops and checks that cannot run on new data alone, without reading any
     if not args.offline and job.kind == "features":
         from dpipe.featurize import check_features
 

@@ -89,7 +89,7 @@ def run_features(
         reporter.stage("plan", "checking the spec against the source schema"),
         _cluster.planning(job.cluster, client=client, address=scheduler),
     ):
-        batch = Batch.plan(job, reporter.log, max_datums) if job.incremental.enabled else None
+        batch = Batch.plan(job, reporter.log, max_datums, force=force) if job.incremental.enabled else None
         if batch is not None and batch.decision.action == "nothing":
             return _nothing_new(job, batch, reporter)
         fp = plan_features(job, batch)
@@ -212,7 +212,7 @@ def plan_features(job: FeaturesJobSpec, batch: Batch | None = None) -> FeaturesP
 
     ``batch`` is an incremental run's: its new datums are the source, the pipeline fitted by the
     state's first run is reused, and a refit replaces the output."""
-    side = _quarantine_output(job)
+    side = _quarantine_output(job, batch)
     bad_files = (
         BadFileLog(side.staged_uri(BAD_FILES_DIR), side.storage_options)
         if side is not None and job.quarantine is not None and job.quarantine.bad_files == "skip"
@@ -252,8 +252,12 @@ def plan_features(job: FeaturesJobSpec, batch: Batch | None = None) -> FeaturesP
 
 
 def check_features(job: FeaturesJobSpec) -> str:
-    """What ``dpipe validate`` says of a features job: its source, ops and sink, all checked."""
+    """What ``dpipe validate`` says of a features job: its source, ops and sink, all checked
+    (and, with ``incremental``, that its ops can run on new data alone and where its state goes)."""
     fp = plan_features(job)
+    if job.incremental.enabled:
+        check_job(job, fp.pipeline if fp.bundle_uri else None)
+        state_folder(job)
     ops = f"the fitted pipeline of {fp.bundle_uri}" if fp.bundle_uri else f"{len(fp.pipeline.ops)} op(s)"
     columns = (
         f"{len(fp.output_meta.columns)} output column(s)" if fp.output_meta is not None else "columns known once fitted"
@@ -314,11 +318,14 @@ def _already_committed(sink: Any, txn: str) -> bool:
     return bool(has_commit(txn)) if callable(has_commit) else False
 
 
-def _quarantine_output(job: FeaturesJobSpec) -> StagedOutput | None:
+def _quarantine_output(job: FeaturesJobSpec, batch: Batch | None = None) -> StagedOutput | None:
+    """Where quarantined rows go: ``quarantine.uri``, replaced by each run; an incremental run's
+    batches each get a folder of their own under it (``batch=<UTC time>-<id>``), so none is lost."""
     q = job.quarantine
     if q is None or q.uri is None:
         return None
-    return StagedOutput(q.uri, q.storage_options, overwrite=True, marker="manifest.json", where="quarantine.uri")
+    uri = q.uri if batch is None else f"{q.uri.rstrip('/')}/batch={batch.label}"
+    return StagedOutput(uri, q.storage_options, overwrite=True, marker="manifest.json", where="quarantine.uri")
 
 
 def content_key(job: FeaturesJobSpec, source: Any) -> str:
@@ -350,13 +357,17 @@ class Batch:
     base: RunState
     decision: Decision
     sink_spec: Any
+    #: Names this batch's folders (its quarantine): sortable by time, unique.
+    label: str = ""
 
     @property
     def increment(self) -> Increment | None:
         return self.decision.increment if self.decision.action == "increment" else None
 
     @classmethod
-    def plan(cls, job: FeaturesJobSpec, log: Callable[[str], None], max_datums: int | None = None) -> Batch:
+    def plan(
+        cls, job: FeaturesJobSpec, log: Callable[[str], None], max_datums: int | None = None, *, force: bool = False
+    ) -> Batch:
         """Check the job, finish a batch an earlier run left pending, and diff the datums."""
         fitted = (
             Bundle.load(job.pipeline_from.uri, job.pipeline_from.storage_options).pipeline
@@ -376,6 +387,8 @@ class Batch:
             state = _settle(state, sink, log)
             folder.save(state)
         decision = decide(job, state, max_datums=max_datums)
+        if force and decision.action == "nothing":
+            decision = Decision("full", "forced (--force): processing every datum again", state)
         log(f"incremental: {decision.reason}")
         spec = job.output
         if decision.action == "full" and state is not None:
@@ -384,7 +397,8 @@ class Batch:
         base = state if decision.action != "full" and state is not None else RunState(job.name, fit_key(job))
         if decision.action == "full" and state is not None:
             base = dataclasses.replace(base, runs=state.runs[-1:])  # the parent run, for the lineage
-        return cls(folder, base, decision, spec)
+        label = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+        return cls(folder, base, decision, spec, label)
 
 
 def _settle(state: RunState, sink: Any, log: Callable[[str], None]) -> RunState:

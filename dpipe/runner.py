@@ -24,7 +24,7 @@ from dpipe import quality as _quality
 from dpipe import stages
 from dpipe.bundle import Bundle
 from dpipe.errors import ColumnError
-from dpipe.incremental import bundle_state, check_job, decide
+from dpipe.incremental import Decision, bundle_state, check_job, decide
 from dpipe.io import StagedOutput, open_increment, open_sink, open_source, source_spec
 from dpipe.io.fs import full_uri, resolve
 from dpipe.manifest import cluster_info, run_manifest, source_lineage
@@ -145,6 +145,8 @@ def run(
         bad_files = _quality.bad_file_log(job, out)
         if job.incremental.enabled:
             decision = decide(job, state, bad_file_log=bad_files, max_datums=max_datums)
+            if force and decision.action == "nothing":
+                decision = Decision("full", "forced (--force): processing every datum again", state)
             reporter.log(f"incremental: {decision.reason}")
             if decision.action == "nothing":
                 previous = _committed_bundle(job)

@@ -242,3 +242,13 @@ def test_rows_added_to_a_postgres_table_are_read_alone_and_delivered_once(demo_r
     with duckdb.connect(str(warehouse), read_only=True) as conn:
         ids = [r[0] for r in conn.execute("SELECT event_id FROM events").fetchall()]
     assert sorted(ids) == sorted(frame["event_id"].tolist())
+
+
+def test_validate_names_what_cannot_be_incremental_without_reading_data(tmp_path, capsys):
+    from dpipe import cli
+
+    spec = job_dict(tmp_path, tmp_path / "model", features=[{"op": "dedupe", "key": ["event_id"]}], incremental=True)
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(spec))
+    assert cli.main(["validate", str(path), "--offline"]) == 2
+    assert "features[0] (dedupe): it compares rows of every datum" in capsys.readouterr().err

@@ -160,3 +160,31 @@ def _wait_for_line(proc: subprocess.Popen, lines: list[str], text: str, timeout:
         if text in line:
             return
     raise AssertionError(f"no {text!r} within {timeout}s:\n" + "".join(lines))
+
+
+def test_force_reprocesses_every_datum_and_replaces_the_rows(months, tmp_path, client):
+    events, later = months
+    lake = tmp_path / "lake"
+    job = dpipe.job_from_dict(features_job(events, lake))
+    dpipe.run(job, client, progress=False)
+    arrive(later[0], events)
+    dpipe.run(job, client, progress=False)
+    forced = dpipe.run(job, client, progress=False, force=True)
+    assert forced.rows["written"] == 15000 and forced.manifest["incremental"]["action"] == "full"
+    assert len(ids(lake)) == len(set(ids(lake))) == 15000  # replaced, not appended
+
+
+def test_each_batch_keeps_its_quarantined_rows(months, tmp_path, client):
+    events, later = months
+    quarantine = tmp_path / "quarantine"
+    extra = {
+        "checks": [{"check": "range", "column": "income", "min": 0, "max": 50000, "action": "quarantine"}],
+        "quarantine": {"uri": str(quarantine), "max_fraction": 1.0},
+    }
+    job = dpipe.job_from_dict(features_job(events, tmp_path / "lake", **extra))
+    dpipe.run(job, client, progress=False)
+    arrive(later[0], events)
+    dpipe.run(job, client, progress=False)
+    batches = sorted(p.name for p in quarantine.iterdir())
+    assert len(batches) == 2 and all(b.startswith("batch=") for b in batches)
+    assert all((quarantine / b / "manifest.json").exists() for b in batches)
