@@ -13,6 +13,9 @@ import pandas as pd
 from dpipe.columns import VALID
 from dpipe.errors import TrainingError
 
+#: Seconds placement waits for a worker when the cluster has none (one being restarted).
+WAIT_FOR_WORKERS = 30.0
+
 
 def spread_partitions(client, df: dd.DataFrame, rows_per_partition: list[int] | None = None) -> dd.DataFrame:
     """Compute ``df`` into worker memory so that every worker holds a fair share of it.
@@ -76,7 +79,15 @@ def _place(client, df: dd.DataFrame, rows_per_partition: list[int] | None):
     """The futures of ``df``'s partitions, the worker each was computed on, and all workers."""
     workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
     if not workers:
-        raise TrainingError("the cluster has no workers", hint="start workers or check `cluster.address`")
+        # A worker being restarted (its nanny restarts it past its memory limit) is back soon.
+        try:
+            client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS)
+        except TimeoutError:
+            raise TrainingError(
+                f"the cluster has no workers (none joined within {WAIT_FOR_WORKERS:g}s)",
+                hint="start workers or check `cluster.address`",
+            ) from None
+        workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
     if df.npartitions < len(workers):
         df = df.repartition(npartitions=len(workers))
         rows_per_partition = None

@@ -163,7 +163,7 @@ def _quiet_runs() -> Iterator[None]:
     (unless the ``dpipe`` logger is at DEBUG, as with ``--verbose``)."""
     root = logging.getLogger("dpipe")
     level = root.level
-    if root.getEffectiveLevel() > logging.DEBUG:
+    if root.getEffectiveLevel() == logging.INFO:  # not with --quiet (warnings only) or --verbose
         root.setLevel(logging.WARNING)
         logger.setLevel(logging.INFO)
     try:

@@ -1,6 +1,6 @@
 """A local filesystem that records every file opened for reading, to prove what a run read.
 
-``counting:///abs/path`` is the local path; ``storage_options={"log": "/tmp/opens.log"}`` names a
+``opencount:///abs/path`` is the local path; ``storage_options={"log": "/tmp/opens.log"}`` names a
 file where each open appends the path (workers in other processes included: the filesystem is
 pickled with its options).
 """
@@ -14,7 +14,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 
 class CountingFileSystem(LocalFileSystem):
-    protocol = ("counting",)
+    protocol = ("opencount",)
 
     def __init__(self, log: str | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -23,12 +23,12 @@ class CountingFileSystem(LocalFileSystem):
     @classmethod
     def _strip_protocol(cls, path):
         path = str(path)
-        if path.startswith("counting://"):
-            path = path[len("counting://") :]
+        if path.startswith("opencount://"):
+            path = path[len("opencount://") :]
         return super()._strip_protocol(path)
 
     def unstrip_protocol(self, name: str) -> str:
-        return "counting://" + self._strip_protocol(name)
+        return "opencount://" + self._strip_protocol(name)
 
     def _open(self, path, mode="rb", **kwargs):
         if self.log and "r" in mode:
@@ -39,7 +39,7 @@ class CountingFileSystem(LocalFileSystem):
 
 
 def register() -> None:
-    fsspec.register_implementation("counting", CountingFileSystem, clobber=True)
+    fsspec.register_implementation("opencount", CountingFileSystem, clobber=True)
 
 
 def opened(log) -> list[str]:

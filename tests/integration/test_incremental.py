@@ -42,7 +42,7 @@ def arrive(folder: Path, events: Path) -> None:
 
 
 def spec(events: Path, out: Path, log: Path | None = None, **sections) -> dict:
-    source = {"uri": f"counting://{events}", "format": "parquet", "storage_options": {"log": str(log)}}
+    source = {"uri": f"opencount://{events}", "format": "parquet", "storage_options": {"log": str(log)}}
     base = job_dict(events.parent, out, source=source if log else {"uri": str(events)}, **sections)
     base["train"] = {**base["train"], "num_boost_round": 8, "early_stopping_rounds": None}
     return base

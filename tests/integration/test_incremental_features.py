@@ -27,6 +27,21 @@ from tests.integration.test_incremental import arrive
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(scope="module")
+def own_client():
+    """A cluster of this module's own for the tests whose other processes are killed or signalled
+    while connected to it, so nothing they leave behind reaches the session's cluster."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="2GiB"
+        ) as cluster,
+        Client(cluster, set_as_default=False) as c,
+    ):
+        yield c
+
+
 @pytest.fixture
 def months(demo_root, tmp_path) -> tuple[Path, list[Path]]:
     events = tmp_path / "events"
@@ -88,7 +103,8 @@ def _pipeline_of(commit: dict) -> dict:
 
 
 @pytest.mark.parametrize("point", ["before-commit", "after-commit"])
-def test_a_killed_run_leaves_every_row_exactly_once(months, tmp_path, client, point):
+def test_a_killed_run_leaves_every_row_exactly_once(months, tmp_path, own_client, point):
+    client = own_client
     events, later = months
     lake = tmp_path / "lake"
     spec = tmp_path / "job.yaml"
@@ -120,7 +136,8 @@ def test_a_parquet_output_cannot_be_incremental(months, tmp_path, client):
         dpipe.run(job, client, progress=False)
 
 
-def test_watch_picks_up_new_files_and_stops_on_sigterm(months, tmp_path, client):
+def test_watch_picks_up_new_files_and_stops_on_sigterm(months, tmp_path, own_client):
+    client = own_client
     events, later = months
     lake = tmp_path / "lake"
     spec = tmp_path / "job.yaml"

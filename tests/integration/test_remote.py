@@ -59,7 +59,13 @@ def test_cli_run_on_remote_scheduler(remote_scheduler, demo_root, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"connected to {remote_scheduler} (2 workers, 2 threads)" in proc.stderr
     assert f"bundle: {out}" in proc.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "metrics.json", "model.ubj", "pipeline.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        "metrics.json",
+        "model.ubj",
+        "pipeline.json",
+        "state.json",
+    ]
     manifest = read_manifest(out)
     assert manifest["cluster"] == {"scheduler": remote_scheduler, "workers": 2, "threads": 2}
     assert manifest["spec"]["output"]["uri"] == str(out)

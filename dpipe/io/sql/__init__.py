@@ -3,6 +3,7 @@
 - :mod:`~dpipe.io.sql.postgres`: ``format: postgresql`` (:class:`PostgresSource`, :class:`PostgresSink`);
 - :mod:`~dpipe.io.sql.duckdb`: ``format: duckdb`` (:class:`DuckDBSource`, :class:`DuckDBSink`);
 - :mod:`~dpipe.io.sql.base`: the partitioned read and the sinks' checks they share;
+  :mod:`~dpipe.io.sql.watermark`: new-rows-only reads above a ``watermark`` column (the datums);
   :mod:`~dpipe.io.sql.text`: the SQL they write (quoting, filters, ranges).
 
 The classes are imported on first use, so ``dpipe.io.sql:PostgresSource`` needs only the
