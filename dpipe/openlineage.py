@@ -246,13 +246,9 @@ def input_dataset(item: Any) -> Any:
     from openlineage.client.event_v2 import InputDataset
     from openlineage.client.generated.input_statistics_input_dataset import InputStatisticsInputDatasetFacet
 
-    e = _entry(item)
-    namespace, name = dataset_name(item)
-    stats = _statistics(e)
-    input_facets: dict[str, Any] = (
-        {"inputStatistics": InputStatisticsInputDatasetFacet(**stats)} if any(stats.values()) else {}
-    )
-    return InputDataset(namespace=namespace, name=name, facets=_dataset_facets(e), inputFacets=input_facets)
+    namespace, name, facets, stats = _dataset_parts(item)
+    extra: dict[str, Any] = {"inputStatistics": InputStatisticsInputDatasetFacet(**stats)} if stats else {}
+    return InputDataset(namespace=namespace, name=name, facets=facets, inputFacets=extra)
 
 
 def output_dataset(item: Any) -> Any:
@@ -260,13 +256,17 @@ def output_dataset(item: Any) -> Any:
     from openlineage.client.event_v2 import OutputDataset
     from openlineage.client.generated.output_statistics_output_dataset import OutputStatisticsOutputDatasetFacet
 
+    namespace, name, facets, stats = _dataset_parts(item)
+    extra: dict[str, Any] = {"outputStatistics": OutputStatisticsOutputDatasetFacet(**stats)} if stats else {}
+    return OutputDataset(namespace=namespace, name=name, facets=facets, outputFacets=extra)
+
+
+def _dataset_parts(item: Any) -> tuple[str, str, dict[str, Any], dict[str, Any] | None]:
+    """A dataset's namespace, name, facets and statistics (``None`` when nothing is known)."""
     e = _entry(item)
     namespace, name = dataset_name(item)
     stats = _statistics(e)
-    output_facets: dict[str, Any] = (
-        {"outputStatistics": OutputStatisticsOutputDatasetFacet(**stats)} if any(stats.values()) else {}
-    )
-    return OutputDataset(namespace=namespace, name=name, facets=_dataset_facets(e), outputFacets=output_facets)
+    return namespace, name, _dataset_facets(e), stats if any(stats.values()) else None
 
 
 # -- transports -------------------------------------------------------------------------------

@@ -43,8 +43,9 @@ def demo_root(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def client():
+@contextlib.contextmanager
+def local_client():
+    """A process-based LocalCluster of 2 single-threaded workers (2 GiB each) and its client."""
     from distributed import Client, LocalCluster
 
     with (
@@ -53,6 +54,12 @@ def client():
         ) as cluster,
         Client(cluster, set_as_default=False) as c,
     ):
+        yield c
+
+
+@pytest.fixture(scope="session")
+def client():
+    with local_client() as c:
         yield c
 
 

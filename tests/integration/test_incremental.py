@@ -7,7 +7,6 @@ every file it opens (tests/counting_fs.py), in the client and in the workers.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import deltalake
@@ -19,26 +18,10 @@ from dpipe.bundle import Bundle
 from dpipe.errors import DataError, SpecError
 from tests.conftest import job_dict
 from tests.counting_fs import opened, register
+from tests.integration.conftest import arrive
 from tests.integration.test_reruns import CountingClient
 
 register()
-
-
-@pytest.fixture
-def months(demo_root, tmp_path) -> tuple[Path, list[Path]]:
-    """The demo events (4 dates of 5000 rows) without the last two (the tests make them 'arrive')."""
-    events = tmp_path / "events"
-    shutil.copytree(demo_root / "events", events)
-    later = sorted(events.glob("date=*"))[-2:]
-    aside = tmp_path / "later"
-    aside.mkdir()
-    for folder in later:
-        shutil.move(str(folder), aside / folder.name)
-    return events, sorted(aside.iterdir())
-
-
-def arrive(folder: Path, events: Path) -> None:
-    shutil.copytree(folder, events / folder.name)
 
 
 def spec(events: Path, out: Path, log: Path | None = None, **sections) -> dict:

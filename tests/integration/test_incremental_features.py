@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,8 @@ import yaml
 
 import dpipe
 from dpipe.errors import SpecError
-from tests.integration.test_incremental import arrive
+from tests.conftest import local_client
+from tests.integration.conftest import arrive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,27 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def own_client():
     """A cluster of this module's own for the tests whose other processes are killed or signalled
     while connected to it, so nothing they leave behind reaches the session's cluster."""
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="2GiB"
-        ) as cluster,
-        Client(cluster, set_as_default=False) as c,
-    ):
+    with local_client() as c:
         yield c
-
-
-@pytest.fixture
-def months(demo_root, tmp_path) -> tuple[Path, list[Path]]:
-    events = tmp_path / "events"
-    shutil.copytree(demo_root / "events", events)
-    later = sorted(events.glob("date=*"))[-2:]
-    aside = tmp_path / "later"
-    aside.mkdir()
-    for folder in later:
-        shutil.move(str(folder), aside / folder.name)
-    return events, sorted(aside.iterdir())
 
 
 def features_job(events: Path, lake: Path, **extra) -> dict:
