@@ -261,3 +261,9 @@ def test_an_incremental_bundle_records_its_parent_run(lake, client, tmp_path):
     assert tree["run_id"] == second.manifest["run_id"]
     (previous,) = [p for p in tree["parents"] if p.get("role") == "previous run"]
     assert previous["run_id"] == first.manifest["run_id"]
+    # The earlier run's bundle was replaced; the run state keeps its record.
+    assert [r["run_id"] for r in tree["runs"]] == [first.manifest["run_id"], second.manifest["run_id"]]
+    assert [r["datums"] for r in tree["runs"]] == [1, 1]
+    assert f"runs: {first.manifest['run_id'][:8]} (+1 datums), {second.manifest['run_id'][:8]} (+1 datums)" in (
+        format_tree(tree)
+    )

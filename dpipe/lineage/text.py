@@ -72,7 +72,13 @@ def _details(node: Mapping[str, Any]) -> list[str]:
     bits += [
         f"op {o['op']} ({o.get('package') or 'no package'} {o.get('version') or ''})".replace(" )", ")") for o in ops
     ]
-    return [", ".join(bits)] if bits else []
+    lines = [", ".join(bits)] if bits else []
+    runs = node.get("runs") or []
+    if len(runs) > 1:  # an incremental job: the runs its state records, the latest last
+        shown = [f"{str(r.get('run_id'))[:8]} (+{r.get('datums')} datums)" for r in runs[-4:]]
+        more = f"{len(runs) - 4} earlier, " if len(runs) > 4 else ""
+        lines.append(f"runs: {more}{', '.join(shown)}")
+    return lines
 
 
 def _input_bits(node: Mapping[str, Any]) -> str:

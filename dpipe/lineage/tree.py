@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from dpipe.errors import DpipeError
-from dpipe.lineage.readers import Found, Location, display, find, read_output
+from dpipe.lineage.readers import Found, Location, _read_json, display, find, read_output
 from dpipe.spec.base import redact_url
 
 __all__ = ["FIRST_DATUMS", "OUTPUT_KINDS", "lineage_tree"]
@@ -79,6 +79,9 @@ class _Walk:
             "commit": dict(found.commit),
             "parents": [],
         }
+        runs = _runs(found)
+        if runs:
+            node["runs"] = runs
         key = (found.format, found.uri, m.get("run_id") or json.dumps(found.commit, sort_keys=True, default=str))
         if key in above:
             return {**node, "cycle": True}
@@ -186,3 +189,17 @@ def _short(exc: BaseException) -> str:
     """The first line of an error's message (a dpipe error's without its hint)."""
     text = (exc.message if isinstance(exc, DpipeError) else str(exc)).strip()
     return redact_url(text.splitlines()[0][:300]) if text else type(exc).__name__
+
+
+def _runs(found: Found) -> list[dict[str, Any]]:
+    """The committed runs a bundle's run state lists (an incremental job's history, oldest first):
+    the earlier runs' bundles were replaced, their record is here."""
+    if found.format != "bundle" or found.loc is None:
+        return []
+    try:
+        state = _read_json(found.loc, "state.json")
+    except Exception:  # noqa: BLE001 - a state that cannot be read leaves the tree without the history
+        return []
+    runs = state.get("runs") if isinstance(state, Mapping) else None
+    keys = ("run_id", "finished_at", "datums")
+    return [{k: r.get(k) for k in keys} for r in runs or [] if isinstance(r, Mapping)]
