@@ -54,6 +54,11 @@ def check_job(job: Any, pipeline: FeaturePipeline | None = None) -> None:
         for i, check in enumerate(job.checks)
         if check.check == "unique"
     ]
+    if job.source.format in ("postgresql", "duckdb") and getattr(job.source, "watermark", None) is None:
+        problems.append(
+            f"source: the new rows of a {job.source.format} source are those above a `watermark` column;"
+            " name one (`watermark: <a column that only grows>`, e.g. an insert time or a serial id)"
+        )
     if getattr(job.incremental, "retrain", None) == "window" and job.source.format in ("postgresql", "duckdb"):
         problems.append(
             f"incremental.retrain: a window of datums needs datums that are files (a {job.source.format}"

@@ -235,3 +235,14 @@ def test_validate_names_what_cannot_be_incremental_without_reading_data(tmp_path
     path.write_text(json.dumps(spec))
     assert cli.main(["validate", str(path), "--offline"]) == 2
     assert "features[0] (dedupe): it compares rows of every datum" in capsys.readouterr().err
+
+
+def test_a_database_source_needs_a_watermark_to_be_incremental(tmp_path, capsys):
+    from dpipe import cli
+
+    source = {"format": "postgresql", "uri": "postgresql://me@127.0.0.1:1/db", "table": "events"}
+    spec = job_dict(tmp_path, tmp_path / "model", source=source, incremental=True)
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(spec))
+    assert cli.main(["validate", str(path), "--offline"]) == 2
+    assert "above a `watermark` column" in capsys.readouterr().err
