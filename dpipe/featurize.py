@@ -31,7 +31,7 @@ from dpipe.pipeline import FeaturePipeline
 from dpipe.plan import table_opener
 from dpipe.progress import Reporter
 from dpipe.quality import BAD_FILES_DIR, QualityGate, check_columns
-from dpipe.spec import FeaturesJobSpec, redacted
+from dpipe.spec import FeaturesJobSpec, spec_digest
 from dpipe.spec.base import redact_url
 from dpipe.state import RunState, StateFolder, fit_key, new_run_id
 
@@ -166,7 +166,6 @@ def run_features(
                     }
                     if batch.base.run_id is not None:
                         manifest["parent"] = {"run_id": batch.base.run_id, "state": redact_url(batch.folder.uri)}
-                if batch is not None:
                     # Written ahead: a run killed past this point is finished by the next one.
                     pending = batch.base.pending_batch(run_id, txn, source.datums)
                     batch.folder.save(dataclasses.replace(pending, pipeline=pipeline.to_dict()))
@@ -225,6 +224,8 @@ def plan_features(job: FeaturesJobSpec, batch: Batch | None = None) -> FeaturesP
     meta = source.frame._meta
     check_columns(job, meta)
     pipeline, bundle_uri = _pipeline(job)
+    if job.incremental.enabled:
+        check_job(job, pipeline if bundle_uri else None)
     if batch is not None and batch.base.pipeline is not None and not pipeline.fitted:
         # Every batch is transformed as the first one was: one fit for all of the output's rows.
         pipeline = FeaturePipeline.from_dict(dict(batch.base.pipeline))
@@ -256,7 +257,6 @@ def check_features(job: FeaturesJobSpec) -> str:
     (and, with ``incremental``, that its ops can run on new data alone and where its state goes)."""
     fp = plan_features(job)
     if job.incremental.enabled:
-        check_job(job, fp.pipeline if fp.bundle_uri else None)
         state_folder(job)
     ops = f"the fitted pipeline of {fp.bundle_uri}" if fp.bundle_uri else f"{len(fp.pipeline.ops)} op(s)"
     columns = (
@@ -338,7 +338,7 @@ def content_key(job: FeaturesJobSpec, source: Any) -> str:
     """
     if job.txn is not None:
         return job.txn
-    data = {"spec": {k: v for k, v in redacted(job).items() if k != "lineage"}, "input": source.lineage()}
+    data = {"spec": spec_digest(job), "input": source.lineage()}
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:24]
     return f"dpipe:{job.name}:{digest}"
 
@@ -368,13 +368,8 @@ class Batch:
     def plan(
         cls, job: FeaturesJobSpec, log: Callable[[str], None], max_datums: int | None = None, *, force: bool = False
     ) -> Batch:
-        """Check the job, finish a batch an earlier run left pending, and diff the datums."""
-        fitted = (
-            Bundle.load(job.pipeline_from.uri, job.pipeline_from.storage_options).pipeline
-            if job.pipeline_from
-            else None
-        )
-        check_job(job, fitted)
+        """Finish a batch an earlier run left pending, and diff the datums (the ops are checked
+        by :func:`plan_features`, which has the pipeline)."""
         folder = state_folder(job)
         state = folder.load()
         sink = open_sink(job.output, where="output")
@@ -386,9 +381,7 @@ class Batch:
         if state is not None and state.pending is not None:
             state = _settle(state, sink, log)
             folder.save(state)
-        decision = decide(job, state, max_datums=max_datums)
-        if force and decision.action == "nothing":
-            decision = Decision("full", "forced (--force): processing every datum again", state)
+        decision = decide(job, state, max_datums=max_datums, force=force)
         log(f"incremental: {decision.reason}")
         spec = job.output
         if decision.action == "full" and state is not None:

@@ -72,13 +72,19 @@ def check_job(job: Any, pipeline: FeaturePipeline | None = None) -> None:
 
 
 def decide(
-    job: Any, state: RunState | None, *, bad_file_log: BadFileLog | None = None, max_datums: int | None = None
+    job: Any,
+    state: RunState | None,
+    *,
+    bad_file_log: BadFileLog | None = None,
+    max_datums: int | None = None,
+    force: bool = False,
 ) -> Decision:
     """Diff the source's datums against ``state`` (only the listing, the table log or a
     ``max(watermark)`` query is read) and say what this run does.
 
     ``max_datums`` bounds the work: only the first new datums (by id) are taken, the others are
-    left for the next run (a watch's next batch)."""
+    left for the next run (a watch's next batch). ``force`` turns "nothing new" into a run over
+    every datum (``dpipe run --force``)."""
     if state is None:
         return Decision("full", "no earlier run state: processing every datum")
     last = state.run_id or "?"
@@ -100,6 +106,8 @@ def decide(
                 hint="restore it, or set `incremental.on_change: refit` to process every datum again",
             )
         return Decision("full", f"{what}{more}: refitting from every datum")
+    if not inc.new and force:
+        return Decision("full", "forced (--force): processing every datum again", state)
     if not inc.new:
         return Decision("nothing", f"no new data since run {last[:12]}", state, inc)
     later = ""

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from dpipe.lineage import code_lineage
-from dpipe.spec import JobSpec, redacted
+from dpipe.spec import JobSpec, redacted, spec_digest
 from dpipe.spec.base import redact, redact_url
 from dpipe.versions import library_versions
 
@@ -82,13 +80,6 @@ def features_manifest(
     }
 
 
-def spec_hash(job: Any) -> str:
-    """The hash of a job's spec (secrets redacted; its ``lineage`` section left out, which changes
-    where events go, not what the job computes)."""
-    spec = {k: v for k, v in redacted(job).items() if k != "lineage"}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _read(job: Any, source: Any, tables: Mapping[str, Any], started: dt.datetime) -> dict[str, Any]:
     """What every manifest opens with: the job, when, its spec, and exactly what it read."""
     return {
@@ -97,7 +88,7 @@ def _read(job: Any, source: Any, tables: Mapping[str, Any], started: dt.datetime
         "started_at": started.isoformat(),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         "spec": redacted(job),
-        "spec_hash": spec_hash(job),
+        "spec_hash": spec_digest(job),
         "code": code_lineage(getattr(job, "features", [])),
         "input": source_lineage(source, uri=job.source.uri, format=job.source.format),
         "tables": {where: source_lineage(t, uri=t.uri) for where, t in tables.items()},

@@ -24,15 +24,14 @@ from dpipe import quality as _quality
 from dpipe import stages
 from dpipe.bundle import Bundle
 from dpipe.errors import ColumnError
-from dpipe.incremental import Decision, bundle_state, check_job, decide
+from dpipe.incremental import bundle_state, check_job, decide
 from dpipe.io import StagedOutput, open_increment, open_sink, open_source, source_spec
 from dpipe.io.fs import full_uri, resolve
 from dpipe.manifest import cluster_info, run_manifest, source_lineage
 from dpipe.openlineage import run_events
-from dpipe.pipeline import FeaturePipeline
 from dpipe.plan import Plan, plan, require, table_opener
 from dpipe.progress import Reporter
-from dpipe.spec import FeaturesJobSpec, JobSpec, redacted
+from dpipe.spec import FeaturesJobSpec, JobSpec, spec_digest
 from dpipe.spec.base import REDACTED, redact, redact_url
 from dpipe.spec.connectors import BaseSinkSpec
 from dpipe.spec.lineage import LineageSpec
@@ -144,9 +143,7 @@ def run(
         out = StagedOutput(job.output.uri, job.output.storage_options, overwrite=overwrite, marker="manifest.json")
         bad_files = _quality.bad_file_log(job, out)
         if job.incremental.enabled:
-            decision = decide(job, state, bad_file_log=bad_files, max_datums=max_datums)
-            if force and decision.action == "nothing":
-                decision = Decision("full", "forced (--force): processing every datum again", state)
+            decision = decide(job, state, bad_file_log=bad_files, max_datums=max_datums, force=force)
             reporter.log(f"incremental: {decision.reason}")
             if decision.action == "nothing":
                 previous = _committed_bundle(job)
@@ -186,7 +183,7 @@ def run(
             with reporter.stage("fit", f"{what} ({len(job.features)} ops)"):
                 fitted = stages.fit(p, gate, pre, compute, quarantine_to=out, log=reporter.log, partials=partials)
             _log_fit(reporter, fitted)
-            retrain = Retrain.of(job, decision, p, fitted, client)
+            retrain = Retrain.of(job, decision, p, fitted)
             with reporter.stage("load", f"transforming and placing {retrain.what} on every worker"):
                 placed = stages.place(
                     client, retrain.plan, retrain.fitted, retrain.gate or gate, pre, balanced=retrain.gate is None
@@ -233,7 +230,7 @@ class Retrain:
     datums: int | None = None
 
     @classmethod
-    def of(cls, job: JobSpec, decision: Any, p: Plan, fitted: stages.Fitted, client: Any) -> Retrain:
+    def of(cls, job: JobSpec, decision: Any, p: Plan, fitted: stages.Fitted) -> Retrain:
         if decision is None or decision.action != "increment":
             return cls(p, fitted)
         how = job.incremental.retrain
@@ -278,7 +275,7 @@ def _next_state(job: JobSpec, decision: Any, p: Plan, fitted: stages.Fitted, run
     """The run state this bundle carries: the datums processed so far and the merged statistics."""
     incremental = decision is not None and decision.action == "increment"
     base = decision.state if incremental else RunState(job.name, fit_key(job))
-    mergeable = not FeaturePipeline.from_specs(job.features).not_incremental()
+    mergeable = not p.pipeline.not_incremental()
     info = {"rows": {k: v for k, v in manifest["rows"].items() if isinstance(v, int)}}
     return base.after_run(run_id, p.source.datums, partials=dict(fitted.stats) if mergeable else {}, info=info)
 
@@ -289,7 +286,7 @@ def content_key(p: Plan) -> str:
     Equal keys mean the run would train the same model on the same rows (for versioned sources).
     """
     data = {
-        "spec": {k: v for k, v in redacted(p.job).items() if k != "lineage"},
+        "spec": spec_digest(p.job),
         "input": p.source.lineage(),
         "tables": {where: t.lineage() for where, t in p.tables.items() if hasattr(t, "lineage")},
     }

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
-import hashlib
 import io
 import json
 import uuid
@@ -32,7 +31,7 @@ import pyarrow as pa
 from dpipe.errors import BundleError, StorageError
 from dpipe.io.connector import Datum
 from dpipe.io.fs import is_local, resolve, storage_errors
-from dpipe.spec import redacted
+from dpipe.spec import spec_digest
 
 STATE = "state.json"
 FORMAT_VERSION = 1
@@ -47,8 +46,7 @@ def new_run_id() -> str:
 def fit_key(job: Any) -> str:
     """What the saved statistics depend on besides the rows: the spec without its ``train``,
     ``output``, ``cluster`` and ``incremental`` sections. Another key means starting over."""
-    spec = {k: v for k, v in redacted(job).items() if k not in _NOT_FITTED}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+    return spec_digest(job, _NOT_FITTED)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Job specs: models, YAML loading, overrides. Imports neither Dask nor pandas."""
 
 from dpipe.spec.features import OP_MODELS, OP_NAMES, OpSpec
-from dpipe.spec.load import apply_override, job_from_dict, load_job, redacted
+from dpipe.spec.load import apply_override, job_from_dict, load_job, redacted, spec_digest
 from dpipe.spec.models import (
     AnyJob,
     ClusterSpec,
@@ -36,4 +36,5 @@ __all__ = [
     "job_from_dict",
     "load_job",
     "redacted",
+    "spec_digest",
 ]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
+import json
 import os
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -263,3 +266,10 @@ def _model_at(raw_loc: tuple, root: type[BaseModel] = JobSpec):
 def redacted(job: Any) -> dict:
     """The resolved spec as a dict with every secret replaced by ``***`` (see :func:`redact`)."""
     return redact(job.model_dump(mode="json"))
+
+
+def spec_digest(job: Any, leave_out: Collection[str] = ("lineage",)) -> str:
+    """A sha256 of the redacted spec without the sections ``leave_out``: by default only
+    ``lineage`` (where events go changes nothing a job computes)."""
+    spec = {k: v for k, v in redacted(job).items() if k not in leave_out}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
