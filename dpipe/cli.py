@@ -7,10 +7,12 @@ Exit status: 0 on success, 2 for usage and spec errors (including columns the da
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 
 from dpipe.errors import DpipeError, SpecError
 
@@ -131,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
         "--storage-options", metavar="JSON", help="fsspec options as JSON (prefer AWS_* environment variables)"
     )
     _add_common(p)
+    for module in _COMMAND_MODULES:
+        _COMMANDS.update(importlib.import_module(module).add_commands(sub, _add_common))
     return parser
 
 
@@ -361,7 +365,12 @@ def _demo_data(args) -> int:
     return 0
 
 
-_COMMANDS = {
+#: Modules that add their own commands: each has ``add_commands(sub, add_common) -> {name: handler}``
+#: (``sub`` is the subparsers object, ``add_common`` adds ``--verbose``; a handler takes the parsed
+#: arguments and returns the exit status). Keep their top-level imports light: every command loads them.
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "run": _run,
     "watch": _watch,
     "validate": _validate,
