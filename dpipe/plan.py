@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from dpipe import metrics as _metrics
 from dpipe import quality as _quality
 from dpipe.columns import INTERNAL
 from dpipe.errors import ColumnError
@@ -22,7 +23,8 @@ from dpipe.ops.tables import Join
 from dpipe.pipeline import FeaturePipeline
 from dpipe.spec import JobSpec
 from dpipe.spec.features import Join as JoinSpec
-from dpipe.train import Labeler, ModelInput
+from dpipe.split import Splitter
+from dpipe.train import Labeler, ModelInput, xgb_params
 
 #: How a table named in the spec is opened: ``open(spec, where)``.
 TableOpener = Callable[[Any, str], Any]
@@ -76,7 +78,7 @@ class Plan:
         job = self.job
         if job.quarantine is not None:
             return None
-        needed = self.pipeline.required_columns(set()) | set(self.labeler.split_key)
+        needed = self.pipeline.required_columns(set()) | self.labeler.split_inputs
         needed |= set(self.label_join.spec.left_keys) if self.label_join else self.label_inputs
         for check in job.checks:
             needed |= set(check.columns_read)
@@ -119,14 +121,11 @@ def plan(
         raise ColumnError(f"source: column names {reserved} are reserved by dpipe", hint="rename them")
     pipeline = FeaturePipeline.from_specs(job.features)
     tables.update(pipeline.bind(open_table))
-    labeler = Labeler(
-        column=job.label.column,
-        expr=job.label.expr,
-        split_key=tuple(split_key),
-        valid_fraction=job.split.valid_fraction,
-        seed=job.split.seed,
-        folds=pipeline.needs_label,
-    )
+    splitter = Splitter.from_spec(job.split, split_key)
+    splitter.check_column(meta)
+    if splitter.has_test:
+        _metrics.check(xgb_params(job.train).get("eval_metric", []), job.train.objective, where="train.eval_metric")
+    labeler = Labeler(column=job.label.column, expr=job.label.expr, splitter=splitter, folds=pipeline.needs_label)
     require(meta, sorted(labeler.label_inputs), "label.expr")
     _check_label_use(job, pipeline, labeler)
     final_meta = pipeline.describe(labeler(meta))

@@ -53,14 +53,45 @@ class Reporter:
         """A ``dask.compute`` replacement that runs on ``client``, with a progress bar on a terminal."""
 
         def compute(*collections: Any) -> tuple[Any, ...]:
-            futures = client.compute(list(collections))
+            # The collections flattened out of their dicts and lists: distributed cannot compute a
+            # nested dict holding collections backed by futures (placed rows).
+            leaves: list[Any] = []
+            shape = _flatten(collections, leaves)
+            futures = client.compute(leaves)
             if self.progress and getattr(self.stream, "isatty", lambda: False)():
                 from distributed import progress
 
                 progress(futures, notebook=False)
-            return tuple(client.gather(futures))
+            return tuple(_rebuild(shape, iter(client.gather(futures))))
 
         return compute
+
+
+def _flatten(value: Any, leaves: list[Any]) -> Any:
+    """``value`` with every dask collection replaced by a marker and appended to ``leaves``."""
+    from dask import is_dask_collection
+
+    if is_dask_collection(value):
+        leaves.append(value)
+        return _LEAF
+    if isinstance(value, dict):
+        return {k: _flatten(v, leaves) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_flatten(v, leaves) for v in value)
+    return value
+
+
+def _rebuild(shape: Any, values: Iterator[Any]) -> Any:
+    if shape is _LEAF:
+        return next(values)
+    if isinstance(shape, dict):
+        return {k: _rebuild(v, values) for k, v in shape.items()}
+    if isinstance(shape, list | tuple):
+        return type(shape)(_rebuild(v, values) for v in shape)
+    return shape
+
+
+_LEAF = object()
 
 
 def configure_logging(*, level: int = logging.INFO, stream: IO[str] | None = None) -> logging.Handler:

@@ -59,11 +59,15 @@ class RunResult:
 
     def summary(self) -> str:
         valid = ", ".join(f"{k}={v:.4f}" for k, v in self.metrics.get("valid", {}).items() if v is not None)
+        test = ", ".join(f"{k}={v:.4f}" for k, v in self.metrics.get("test", {}).items() if v is not None)
         skipped = f"nothing to do ({self.skipped}); the committed bundle:\n" if self.skipped else ""
+        side = "cross-validated" if "cv" in self.metrics else "valid"
+        tested = f" / {self.rows['test']} test" if self.rows.get("test") else ""
         return skipped + (
-            f"job {self.job!r}: {self.rows['train']} train / {self.rows['valid']} valid rows, "
-            f"best iteration {self.metrics['best_iteration']}, valid {valid}\n"
-            f"bundle: {self.bundle_uri}"
+            f"job {self.job!r}: {self.rows['train']} train / {self.rows['valid']} valid{tested} rows, "
+            f"best iteration {self.metrics['best_iteration']}, {side} {valid}"
+            + (f", test {test}" if test else "")
+            + f"\nbundle: {self.bundle_uri}"
         )
 
 
@@ -175,6 +179,9 @@ def run(
             )
             with checks:
                 pre = stages.prepass(p, gate, compute)
+            if p.labeler.splitter.needs_range:
+                with reporter.stage("split", f"measuring the time range of {job.split.column!r}"):
+                    p = stages.resolve_split(p, compute)
             what = (
                 "merging saved statistics with the new datums'"
                 if increment is not None
@@ -190,13 +197,19 @@ def run(
                 )
             config = TrainConfig.from_spec(job.train).replace(xgb_model=retrain.booster)
             with reporter.stage("train", f"xgboost.dask, up to {job.train.num_boost_round} rounds{retrain.rounds}"):
-                trained = stages.train(client, placed, config)
+                trained = stages.train(client, placed, config, p.labeler.splitter)
+            if placed.test is not None:
+                with reporter.stage("test", "scoring the test rows"):
+                    trained = dataclasses.replace(
+                        trained, metrics={**trained.metrics, **stages.evaluate(p, placed, trained, compute)}
+                    )
             _log_training(reporter, trained)
             with reporter.stage("write", f"model bundle to {job.output.uri}"):
                 manifest = {
                     **_manifest(p, fitted, reporter, cluster_info(client), started),
                     "run_id": run_id,
                     "content_key": key,
+                    "split": p.labeler.splitter.describe(),
                 }
                 if decision is not None:
                     manifest["incremental"] = _increment_record(decision, retrain, placed)
@@ -266,7 +279,11 @@ def _increment_record(decision: Any, retrain: Retrain, placed: stages.Placed) ->
         record.update(
             new_datums=len(decision.increment.new),
             retrain=retrain.how,
-            trained_on={"datums": retrain.datums, "train": len(placed.train), "valid": len(placed.valid)},
+            trained_on={
+                "datums": retrain.datums,
+                "train": len(placed.train),
+                "valid": None if placed.valid is None else len(placed.valid),
+            },
         )
     return record
 
@@ -336,8 +353,9 @@ def _manifest(p: Plan, fitted: stages.Fitted, reporter: Reporter, cluster: dict,
 
 def _log_fit(reporter: Reporter, fitted: stages.Fitted) -> None:
     rows, passes = fitted.rows, fitted.passes
+    test = f", {rows['test']} test" if rows.get("test") else ""
     reporter.log(
-        f"rows: {rows['read']} read, {rows['train']} train, {rows['valid']} valid"
+        f"rows: {rows['read']} read, {rows['train']} train, {rows['valid']} valid{test}"
         f" ({passes} pass{'es' if passes != 1 else ''} over the data)"
     )
     for where, step in fitted.steps.items():
@@ -346,8 +364,10 @@ def _log_fit(reporter: Reporter, fitted: stages.Fitted) -> None:
 
 def _log_training(reporter: Reporter, trained: stages.Trained) -> None:
     metrics = trained.metrics
-    valid = ", ".join(f"valid {k}={v:.4f}" for k, v in metrics["valid"].items() if v is not None)
-    reporter.log(f"best iteration {metrics['best_iteration']}: {valid}")
+    side = "cross-validated" if "cv" in metrics else "valid"
+    shown = [f"{side} {k}={v:.4f}" for k, v in metrics["valid"].items() if v is not None]
+    shown += [f"test {k}={v:.4f}" for k, v in metrics.get("test", {}).items() if v is not None]
+    reporter.log(f"best iteration {metrics['best_iteration']}: {', '.join(shown)}")
 
 
 # -- predict ----------------------------------------------------------------------------------

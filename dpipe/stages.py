@@ -16,22 +16,27 @@ features job stops after :func:`fit`, an incremental run hands :func:`fit` other
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import dask.dataframe as dd
+import numpy as np
+import pandas as pd
 
+from dpipe import metrics, split
 from dpipe.bundle import Bundle
-from dpipe.columns import LABEL, VALID
+from dpipe.columns import CV_FOLD, LABEL, SIDE, TEST, TRAIN, VALID
 from dpipe.errors import DataError, StateError
 from dpipe.io import write_parquet
 from dpipe.ops.base import count_rows
 from dpipe.pipeline import FeaturePipeline
-from dpipe.placement import spread_train_valid
+from dpipe.placement import PlacedRows, Rows, place_rows, side
 from dpipe.plan import Plan
 from dpipe.quality import Prepass, QualityGate
-from dpipe.train import ModelInput, TrainConfig, check_label, predict_frame, train_booster
+from dpipe.split import NO_SIDE, SIDE_NAMES
+from dpipe.train import ModelInput, TrainConfig, check_label, predict_frame, train_booster, xgb_params
 
 Compute = Callable[..., tuple[Any, ...]]
 Log = Callable[[str], None]
@@ -72,7 +77,25 @@ def prepare(plan: Plan, frame: dd.DataFrame, gate: QualityGate, pre: Prepass, *,
         lazy["label.join"] = measured
     labeled = joined.map_partitions(plan.labeler, meta=plan.labeler(joined._meta))
     lazy["input"] = {"rows_read": count_rows(frame), "rows_labeled": count_rows(labeled)}
+    if plan.labeler.splitter.by == "time":
+        # A row without a time has no side: dropped, and counted apart from the filters' drops.
+        lazy["input"]["rows_without_time"] = (labeled[SIDE] == NO_SIDE).sum()
+        labeled = labeled[labeled[SIDE] != NO_SIDE]
+        t = labeled[plan.labeler.splitter.column]
+        lazy["split"] = {"min": t.min(), "max": t.max()}
     return Prepared(labeled, lazy)
+
+
+# -- the split's time range -------------------------------------------------------------------
+def resolve_split(plan: Plan, compute: Compute) -> Plan:
+    """The plan with its split's fractions of the time range turned into timestamps (one pass
+    over the time column; nothing to do for other splits)."""
+    splitter = plan.labeler.splitter
+    if not splitter.needs_range:
+        return plan
+    (values,) = compute(split.range_measures(splitter, plan.source.frame[[splitter.column]]))
+    labeler = dataclasses.replace(plan.labeler, splitter=split.resolve(splitter, values))
+    return dataclasses.replace(plan, labeler=labeler)
 
 
 # -- fit ---------------------------------------------------------------------------------------
@@ -125,9 +148,9 @@ def fit(
     pipeline = plan.new_pipeline()
     report = pipeline.fit(
         prepared.frame,
-        fit_rows=lambda f: f[~f[VALID]],
-        extras=lambda f: {**prepared.lazy, "rows": _row_measures(f, plan.classify)},
-        extra_inputs={LABEL, VALID},
+        fit_rows=lambda f: f[f[SIDE] == TRAIN],
+        extras=lambda f: {**prepared.lazy, "rows": _row_measures(f, plan)},
+        extra_inputs={LABEL, SIDE, CV_FOLD},
         compute=compute,
         partials=partials,
     )
@@ -154,13 +177,20 @@ def _check_files(gate: QualityGate, frame: dd.DataFrame) -> None:
         )
 
 
-def _row_measures(frame: dd.DataFrame, classify: bool) -> dict[str, Any]:
-    train_labels = frame[~frame[VALID]][LABEL]
-    return {
+def _row_measures(frame: dd.DataFrame, plan: Plan) -> dict[str, Any]:
+    splitter = plan.labeler.splitter
+    out: dict[str, Any] = {
         "per_partition": frame.map_partitions(len, meta=("rows", "int64")),
-        "valid": frame[VALID].sum(),
-        "train_labels": train_labels.value_counts(split_out=1) if classify else train_labels.count(),
+        "sides": frame[SIDE].value_counts(split_out=1),
     }
+    if plan.classify:
+        out["labels"] = frame.groupby([SIDE, LABEL]).size(split_out=1)
+    if splitter.folds:
+        train = frame[frame[SIDE] == TRAIN]
+        out["folds"] = train[CV_FOLD].value_counts(split_out=1)
+        if plan.classify:
+            out["fold_labels"] = train.groupby([CV_FOLD, LABEL]).size(split_out=1)
+    return out
 
 
 def _full_meta(plan: Plan, gate: QualityGate, pre: Prepass) -> Any:
@@ -169,22 +199,30 @@ def _full_meta(plan: Plan, gate: QualityGate, pre: Prepass) -> Any:
 
 
 def account_rows(plan: Plan, values: Mapping[str, Mapping[str, Any]], *, quarantined: int = 0) -> dict[str, Any]:
-    """Row accounting: ``read = quarantined + dropped_missing_label + dropped_by_filters + train + valid``.
+    """Row accounting: ``read = quarantined + dropped_missing_label [+ dropped_missing_time] +
+    dropped_by_filters + train + valid + test``.
 
-    Raises :class:`DataError` when no rows are left, a side of the split is empty, or the
-    training labels cannot be learned from.
+    Raises :class:`DataError` when no rows are left, a side of the split (or a fold) is empty,
+    or the labels of a side cannot be learned from or evaluated.
     """
     read, labeled = int(values["input"]["rows_read"]), int(values["input"]["rows_labeled"])
-    total = sum(int(x) for x in values["rows"]["per_partition"])
-    valid = int(values["rows"]["valid"])
+    timeless = int(values["input"].get("rows_without_time", 0))
+    measured = values["rows"]
+    total = sum(int(x) for x in measured["per_partition"])
+    sides = {int(k): int(v) for k, v in measured["sides"].items()}
     rows: dict[str, Any] = {
         "read": read,
         "quarantined": quarantined,
         "dropped_missing_label": read - quarantined - labeled,
-        "dropped_by_filters": labeled - total,
-        "train": total - valid,
-        "valid": valid,
     }
+    if plan.labeler.splitter.by == "time":
+        rows["dropped_missing_time"] = timeless
+    rows.update(
+        dropped_by_filters=labeled - timeless - total,
+        train=sides.get(TRAIN, 0),
+        valid=sides.get(VALID, 0),
+        test=sides.get(TEST, 0),
+    )
     if total == 0:
         why = "the source filters and the `filter` ops" if plan.job.features else "the source filters"
         raise DataError(
@@ -192,33 +230,128 @@ def account_rows(plan: Plan, values: Mapping[str, Mapping[str, Any]], *, quarant
             f" {rows['dropped_by_filters']} removed by {why}",
             hint="loosen `source.filters` or the `filter` ops, or check `label`",
         )
-    if rows["train"] == 0 or valid == 0:
-        raise DataError(
-            f"split: {rows['train']} train and {valid} validation rows; both need rows",
-            hint="adjust `split.valid_fraction` or provide more data",
-        )
+    _check_sides(plan, rows, measured, values.get("split", {}))
     if plan.classify:
-        labels = values["rows"]["train_labels"]
-        check_label(plan.job.train.objective, labels)
-        rows["train_label_counts"] = {str(k): int(v) for k, v in labels.items()}
+        labels = _label_counts(measured["labels"])
+        check_label(plan.job.train.objective, pd.Series(labels.get(TRAIN, {})))
+        rows["train_label_counts"] = labels.get(TRAIN, {})
+        for side, counts in labels.items():
+            if side != TRAIN:
+                _evaluable(plan, counts, f"the {SIDE_NAMES[side]} rows")
+        for fold, counts in _label_counts(measured.get("fold_labels", pd.Series(dtype="int64"))).items():
+            if _validates(plan.labeler.splitter, fold):
+                _evaluable(plan, counts, f"the validation rows of fold {_fold_of(plan.labeler.splitter, fold)}")
+    if plan.labeler.splitter.folds:
+        rows["folds"] = {str(k): int(v) for k, v in sorted(measured["folds"].items())}
     return rows
+
+
+def _label_counts(table: pd.Series) -> dict[int, dict[str, int]]:
+    """``{side or fold: {label: rows}}`` from a count per (side, label)."""
+    out: dict[int, dict[str, int]] = {}
+    for (group, label), n in table.items():
+        if int(n):
+            out.setdefault(int(group), {})[str(label)] = int(n)
+    return out
+
+
+def _evaluable(plan: Plan, counts: Mapping[str, int], what: str) -> None:
+    """A binary objective's AUC and early stopping need both classes on every evaluated side."""
+    if plan.job.train.objective.startswith("binary:") and len(counts) < 2:
+        only = next(iter(counts), None)
+        raise DataError(
+            f"split: {what} all have label {only}: one class, so they cannot be evaluated",
+            hint="move the split (`valid_from`, `test_from`, the fractions or `seed`), or provide more data",
+        )
+
+
+def _validates(splitter: split.Splitter, fold: int) -> bool:
+    """Whether the ``CV_FOLD`` value ``fold`` is some fold's validation rows."""
+    return fold >= 1 if splitter.by == "time" else True
+
+
+def _fold_of(splitter: split.Splitter, value: int) -> int:
+    return value - 1 if splitter.by == "time" else value
+
+
+def _check_sides(plan: Plan, rows: Mapping[str, Any], measured: Mapping[str, Any], time: Mapping[str, Any]) -> None:
+    """One clear message for an empty side or fold, saying where the split put the rows."""
+    splitter = plan.labeler.splitter
+
+    def empty(side: str, why: str, hint: str) -> None:
+        counts = f"{rows['train']} train, {rows['valid']} validation and {rows['test']} test rows"
+        raise DataError(f"split: no {side} rows ({counts}): {why}", hint=hint)
+
+    if splitter.by == "time":
+        span = f"{splitter.column!r} runs from {time.get('min')} to {time.get('max')}"
+        hint = "move `valid_from` / `test_from` (or the fractions) inside the data's time range"
+        if rows["train"] == 0:
+            empty("training", f"no row is before {_cut(splitter)}; {span}", hint)
+        if not splitter.folds and rows["valid"] == 0:
+            empty(
+                "validation",
+                f"no row is at or after valid_from {splitter.valid_from}, before the test side; {span}",
+                hint,
+            )
+        if splitter.has_test and rows["test"] == 0:
+            empty("test", f"no row is at or after test_from {splitter.test_from}; {span}", hint)
+    else:
+        hint = "adjust `split.valid_fraction` / `split.test_fraction` or provide more data"
+        if rows["train"] == 0 or (not splitter.folds and rows["valid"] == 0):
+            empty("training" if rows["train"] == 0 else "validation", "both sides need rows", hint)
+        if splitter.has_test and rows["test"] == 0:
+            empty("test", f"test_fraction {splitter.test_fraction} selected none", hint)
+    if splitter.folds:
+        counts = {int(k): int(v) for k, v in measured["folds"].items()}
+        wanted = range(splitter.folds + 1) if splitter.by == "time" else range(splitter.folds)
+        missing = [k for k in wanted if counts.get(k, 0) == 0]
+        if missing:
+            if splitter.by == "group":
+                why = f"fewer groups of {list(splitter.key)} than folds ({splitter.folds})"
+            elif splitter.by == "time":
+                why = f"the time periods {missing} of the expanding window have no rows"
+            else:
+                why = "fewer training rows than folds"
+            raise DataError(
+                f"split: {len(missing)} of {splitter.folds} folds have no rows: {why}",
+                hint="lower `split.folds`, or provide more data",
+            )
+
+
+def _cut(splitter: split.Splitter) -> str:
+    first = splitter.fold_edges[0] if splitter.fold_edges else splitter.valid_from or splitter.test_from
+    return f"{first}"
 
 
 # -- place -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Placed:
-    """The transformed training and validation rows in worker memory, ready for XGBoost.
+    """The transformed rows of every side in worker memory, ready for XGBoost.
 
-    The placed partitions live as long as these frames reference their futures.
+    ``valid`` is ``None`` with folds (each fold validates on part of ``train``), ``test`` without
+    a test side. The placed partitions live as long as these frames (and ``rows``) reference them.
     """
 
     train: dd.DataFrame
-    valid: dd.DataFrame
+    valid: dd.DataFrame | None
     model_input: ModelInput
+    test: dd.DataFrame | None = None
+    #: Every placed row (all sides), to cut other selections from (the folds) without moving data.
+    rows: PlacedRows | None = None
 
     @property
     def features(self) -> list[str]:
         return self.model_input.features
+
+    def fold(self, client: Any, splitter: split.Splitter, i: int) -> tuple[dd.DataFrame, dd.DataFrame]:
+        """Fold ``i``'s training and validation rows, cut where the placed rows lie."""
+        assert self.rows is not None and splitter.folds
+        training = Rows(((SIDE, "==", TRAIN),))
+        if splitter.by == "time":
+            fit, check = training.where(CV_FOLD, "<=", i), training.where(CV_FOLD, "==", i + 1)
+        else:
+            fit, check = training.where(CV_FOLD, "!=", i), training.where(CV_FOLD, "==", i)
+        return side(client, self.rows, fit), side(client, self.rows, check)
 
 
 def place(
@@ -232,7 +365,7 @@ def place(
     balanced: bool = True,
 ) -> Placed:
     """Transform every column of the rows to train on and place them on the workers, each
-    worker holding a fair share of both sides (:func:`dpipe.placement.spread_train_valid`).
+    worker holding a fair share of every side (:func:`dpipe.placement.side`).
 
     The fit pass's row counts per partition balance the workers; with ``balanced=False`` (other
     rows than the fit's: an incremental run training on all datums) partitions are spread by number.
@@ -240,31 +373,97 @@ def place(
     frame = plan.source.frame if frame is None else frame
     _check_files(gate, frame)
     prepared = prepare(plan, frame, gate, pre)
-    keep = [*plan.job.id_columns, LABEL, VALID]
+    splitter = plan.labeler.splitter
+    keep = [*plan.job.id_columns, LABEL, SIDE, *([CV_FOLD] if splitter.folds else [])]
     select = fitted.model_input.with_passthrough(keep)
     transformed = fitted.pipeline.transform(prepared.frame)
     model_frame = transformed.map_partitions(select, meta=select(transformed._meta))
     sizes = list(fitted.rows_per_partition) if balanced else None
-    train_part, valid_part = spread_train_valid(client, model_frame, sizes)
-    return Placed(train_part, valid_part, fitted.model_input)
+    rows = place_rows(client, model_frame, sizes)
+
+    def of(side_: int) -> dd.DataFrame:
+        return side(client, rows, Rows(((SIDE, "==", side_),)))
+
+    valid = None if splitter.folds else of(VALID)
+    test = of(TEST) if splitter.has_test else None
+    return Placed(of(TRAIN), valid, fitted.model_input, test, rows)
 
 
 # -- train -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Trained:
-    """A booster cut at its best iteration, and its metrics (best values and full history)."""
+    """A booster cut at its best iteration, and its metrics (best values and full history).
+
+    With folds, ``metrics["cv"]`` holds each fold's best iteration and metrics with their mean and
+    spread, ``metrics["valid"]`` the means, and ``fold_boosters`` the fold models.
+    """
 
     booster: Any
     metrics: Mapping[str, Any]
+    fold_boosters: tuple[Any, ...] = ()
+    #: Each fold's validation rows (placed), for its out-of-fold predictions.
+    fold_valid: tuple[dd.DataFrame, ...] = ()
 
 
-def train(client: Any, placed: Placed, config: TrainConfig) -> Trained:
-    """Train on placed data; call it again with another ``config`` to re-train on the same data."""
+def train(client: Any, placed: Placed, config: TrainConfig, splitter: split.Splitter | None = None) -> Trained:
+    """Train on placed data; call it again with another ``config`` to re-train on the same data.
+
+    With folds (``splitter.folds``), one model per fold on the placed rows (no data moves but the
+    cuts), then the model of all training rows with the folds' mean number of rounds.
+    """
     f = placed.features
-    booster, metrics = train_booster(
-        client, config, placed.train[f], placed.train[LABEL], placed.valid[f], placed.valid[LABEL]
-    )
-    return Trained(booster, metrics)
+    if splitter is None or not splitter.folds:
+        assert placed.valid is not None
+        booster, metrics = train_booster(
+            client, config, placed.train[f], placed.train[LABEL], placed.valid[f], placed.valid[LABEL]
+        )
+        return Trained(booster, metrics)
+    folds, checked = [], []
+    for i in range(splitter.folds):
+        fit_rows, check_rows = placed.fold(client, splitter, i)
+        folds.append(train_booster(client, config, fit_rows[f], fit_rows[LABEL], check_rows[f], check_rows[LABEL]))
+        checked.append(check_rows)
+    rounds = max(1, round(float(np.mean([m["num_boosted_rounds"] for _, m in folds]))))
+    final = config.replace(num_boost_round=rounds, early_stopping_rounds=None)
+    booster, metrics = train_booster(client, final, placed.train[f], placed.train[LABEL], None, None)
+    cv = cross_validation([m for _, m in folds])
+    metrics = {**metrics, "valid": {m: v["mean"] for m, v in cv["metrics"].items()}, "cv": cv}
+    return Trained(booster, metrics, tuple(b for b, _ in folds), tuple(checked))
+
+
+def cross_validation(fold_metrics: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The folds' validation metrics at their best iterations, with mean and standard deviation."""
+    names = list(fold_metrics[0]["valid"])
+    out: dict[str, Any] = {
+        "folds": len(fold_metrics),
+        "best_iterations": [int(m["best_iteration"]) for m in fold_metrics],
+        "metrics": {},
+    }
+    for name in names:
+        values = [m["valid"].get(name) for m in fold_metrics]
+        known = [v for v in values if v is not None]
+        out["metrics"][name] = {
+            "mean": float(np.mean(known)) if known else None,
+            "std": float(np.std(known, ddof=1)) if len(known) > 1 else None,
+            "per_fold": values,
+        }
+    return out
+
+
+# -- evaluate ----------------------------------------------------------------------------------
+def evaluate(plan: Plan, placed: Placed, trained: Trained, compute: Compute) -> dict[str, Any]:
+    """The test side's metrics: the booster scores the placed test rows, and the job's metrics are
+    computed exactly (:mod:`dpipe.metrics`), in one pass over rows already in worker memory."""
+    if placed.test is None:
+        return {}
+    names = _metric_names(plan)
+    preds = predict_frame(trained.booster, placed.test, placed.model_input, [LABEL]).rename(columns={LABEL: "label"})
+    (values,) = compute(metrics.measures(preds, names, objective=plan.job.train.objective))
+    return {"test": metrics.finish(values, names)}
+
+
+def _metric_names(plan: Plan) -> list[str]:
+    return list(xgb_params(plan.job.train).get("eval_metric", []))
 
 
 # -- write -------------------------------------------------------------------------------------
@@ -273,9 +472,24 @@ def write(
 ) -> None:
     """Write the bundle into the staged output ``out`` (the caller commits it); the manifest last."""
     job = plan.job
+    keep = [*job.id_columns, LABEL]
     if job.output.valid_predictions:
-        preds = predict_frame(trained.booster, placed.valid, fitted.model_input, [*job.id_columns, LABEL])
+        if trained.fold_boosters:  # out-of-fold: each fold's model on the rows it validated on
+            parts = [
+                predict_frame(b, rows, fitted.model_input, keep)
+                for b, rows in zip(trained.fold_boosters, trained.fold_valid)
+            ]
+            preds = dd.concat(parts)
+        else:
+            assert placed.valid is not None
+            preds = predict_frame(trained.booster, placed.valid, fitted.model_input, keep)
         write_parquet(preds.rename(columns={LABEL: "label"}), out, "valid_predictions", compute=compute)
+    if job.output.test_predictions and placed.test is not None:
+        preds = predict_frame(trained.booster, placed.test, fitted.model_input, keep)
+        write_parquet(preds.rename(columns={LABEL: "label"}), out, "test_predictions", compute=compute)
+    if job.split.fold_models:
+        for i, booster in enumerate(trained.fold_boosters):
+            out.write_bytes(f"folds/fold_{i}.ubj", bytes(booster.save_raw(raw_format="ubj")))
     bundle = Bundle(
         trained.booster, fitted.pipeline, fitted.model_input, list(job.id_columns), dict(trained.metrics), manifest
     )

@@ -1,4 +1,4 @@
-"""Labels, the deterministic split, model inputs, and distributed XGBoost training."""
+"""Labels and sides, model inputs, and distributed XGBoost training."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
-from dpipe.columns import FOLD, FOLD_MODULUS, INTERNAL, LABEL, VALID
+from dpipe.columns import FOLD, FOLD_MODULUS, INTERNAL, LABEL
 from dpipe.errors import ColumnError, DataError, TrainingError
 from dpipe.expr import Expression
+from dpipe.split import Splitter
 from dpipe.xgboost_logs import route_xgboost_logs
 
 PREDICTION = "prediction"
@@ -25,22 +26,27 @@ PREDICTION = "prediction"
 # -- labels and split -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Labeler:
-    """Adds the label and the validation flag to each partition (training only).
+    """Adds the label, the side of the split and the folds to each partition (training only).
 
     A label expression is missing (and its row dropped) when any column it reads is missing, so
-    ``arr_delay > 15`` does not silently label a row with an unknown delay as 0.
+    ``arr_delay > 15`` does not silently label a row with an unknown delay as 0. The side comes
+    from the :class:`~dpipe.split.Splitter` (a row without a time in a time split gets
+    :data:`~dpipe.split.NO_SIDE`; :func:`dpipe.stages.prepare` drops and counts it).
     """
 
     column: str | None
     expr: str | None
-    split_key: tuple[str, ...]
-    valid_fraction: float
-    seed: int
+    splitter: Splitter
+    #: Target-encoding folds (``FOLD``) from the row hash, for ops that cross-fit on the label.
     folds: bool = False
 
     @property
     def label_inputs(self) -> set[str]:
         return {self.column} if self.column else set(self._expression().columns)
+
+    @property
+    def split_inputs(self) -> set[str]:
+        return self.splitter.inputs | (set(self.splitter.key) if self.folds else set())
 
     def _expression(self) -> Expression:
         assert self.expr is not None  # the spec gives exactly one of `column` and `expr`
@@ -57,27 +63,15 @@ class Labeler:
             y = pd.Series(value, index=pdf.index).astype("float32")
             unknown = pdf[sorted(self.label_inputs)].isna().any(axis=1)
             y = y.mask(unknown)
-        key = pdf[list(self.split_key)]
-        # pandas hashes the bits of a value, so 5 (int64) and 5.0 (float64) differ; pyarrow gives an
-        # integer column float64 in a file where it has a missing value. Hash numbers as float64.
-        key = key.astype({c: "float64" for c in key.columns if pd.api.types.is_numeric_dtype(key[c].dtype)})
-        hashed = pd.util.hash_pandas_object(key, index=False).to_numpy()
-        mixed = _mix(hashed, self.seed)
-        valid = (mixed >> np.uint64(11)).astype("float64") / float(1 << 53) < self.valid_fraction
-        columns = {LABEL: y, VALID: valid}
+        hashed = self.splitter.by != "time" or self.folds
+        mixed = self.splitter.mixed(pdf) if hashed else None
+        columns: dict[str, Any] = {LABEL: y, **self.splitter.sides(pdf, mixed)}
         if self.folds:
+            assert mixed is not None
             # Low bits: independent of the high bits that decide the split.
             columns[FOLD] = (mixed % np.uint64(FOLD_MODULUS)).astype("uint16")
         out = pdf.assign(**columns)
         return out[out[LABEL].notna()]
-
-
-def _mix(h: np.ndarray, seed: int) -> np.ndarray:
-    """SplitMix64 finaliser over ``hash + seed``: pandas' row hash ignores its key for numbers."""
-    z = h + np.uint64((seed * 0x9E3779B97F4A7C15) % (1 << 64))
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 # -- model inputs -----------------------------------------------------------------------------
@@ -251,6 +245,9 @@ class TrainConfig:
 def train_booster(client, config: TrainConfig, X_train, y_train, X_valid, y_valid):
     """Train with ``DaskQuantileDMatrix`` on the workers; returns ``(booster, metrics)``.
 
+    ``X_valid`` may be ``None`` (the model of all training rows after cross-validation): no early
+    stopping then, and the training rows are evaluated.
+
     The data must already be on the workers (:mod:`dpipe.placement`): xgboost.dask trains where
     the partitions are. The booster is cut at the best iteration when early stopping is on, so the
     saved model is the one that was evaluated. Data is never pulled to the client.
@@ -268,13 +265,16 @@ def _train(client, config: TrainConfig, X_train, y_train, X_valid, y_valid):
 
     try:
         dtrain = xgb.dask.DaskQuantileDMatrix(client, X_train, y_train, enable_categorical=True)
-        dvalid = xgb.dask.DaskQuantileDMatrix(client, X_valid, y_valid, ref=dtrain, enable_categorical=True)
+        evals = [(dtrain, "train")] if config.eval_train or X_valid is None else []
+        if X_valid is not None:
+            dvalid = xgb.dask.DaskQuantileDMatrix(client, X_valid, y_valid, ref=dtrain, enable_categorical=True)
+            evals.append((dvalid, "valid"))
         out = xgb.dask.train(
             client,
             dict(config.params),
             dtrain,
             num_boost_round=config.num_boost_round,
-            evals=[(dtrain, "train"), (dvalid, "valid")] if config.eval_train else [(dvalid, "valid")],
+            evals=evals,
             early_stopping_rounds=config.early_stopping_rounds,
             verbose_eval=False,
             callbacks=list(config.callbacks) or None,

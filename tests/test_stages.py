@@ -11,7 +11,7 @@ import xgboost as xgb
 
 import dpipe
 from dpipe import stages
-from dpipe.columns import LABEL, VALID
+from dpipe.columns import LABEL, SIDE, VALID
 from dpipe.errors import StateError
 from dpipe.io import StagedOutput
 from dpipe.plan import plan
@@ -103,7 +103,9 @@ def test_place_computes_both_sides_into_worker_memory(placed, fitted, client):
     # Placement's balance across workers is tested in tests/test_train.py; here: the stage's result.
     counts = client.gather(client.compute([placed.train.shape[0], placed.valid.shape[0]]))
     assert counts == [fit.rows["train"], fit.rows["valid"]]
-    checks = client.compute([placed.train[LABEL].isna().any(), placed.valid[VALID].all(), placed.train[VALID].any()])
+    checks = client.compute(
+        [placed.train[LABEL].isna().any(), (placed.valid[SIDE] == VALID).all(), (placed.train[SIDE] == VALID).any()]
+    )
     assert client.gather(checks) == [False, True, False]
     assert placed.features == fit.model_input.features
 

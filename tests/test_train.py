@@ -3,12 +3,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dpipe.columns import SIDE, TRAIN, VALID
 from dpipe.errors import DataError, TrainingError
 from dpipe.placement import spread_partitions, spread_train_valid
 from dpipe.spec import TrainSpec
+from dpipe.split import Splitter
 from dpipe.train import (
     LABEL,
-    VALID,
     Labeler,
     ModelInput,
     TrainConfig,
@@ -49,24 +50,26 @@ def test_placement_balances_rows_largest_first(client):
 
 def test_labeler_split_is_a_pure_function_of_the_key():
     pdf = pd.DataFrame({"id": np.arange(10_000), "delay": np.r_[np.arange(9_999.0), np.nan]})
-    lab = Labeler(column=None, expr="delay > 15", split_key=("id",), valid_fraction=0.3, seed=1)
+    lab = Labeler(column=None, expr="delay > 15", splitter=Splitter(key=("id",), valid_fraction=0.3, seed=1))
     out = lab(pdf)
     assert len(out) == 9_999  # the unknown delay is not labelled 0: it is dropped
     assert out[LABEL].tolist()[:17] == [0.0] * 16 + [1.0]
-    assert 0.28 < out[VALID].mean() < 0.32
+    assert 0.28 < (out[SIDE] == VALID).mean() < 0.32
     shuffled = lab(pdf.sample(frac=1, random_state=0)).sort_index()
-    pd.testing.assert_series_equal(shuffled[VALID], out[VALID])
-    other_seed = Labeler(column=None, expr="delay > 15", split_key=("id",), valid_fraction=0.3, seed=2)(pdf)
-    assert not other_seed[VALID].equals(out[VALID])
+    pd.testing.assert_series_equal(shuffled[SIDE], out[SIDE])
+    other_seed = Labeler(column=None, expr="delay > 15", splitter=Splitter(key=("id",), valid_fraction=0.3, seed=2))(
+        pdf
+    )
+    assert not other_seed[SIDE].equals(out[SIDE])
 
 
 def test_split_side_does_not_depend_on_the_dtype_a_key_gets():
     # pyarrow gives an int64 column float64 in a file where it has a missing value
     ids = np.arange(2000)
-    lab = Labeler(column="y", expr=None, split_key=("id",), valid_fraction=0.3, seed=5)
+    lab = Labeler(column="y", expr=None, splitter=Splitter(key=("id",), valid_fraction=0.3, seed=5))
     as_int = lab(pd.DataFrame({"id": ids, "y": 1.0}))
     as_float = lab(pd.DataFrame({"id": ids.astype("float64"), "y": 1.0}))
-    pd.testing.assert_series_equal(as_int[VALID], as_float[VALID])
+    pd.testing.assert_series_equal(as_int[SIDE], as_float[SIDE])
 
 
 @pytest.mark.parametrize(
@@ -150,14 +153,16 @@ def test_every_worker_gets_training_and_validation_rows(client, sizes):
             "x": np.arange(n, dtype="float32"),
             "c": pd.Categorical.from_codes(np.arange(n) % 3, dtype=categories),
             LABEL: (np.arange(n) % 2).astype("float32"),
-            VALID: np.arange(n) >= n - sizes[-1],
+            SIDE: np.where(np.arange(n) >= n - sizes[-1], VALID, TRAIN).astype("int8"),
         }
     )
     frame = dd.from_pandas(pdf, npartitions=len(sizes), sort=False)
 
     train, valid = spread_train_valid(client, frame, sizes)
 
-    counts = client.compute([train[VALID].count(), valid[VALID].count(), train[VALID].any(), valid[VALID].all()])
+    counts = client.compute(
+        [train[SIDE].count(), valid[SIDE].count(), (train[SIDE] == VALID).any(), (valid[SIDE] == VALID).all()]
+    )
     assert client.gather(counts) == [n - sizes[-1], sizes[-1], False, True]
     spec = TrainSpec(num_boost_round=2, early_stopping_rounds=None)
     with client.as_current():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dpipe.columns import FOLD, LABEL, VALID
+from dpipe.columns import FOLD, LABEL, SIDE, TRAIN
 from dpipe.errors import ColumnError
 from dpipe.ops.base import Op
 from dpipe.ops.encoding import check_discrete, lookup, vocab_index, vocab_values
@@ -93,10 +93,10 @@ class TargetEncode(Op):
     def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
         m = self.spec.smooth
         prior = self.prior_ if self.prior_ is not None else np.nan
-        training = LABEL in pdf.columns and FOLD in pdf.columns and VALID in pdf.columns
+        training = LABEL in pdf.columns and FOLD in pdf.columns and SIDE in pdf.columns
         if training:
             fold = (pdf[FOLD].to_numpy() % self.spec.folds).astype("int64")
-            in_train = ~pdf[VALID].to_numpy(dtype=bool)
+            in_train = pdf[SIDE].to_numpy() == TRAIN
             fold_sum, fold_count = np.asarray(self.fold_sum_), np.asarray(self.fold_count_)
             oof_n = fold_count.sum() - fold_count
             with np.errstate(invalid="ignore", divide="ignore"):

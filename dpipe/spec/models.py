@@ -5,6 +5,7 @@ Every section rejects unknown keys so a misspelt option is an error, never silen
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -66,16 +67,100 @@ class LabelSpec(Strict):
 
 
 class SplitSpec(Strict):
-    """Deterministic train/validation split.
+    """Which rows train, validate and test the model.
 
-    A row goes to validation when a hash of its ``key`` columns (default: every source column) and
-    ``seed`` falls below ``valid_fraction``. The same row lands on the same side on every run,
-    whatever the partitioning or order of the files.
+    ``by: random`` (the default): a row goes to a side by a hash of its ``key`` columns (default:
+    every source column) and ``seed``, so the same row lands on the same side on every run,
+    whatever the partitioning or order of the files. ``by: group``: the hash of the group ``key``
+    alone, so every row of a group (a customer, an aircraft) lands on the same side. ``by: time``:
+    rows before ``valid_from`` train, rows from ``valid_from`` validate, rows from ``test_from``
+    test (or ``valid_fraction`` / ``test_fraction`` of the time range of ``column``).
+
+    Validation rows drive early stopping; test rows (``test_fraction`` or ``test_from``) are never
+    seen by training, early stopping or any fitted statistic and are reported apart. ``folds: k``
+    cross-validates: k models on the training rows (by time: an expanding window), then the model
+    of all training rows is saved (``fold_models: true`` saves the fold models too).
     """
 
-    valid_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    by: Literal["random", "time", "group"] = "random"
+    #: Default 0.2, or the folds' share with ``folds``.
+    valid_fraction: float | None = Field(default=None, gt=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     seed: int = 0
-    key: list[str] | None = None
+    #: ``by: random``: the columns hashed (default: every source column); ``by: group``: the group.
+    key: list[str] | None = Field(default=None, min_length=1)
+    #: ``by: time``: the date-time column.
+    column: str | None = None
+    valid_from: str | None = None
+    test_from: str | None = None
+    folds: int | None = Field(default=None, ge=2, le=20)
+    fold_models: bool = False
+
+    @field_validator("valid_from", "test_from", mode="before")
+    @classmethod
+    def _timestamp(cls, value, info):
+        if value is None:
+            return None
+        text = value.isoformat() if isinstance(value, dt.date) else str(value)
+        try:
+            dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(
+                f"{info.field_name}: {text!r} is not a date or date-time; write it as ISO 8601, e.g. 2013-10-01"
+                " or 2013-10-01T06:00:00+00:00"
+            ) from None
+        return text
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        given = [k for k in ("column", "valid_from", "test_from") if getattr(self, k) is not None]
+        if self.by != "time" and given:
+            raise ValueError(f"{given} only apply to `by: time`")
+        if self.by == "group" and not self.key:
+            raise ValueError("`by: group` needs the group columns: `key: [customer_id]`")
+        if self.by == "time":
+            if self.column is None:
+                raise ValueError("`by: time` needs the date-time `column` to split on")
+            if self.key is not None:
+                raise ValueError("`key` does not apply to `by: time` (the time `column` decides the side)")
+            if self.valid_from is not None and self.valid_fraction is not None:
+                raise ValueError("give `valid_from` or `valid_fraction`, not both")
+            if self.test_from is not None and self.test_fraction:
+                raise ValueError("give `test_from` or `test_fraction`, not both")
+            if self.valid_from and self.test_from and _instant(self.valid_from) >= _instant(self.test_from):
+                raise ValueError(f"`valid_from` ({self.valid_from}) must be before `test_from` ({self.test_from})")
+        if self.folds is not None:
+            if self.valid_fraction is not None or self.valid_from is not None:
+                raise ValueError(
+                    "with `folds` the folds are the validation rows: leave out `valid_fraction`/`valid_from`"
+                )
+        elif self.valid_from is None and self.valid_fraction is None:
+            self.valid_fraction = 0.2
+        if (self.valid_fraction or 0.0) + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"`valid_fraction` ({self.valid_fraction}) and `test_fraction` ({self.test_fraction}) add up to"
+                " 1 or more: no rows would be left to train on"
+            )
+        if self.fold_models and self.folds is None:
+            raise ValueError("`fold_models` needs `folds`")
+        return self
+
+    @property
+    def has_test(self) -> bool:
+        return self.test_fraction > 0 or self.test_from is not None
+
+    @property
+    def needs_range(self) -> bool:
+        """A time split by fractions of the time range (or by time folds): the range is measured."""
+        return self.by == "time" and (
+            self.valid_from is None and self.folds is None or self.test_fraction > 0 or self.folds is not None
+        )
+
+
+def _instant(text: str) -> dt.datetime:
+    """An ISO date-time comparable with any other (naive ones read as UTC)."""
+    value = dt.datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 class TrainSpec(Strict):
@@ -110,6 +195,8 @@ class OutputSpec(Strict):
     uri: str = Field(min_length=1)
     overwrite: bool = True
     valid_predictions: bool = False
+    #: Write ``test_predictions/`` (id columns, label, prediction of the test rows) into the bundle.
+    test_predictions: bool = False
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
 

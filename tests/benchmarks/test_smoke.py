@@ -21,11 +21,14 @@ def _number(x) -> bool:
 
 def test_split_rule_is_dpipes():
     from benchmarks.workload import ID, SPLIT_SEED, VALID_FRACTION, valid_mask
-    from dpipe.train import VALID, Labeler
+    from dpipe.columns import SIDE, VALID
+    from dpipe.split import Splitter
+    from dpipe.train import Labeler
 
     pdf = pd.DataFrame({ID: np.arange(5_000, dtype="int64"), "label": np.zeros(5_000, dtype="int8")})
-    labeler = Labeler(column="label", expr=None, split_key=(ID,), valid_fraction=VALID_FRACTION, seed=SPLIT_SEED)
-    np.testing.assert_array_equal(labeler(pdf)[VALID].to_numpy(), valid_mask(pdf[ID].to_numpy()))
+    splitter = Splitter(key=(ID,), valid_fraction=VALID_FRACTION, seed=SPLIT_SEED)
+    labeler = Labeler(column="label", expr=None, splitter=splitter)
+    np.testing.assert_array_equal((labeler(pdf)[SIDE] == VALID).to_numpy(), valid_mask(pdf[ID].to_numpy()))
 
 
 def test_data_is_deterministic_and_counted(tmp_path):

@@ -197,8 +197,8 @@ def test_distributed_auc_matches_single_process_xgboost(trained, demo_root):
     from sklearn.metrics import roc_auc_score
 
     from dpipe.bundle import Bundle
+    from dpipe.columns import LABEL, SIDE, TRAIN, VALID
     from dpipe.runner import plan
-    from dpipe.train import LABEL, VALID
 
     job, result = trained
     bundle = Bundle.load(result.bundle_uri)
@@ -207,7 +207,7 @@ def test_distributed_auc_matches_single_process_xgboost(trained, demo_root):
     labeled = p.labeler(raw)
     frame = bundle.pipeline.transform_partition(labeled)
     X = bundle.model_input(frame)
-    train, valid = ~frame[VALID].to_numpy(), frame[VALID].to_numpy()
+    train, valid = (frame[SIDE] == TRAIN).to_numpy(), (frame[SIDE] == VALID).to_numpy()
     assert train.sum() == result.rows["train"] and valid.sum() == result.rows["valid"]
     from dpipe.train import xgb_params
 

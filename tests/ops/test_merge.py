@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpipe.columns import FOLD, LABEL, VALID
+from dpipe.columns import FOLD, LABEL, SIDE, TRAIN
 from dpipe.errors import StateError
 from dpipe.pipeline import FeaturePipeline
 from dpipe.state import decode, encode
@@ -32,7 +32,7 @@ def _rows(n: int, seed: int) -> pd.DataFrame:
             "tail": pd.array(rng.choice([f"N{i}" for i in range(40)], n), dtype=STRING),
             LABEL: rng.integers(0, 2, n).astype("float64"),
             FOLD: rng.integers(0, 1 << 30, n),
-            VALID: np.zeros(n, dtype=bool),
+            SIDE: np.full(n, TRAIN, dtype="int8"),
         }
     )
 

@@ -9,13 +9,16 @@ import pandas as pd
 import pytest
 from sklearn.preprocessing import OneHotEncoder, TargetEncoder
 
-from dpipe.columns import FOLD, INTERNAL, LABEL, VALID
+from dpipe.columns import FOLD, LABEL, SIDE, TRAIN, VALID
 from dpipe.errors import ColumnError, DataError
 from dpipe.ops.encoding import one_hot_name
 from dpipe.pipeline import FeaturePipeline
+from dpipe.split import Splitter
 from dpipe.train import Labeler
 from tests.ops.conftest import STRING, fit_pipeline, spec, transform, with_empty_partition
 
+#: The internal columns of a training frame without cross-validation folds.
+INTERNAL = [LABEL, SIDE, FOLD]
 CITIES = ["New York", "a/b", "Zürich", "ams", "rot", "utr", "gro"]
 
 
@@ -208,14 +211,14 @@ def _data(target: str, n: int = 3000, seed: int = 11) -> pd.DataFrame:
 
 def labeled(pdf: pd.DataFrame, npartitions: int = 4) -> dd.DataFrame:
     """Training frames as the runner builds them: label, validation flag and fold per partition."""
-    labeler = Labeler(column="y", expr=None, split_key=("id",), valid_fraction=0.2, seed=1, folds=True)
+    labeler = Labeler(column="y", expr=None, splitter=Splitter(key=("id",), valid_fraction=0.2, seed=1), folds=True)
     return with_empty_partition(pdf, npartitions).map_partitions(labeler)
 
 
 def fit_target(ddf, **params) -> FeaturePipeline:
     pipe = FeaturePipeline.from_specs([spec("target_encode", **params)])
     pipe.describe(ddf._meta)
-    pipe.fit(ddf, fit_rows=lambda f: f[~f[VALID]], compute=lambda *v: dask.compute(*v, scheduler="sync"))
+    pipe.fit(ddf, fit_rows=lambda f: f[f[SIDE] == TRAIN], compute=lambda *v: dask.compute(*v, scheduler="sync"))
     return pipe
 
 
@@ -247,7 +250,7 @@ def _oof_reference(train: pd.DataFrame, column: str) -> np.ndarray:
 
 def test_target_encode_prediction_matches_sklearn(target_case):
     target, pipe, _, frame = target_case
-    train = frame[~frame[VALID]]
+    train = frame[frame[SIDE] == TRAIN]
     y_train = train[LABEL].astype("float64").to_numpy()
     new = pd.DataFrame(
         {
@@ -273,8 +276,8 @@ def test_target_encode_prediction_matches_sklearn(target_case):
 def test_target_encode_training_rows_are_out_of_fold(target_case):
     target, pipe, ddf, frame = target_case
     out = pipe.transform(ddf).compute(scheduler="sync")
-    pd.testing.assert_frame_equal(out[list(INTERNAL)], frame[list(INTERNAL)])
-    is_train = ~frame[VALID].to_numpy()
+    pd.testing.assert_frame_equal(out[INTERNAL], frame[INTERNAL])
+    is_train = (frame[SIDE] == TRAIN).to_numpy()
     train = frame[is_train]
     y_train = train[LABEL].astype("float64").to_numpy()
     fold = train[FOLD].to_numpy() % FOLDS
@@ -305,7 +308,7 @@ def test_target_encode_json_round_trip(target_case):
     _, pipe, ddf, _ = target_case
     reloaded = FeaturePipeline.from_json(pipe.to_json())
     assert reloaded.ops[0].get_state() == pipe.ops[0].get_state()
-    for frame in (ddf, ddf.drop(columns=list(INTERNAL))):
+    for frame in (ddf, ddf.drop(columns=INTERNAL)):
         pd.testing.assert_frame_equal(
             reloaded.transform(frame).compute(scheduler="sync"), pipe.transform(frame).compute(scheduler="sync")
         )
@@ -326,12 +329,12 @@ def test_target_encode_out_of_fold_does_not_leak_a_noise_label():
     ddf = labeled(data)
     pipe = fit_target(ddf, columns=["uid"], smooth=1.0)
     out = pipe.transform(ddf).compute(scheduler="sync")
-    train = out[~out[VALID]]
+    train = out[out[SIDE] == TRAIN]
     oof = np.corrcoef(train["uid"], train[LABEL])[0, 1]
     assert abs(oof) < 0.1
     # The same rows encoded in-sample (as at prediction) give the label back.
-    in_sample = pipe.transform(ddf.drop(columns=list(INTERNAL))).compute(scheduler="sync")
-    in_sample = in_sample.loc[~out[VALID].to_numpy(), "uid"]
+    in_sample = pipe.transform(ddf.drop(columns=INTERNAL)).compute(scheduler="sync")
+    in_sample = in_sample.loc[(out[SIDE] == TRAIN).to_numpy(), "uid"]
     assert np.corrcoef(in_sample, train[LABEL])[0, 1] > 0.99
 
 
@@ -346,7 +349,7 @@ def test_target_encode_needs_a_label_frame():
     with pytest.raises(ColumnError, match=message):
         fit_pipeline([{"op": "target_encode", "columns": ["city"]}], plain)
     # A label but no folds (a Labeler without `folds`) is refused the same way.
-    no_folds = Labeler(column="y", expr=None, split_key=("id",), valid_fraction=0.2, seed=1)
+    no_folds = Labeler(column="y", expr=None, splitter=Splitter(key=("id",), valid_fraction=0.2, seed=1))
     with pytest.raises(ColumnError, match=r"needs the label to fit"):
         fit_pipeline([{"op": "target_encode", "columns": ["city"]}], dd.from_pandas(data, 2).map_partitions(no_folds))
 
@@ -365,9 +368,9 @@ def test_target_encode_column_without_values_gives_the_prior():
     ddf = labeled(data)
     pipe = fit_target(ddf, columns=["city"], smooth=SMOOTH, folds=FOLDS)
     out = pipe.transform(ddf).compute(scheduler="sync")
-    train = out[~out[VALID]]
+    train = out[out[SIDE] == TRAIN]
     fold = train[FOLD].to_numpy() % FOLDS
     y = train[LABEL].astype("float64").to_numpy()
     fold_prior = np.array([y[fold != j].mean() for j in range(FOLDS)])
     np.testing.assert_allclose(train["city"], fold_prior[fold], rtol=1e-5)
-    np.testing.assert_allclose(out.loc[out[VALID], "city"], y.mean(), rtol=1e-5)
+    np.testing.assert_allclose(out.loc[out[SIDE] == VALID, "city"], y.mean(), rtol=1e-5)
