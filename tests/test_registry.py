@@ -373,6 +373,7 @@ def test_two_processes_registering_and_moving_an_alias_at_once(bundles, tmp_path
 DIE = r"""
 import json, os, sys
 import dpipe.registry.bundles as bundles
+import dpipe.registry.publish as publish
 import dpipe.registry.store as store
 from dpipe.registry import Registry
 point, registry, options, bundle = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
@@ -393,11 +394,11 @@ def dead(*args, **kwargs):
 if point == "staging":  # one file staged of five
     bundles.copy_file = after(bundles.copy_file)
 elif point == "claimed":  # the number claimed, nothing in versions/ yet
-    store.Registry._claim = after(store.Registry._claim)
+    publish.claim_number = after(publish.claim_number)
 elif point == "publishing" and registry.startswith("s3://"):  # one file copied into versions/<n>/
-    store.ensure_parent = after(store.ensure_parent, calls=2)
+    publish.ensure_parent = after(publish.ensure_parent, calls=2)
 elif point == "publishing":  # the record staged, the folder not renamed into place
-    store.os.rename = dead
+    publish.os.rename = dead
 elif point == "journal":  # the alias moved, its journal entry not written
     write = store.Registry._write_journal
     def dying(self, name, event, /, **data):

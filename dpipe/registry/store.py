@@ -16,92 +16,21 @@ reader sees the old state or the new one; see ``docs/registry.md`` for the argum
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import getpass
-import os
-import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dpipe.errors import SpecError, StorageError
-from dpipe.io.fs import full_uri, is_local, resolve, storage_errors
-from dpipe.registry.atomic import children, create_exclusive, dumps, ensure_parent, numbered, read_json
+from dpipe.io.fs import full_uri, resolve, storage_errors
+from dpipe.registry import publish
+from dpipe.registry.atomic import children, create_exclusive, dumps, numbered, read_json
 from dpipe.registry.bundles import CHUNK, RECORD, read_bundle, stage
+from dpipe.registry.publish import ATTEMPTS, FORMAT_VERSION
+from dpipe.registry.records import AliasMove, Version, now, who
 from dpipe.registry.refs import LATEST, ModelRef, check_alias, check_name, parse_model_uri, parse_version
 from dpipe.spec.base import redact_url
-from dpipe.versions import library_versions
 
-#: The layout this code writes and reads (``registry.json``, ``registered.json``).
-FORMAT_VERSION = 1
 ROOT_FILE = "registry.json"
-#: How many times a writer that lost a race for a number tries the next one.
-ATTEMPTS = 200
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def who() -> dict[str, Any]:
-    """Who is writing: user, host and process (recorded with every change)."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry in some containers
-        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
-    return {"user": user, "host": socket.gethostname(), "pid": os.getpid()}
-
-
-@dataclass(frozen=True)
-class Version:
-    """One registered version: its number, the URI of its bundle, and its ``registered.json``."""
-
-    name: str
-    number: int
-    uri: str
-    record: dict = field(repr=False, compare=False)
-    aliases: tuple[str, ...] = ()
-
-    @property
-    def ref(self) -> str:
-        return str(ModelRef(self.name, version=self.number))
-
-    @property
-    def metrics(self) -> dict:
-        return dict(self.record.get("metrics") or {})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.number,
-            "uri": self.uri,
-            "aliases": list(self.aliases),
-            **self.record,
-        }
-
-
-@dataclass(frozen=True)
-class AliasMove:
-    """One move of an alias: it pointed at ``previous`` and now points at ``version``."""
-
-    alias: str
-    seq: int
-    version: int | None
-    previous: int | None
-    at: str
-    by: dict
-    reason: str
-    token: str
-    decision: dict | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AliasMove:
-        values: dict[str, Any] = {k: data.get(k) for k in cls.__dataclass_fields__}
-        return cls(**values)
 
 
 class Registry:
@@ -168,7 +97,9 @@ class Registry:
     def _ensure_root(self) -> None:
         """Create ``registry.json`` if there is none; the first write, so a registry without write access
         fails here, before anything is copied."""
-        data = {"format": "dpipe-registry", "format_version": FORMAT_VERSION, "created_at": _now().isoformat()}
+        if self._checked:
+            return
+        data = {"format": "dpipe-registry", "format_version": FORMAT_VERSION, "created_at": now().isoformat()}
         try:
             with self._io(), contextlib.suppress(FileExistsError):
                 create_exclusive(self.fs, f"{self.root}/{ROOT_FILE}", dumps({**data, "created_by": who()}))
@@ -355,11 +286,13 @@ class Registry:
         try:
             with self._io():
                 files = stage(source, self.fs, staging)
-                number = self._claim(name, token)
-                record = self._record(name, number, source, files, token)
-                self._publish(name, number, staging, record)
+                number = publish.claim_number(self.fs, f"{self._model(name)}/claims", token)
+                if number is None:
+                    raise self.contention(name, "a version number")
+                record = publish.version_record(name, number, source, files, token)
+                publish.publish(self.fs, staging, self._version_path(name, number), record)
         except BaseException:
-            self._remove(staging)
+            publish.remove(self.fs, staging)
             raise
         with self._io():
             self._write_journal(name, "register", version=number, source=record["source"], run_id=record["run_id"])
@@ -400,7 +333,7 @@ class Registry:
             seq=(head.seq if head else 0) + 1,
             version=version,
             previous=head.version if head else None,
-            at=_now().isoformat(),
+            at=now().isoformat(),
             by=who(),
             reason=reason,
             token=uuid.uuid4().hex,
@@ -442,80 +375,11 @@ class Registry:
             return self._write_journal(name, event, **data)
 
     def _write_journal(self, name: str, event: str, /, **data: Any) -> dict[str, Any]:
-        now = _now()
-        entry = {"event": event, "at": now.isoformat(), "by": who(), **data}
-        path = f"{self._model(name)}/journal/{now:%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:12]}.json"
+        at = now()
+        entry = {"event": event, "at": at.isoformat(), "by": who(), **data}
+        path = f"{self._model(name)}/journal/{at:%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:12]}.json"
         create_exclusive(self.fs, path, dumps(entry))
         return entry
-
-    def _claim(self, name: str, token: str) -> int:
-        """The next free version number, claimed by creating ``claims/<n>.json`` exclusively."""
-        folder = f"{self._model(name)}/claims"
-        number = max(numbered(self.fs, folder, ".json"), default=0) + 1
-        claim = {"token": token, "at": _now().isoformat(), "by": who()}
-        for _ in range(ATTEMPTS):
-            path = f"{folder}/{number}.json"
-            try:
-                create_exclusive(self.fs, path, dumps(claim))
-                return number
-            except FileExistsError:
-                if read_json(self.fs, path).get("token") == token:
-                    return number
-                number += 1
-        raise self.contention(name, "a version number")
-
-    def _record(self, name: str, number: int, source: Any, files: dict, token: str) -> dict[str, Any]:
-        manifest = source.manifest
-        return {
-            "format_version": FORMAT_VERSION,
-            "name": name,
-            "version": number,
-            "source": redact_url(source.uri),
-            "run_id": manifest.get("run_id"),
-            "job": manifest.get("job"),
-            "spec_hash": manifest.get("spec_hash"),
-            "content_key": manifest.get("content_key"),
-            "dpipe_version": manifest.get("dpipe_version"),
-            "finished_at": manifest.get("finished_at"),
-            "metrics": {k: v for k, v in source.metrics.items() if k != "history"},
-            "rows": manifest.get("rows"),
-            "features": (manifest.get("features") or {}).get("features"),
-            "registered_at": _now().isoformat(),
-            "registered_by": {**who(), "dpipe": library_versions(("dpipe",)).get("dpipe")},
-            "token": token,
-            "files": files,
-        }
-
-    def _publish(self, name: str, number: int, staging: str, record: dict) -> None:
-        """Put the staged files at ``versions/<n>/`` with ``registered.json`` last."""
-        target = self._version_path(name, number)
-        if is_local(self.fs):
-            # One rename: the whole folder, record included, appears at once.
-            with open(f"{staging}/{RECORD}", "wb") as f:
-                f.write(dumps(record))
-                f.flush()
-                os.fsync(f.fileno())
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.rename(staging, target)
-            with contextlib.suppress(OSError):  # another registration may be staging there
-                os.rmdir(os.path.dirname(staging))
-            return
-        try:
-            for rel in sorted(record["files"]):
-                ensure_parent(self.fs, f"{target}/{rel}")
-                self.fs.copy(f"{staging}/{rel}", f"{target}/{rel}")
-        except BaseException:
-            self._remove(target)  # invisible without its record; the number stays claimed (a gap)
-            raise
-        create_exclusive(self.fs, f"{target}/{RECORD}", dumps(record))
-        self._remove(staging)
-
-    def _remove(self, path: str) -> None:
-        try:
-            if self.fs.exists(path):
-                self.fs.rm(path, recursive=True)
-        except Exception:  # noqa: BLE001 - cleanup must not hide the error that caused it
-            pass
 
     def contention(self, name: str, what: str) -> StorageError:
         """The error of a writer that lost the race for ``what`` too many times in a row."""
