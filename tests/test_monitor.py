@@ -138,14 +138,15 @@ def test_a_shifted_batch_crosses_thresholds_and_names_the_feature(bundle, batche
     assert "DRIFT" in page and "age" in page
 
 
-def test_the_batch_is_read_once_in_one_computation(bundle, batches, client, tmp_path):
+def test_the_batch_is_read_once_in_one_computation(bundle, data, client, tmp_path):
     log = tmp_path / "opens.log"
-    source = {"uri": f"opencount://{batches['same']}", "format": "parquet", "storage_options": {"log": str(log)}}
+    events = data / "events"  # three files
+    source = {"uri": f"opencount://{events}", "format": "parquet", "storage_options": {"log": str(log)}}
     counting = LogAtCompute(client, log)
     result = monitor(bundle, source, client=counting, progress=False)
-    files = sorted(str(f) for f in batches["same"].rglob("*.parquet"))
+    files = sorted(str(f) for f in events.rglob("*.parquet"))
     during = sorted(opened(log)[len(counting.before or []) :])
-    assert counting.computed == 1 and result.rows == 5000
+    assert len(files) == 3 and counting.computed == 1 and result.rows == 15000
     assert during == files, "each file of the batch is opened exactly once by the computation"
 
 
@@ -203,8 +204,11 @@ def test_ignored_features_are_reported_not_judged(bundle, batches, client):
 def test_the_command_exits_3_on_drift_and_0_without(bundle, batches, client, tmp_path, capsys):
     address = client.scheduler.address
     base = ["monitor", bundle, "--scheduler", address, "-q"]
-    assert main([*base, "--source", str(batches["same"])]) == 0
+    entry = tmp_path / "batch.yaml"
+    entry.write_text(json.dumps({"uri": str(batches["same"]), "format": "parquet"}))
+    assert main([*base, "--source-spec", str(entry), "--output", str(tmp_path / "drift")]) == 0
     assert "no threshold crossed" in capsys.readouterr().out
+    assert json.loads((tmp_path / "drift" / DRIFT_JSON).read_text())["drifted"] is False
     code = main([*base, "--source", str(batches["shifted"]), "--json", "--threshold", "metric_drop=none"])
     report = json.loads(capsys.readouterr().out)
     assert code == DRIFT_EXIT == 3
