@@ -127,11 +127,13 @@ class Splitter:
         side[t.isna().to_numpy()] = NO_SIDE
         out = {SIDE: side}
         if self.folds:
-            edges = pd.DatetimeIndex([_like(e, t) for e in self.fold_edges])
-            values = t.to_numpy(dtype="datetime64[ns]") if t.dt.tz is None else t.dt.tz_convert("UTC").to_numpy()
-            if t.dt.tz is not None:
-                edges = edges.tz_convert("UTC").tz_localize(None)
-            out[CV_FOLD] = np.searchsorted(edges.to_numpy(), values, side="right").astype("int8")
+            utc = getattr(t.dtype, "tz", None) is not None
+            values = (t.dt.tz_convert("UTC").dt.tz_localize(None) if utc else t).to_numpy(dtype="datetime64[ns]")
+            cuts = [_like(e, t) for e in self.fold_edges]
+            edges = np.array(
+                [c.tz_convert("UTC").tz_localize(None) if utc else c for c in cuts], dtype="datetime64[ns]"
+            )
+            out[CV_FOLD] = np.searchsorted(edges, values, side="right").astype("int8")
         return out
 
     # -- folds -----------------------------------------------------------------------------
