@@ -312,3 +312,19 @@ def test_the_browser_check_catches_console_errors_and_failed_loads(browser, tmp_
     assert any("nope is not defined" in e for e in seen.errors)
     assert any("missing.png" in e for e in seen.errors)
     assert seen.requests[1].endswith("missing.png")
+
+
+def test_multiclass_report_shows_the_confusion_matrix_and_per_class_scores():
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 900)
+    prob = np.eye(3)[y] * 0.5 + rng.dirichlet(np.ones(3), 900) * 0.5
+    frame = pd.DataFrame({"label": y.astype(float), **{f"prediction_{k}": prob[:, k] for k in range(3)}})
+    values = measures(dd.from_pandas(frame, npartitions=2), "multiclass")
+    (computed,) = dask.compute(values, scheduler="sync")
+    evaluation = evaluation_document("multi:softprob", {"valid": finish(computed)})
+    view = BundleView(uri="runs/m", manifest={"job": "species"}, evaluation=evaluation)
+    html = page([view])
+    assert plots(html) == {("confusion", "valid"): 1}
+    assert "<h4>Per class</h4>" in html and "<td>mlogloss</td>" in html

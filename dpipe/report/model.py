@@ -154,10 +154,11 @@ def evaluation(views: Sequence[BundleView]) -> str:
         figures: list[str] = []
         for kind in sorted(k for k in kinds if k):
             of_kind = [s for s in shown if (s[2].evaluation or {}).get("kind") == kind]
-            figures += CURVES[kind](of_kind, side)
+            figures += CURVES.get(kind, _no_curves)(of_kind, side)
             figures += _confusions(of_kind, side)
         body.append(f"<h3>{text(SIDES.get(side, side))}</h3>")
         body.append(f'<div class="plots">{"".join(figures)}</div>')
+        body.append(_per_class(shown))
         body.append(_slices(shown, side))
     return section("evaluation", "Evaluation", "".join(body))
 
@@ -246,11 +247,29 @@ def _rebin(edges: Sequence[float], counts: Sequence[float], target: Sequence[flo
     return out
 
 
+def _no_curves(shown: Sequence[Shown], side: str) -> list[str]:
+    return []
+
+
+#: Kind -> the curves of a side (each kind also gets its confusion matrix, when it has one).
 CURVES: dict[str, Callable[[Sequence[Shown], str], list[str]]] = {
     "binary": _binary_curves,
     "regression": _regression_curves,
-    "multiclass": lambda shown, side: [],
+    "multiclass": _no_curves,
 }
+
+
+def _per_class(shown: Sequence[Shown]) -> str:
+    """Precision, recall and F1 of each class (multiclass), a row per class and bundle."""
+    rows = []
+    for label, _, _, d in shown:
+        for name, scores in ((d.get("metrics") or {}).get("per_class") or {}).items():
+            keys = ("precision", "recall", "f1", "rows")
+            rows.append([name, *([label] if len(shown) > 1 else []), *(scores.get(k) for k in keys)])
+    if not rows:
+        return ""
+    head = ["class", *(["bundle"] if len(shown) > 1 else []), "precision", "recall", "f1", "rows"]
+    return "<h4>Per class</h4>" + table(head, rows)
 
 
 def _confusions(shown: Sequence[Shown], side: str) -> list[str]:
