@@ -76,10 +76,11 @@ def prepare(plan: Plan, frame: dd.DataFrame, gate: QualityGate, pre: Prepass, *,
         joined, measured = plan.label_join.apply_measured(checked.frame)
         lazy["label.join"] = measured
     labeled = joined.map_partitions(plan.labeler, meta=plan.labeler(joined._meta))
-    lazy["input"] = {"rows_read": count_rows(frame), "rows_labeled": count_rows(labeled)}
+    counts: dict[str, Any] = {"rows_read": count_rows(frame), "rows_labeled": count_rows(labeled)}
+    lazy["input"] = counts
     if plan.labeler.splitter.by == "time":
         # A row without a time has no side: dropped, and counted apart from the filters' drops.
-        lazy["input"]["rows_without_time"] = (labeled[SIDE] == NO_SIDE).sum()
+        counts["rows_without_time"] = (labeled[SIDE] == NO_SIDE).sum()
         labeled = labeled[labeled[SIDE] != NO_SIDE]
         t = labeled[plan.labeler.splitter.column]
         lazy["split"] = {"min": t.min(), "max": t.max()}
