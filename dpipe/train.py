@@ -242,6 +242,36 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+@dataclass(frozen=True)
+class Matrices:
+    """XGBoost's quantile matrices of placed rows (``valid`` may be ``None``), built once and
+    reused by every training on the same rows with the same ``max_bin`` (tuning trials)."""
+
+    train: Any
+    valid: Any
+    max_bin: int
+
+
+def quantile_matrices(client, X_train, y_train, X_valid, y_valid, *, max_bin: int = 256) -> Matrices:
+    """Sketch the placed rows into ``DaskQuantileDMatrix`` objects (the validation one on the
+    training one's bins). The data stays on the workers."""
+    import xgboost as xgb
+    import xgboost.dask
+
+    with client.as_current():
+        route_xgboost_logs(client)
+        try:
+            dtrain = xgb.dask.DaskQuantileDMatrix(client, X_train, y_train, enable_categorical=True, max_bin=max_bin)
+            dvalid = None
+            if X_valid is not None:
+                dvalid = xgb.dask.DaskQuantileDMatrix(
+                    client, X_valid, y_valid, ref=dtrain, enable_categorical=True, max_bin=max_bin
+                )
+        except xgb.core.XGBoostError as exc:
+            raise _training_error(exc) from exc
+    return Matrices(dtrain, dvalid, max_bin)
+
+
 def train_booster(client, config: TrainConfig, X_train, y_train, X_valid, y_valid):
     """Train with ``DaskQuantileDMatrix`` on the workers; returns ``(booster, metrics)``.
 
@@ -252,39 +282,47 @@ def train_booster(client, config: TrainConfig, X_train, y_train, X_valid, y_vali
     the partitions are. The booster is cut at the best iteration when early stopping is on, so the
     saved model is the one that was evaluated. Data is never pulled to the client.
     """
+    max_bin = int(config.params.get("max_bin", 256))
+    matrices = quantile_matrices(client, X_train, y_train, X_valid, y_valid, max_bin=max_bin)
+    return boost(client, config, matrices)
 
+
+def boost(client, config: TrainConfig, matrices: Matrices):
+    """Train on built matrices; returns ``(booster, metrics)`` as :func:`train_booster` does."""
+    given = int(config.params.get("max_bin", matrices.max_bin))
+    if given != matrices.max_bin:
+        raise TrainingError(
+            f"train: max_bin {given} differs from the {matrices.max_bin} the matrices were built with",
+            hint="keep `max_bin` fixed while reusing matrices (tuning cannot search it)",
+        )
     # xgboost.dask looks the client up inside its tasks: make it current for the whole call.
     with client.as_current():
         route_xgboost_logs(client)
-        return _train(client, config, X_train, y_train, X_valid, y_valid)
+        return _train(client, config, matrices)
 
 
-def _train(client, config: TrainConfig, X_train, y_train, X_valid, y_valid):
+def _train(client, config: TrainConfig, matrices: Matrices):
     import xgboost as xgb
     import xgboost.dask
 
+    dtrain, dvalid = matrices.train, matrices.valid
+    evals = [(dtrain, "train")] if config.eval_train or dvalid is None else []
+    if dvalid is not None:
+        evals.append((dvalid, "valid"))
     try:
-        dtrain = xgb.dask.DaskQuantileDMatrix(client, X_train, y_train, enable_categorical=True)
-        evals = [(dtrain, "train")] if config.eval_train or X_valid is None else []
-        if X_valid is not None:
-            dvalid = xgb.dask.DaskQuantileDMatrix(client, X_valid, y_valid, ref=dtrain, enable_categorical=True)
-            evals.append((dvalid, "valid"))
         out = xgb.dask.train(
             client,
             dict(config.params),
             dtrain,
             num_boost_round=config.num_boost_round,
             evals=evals,
-            early_stopping_rounds=config.early_stopping_rounds,
+            early_stopping_rounds=config.early_stopping_rounds if dvalid is not None else None,
             verbose_eval=False,
             callbacks=list(config.callbacks) or None,
             xgb_model=config.xgb_model,
         )
     except xgb.core.XGBoostError as exc:
-        raise TrainingError(
-            f"train: XGBoost failed: {_xgboost_message(exc)}",
-            hint="check `train.params` against the XGBoost parameter reference",
-        ) from exc
+        raise _training_error(exc) from exc
     booster, history = out["booster"], out["history"]
     rounds = booster.num_boosted_rounds()
     stopped = config.early_stopping_rounds and "best_iteration" in booster.attributes()
@@ -307,6 +345,13 @@ def _train(client, config: TrainConfig, X_train, y_train, X_valid, y_valid):
         "history": {s: {m: [_finite(x) for x in v] for m, v in h.items()} for s, h in history.items()},
     }
     return booster, metrics
+
+
+def _training_error(exc: Exception) -> TrainingError:
+    return TrainingError(
+        f"train: XGBoost failed: {_xgboost_message(exc)}",
+        hint="check `train.params` against the XGBoost parameter reference",
+    )
 
 
 def _xgboost_message(exc: Exception) -> str:
