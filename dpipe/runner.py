@@ -198,11 +198,11 @@ def run(
             config = TrainConfig.from_spec(job.train).replace(xgb_model=retrain.booster)
             with reporter.stage("train", f"xgboost.dask, up to {job.train.num_boost_round} rounds{retrain.rounds}"):
                 trained = stages.train(client, placed, config, p.labeler.splitter)
+            sides = "validation and test rows" if placed.test is not None else "validation rows"
+            with reporter.stage("assess", f"scoring the {sides}, profiling the training rows"):
+                assessed = stages.assess(retrain.plan, retrain.fitted, placed, trained, compute)
             if placed.test is not None:
-                with reporter.stage("test", "scoring the test rows"):
-                    trained = dataclasses.replace(
-                        trained, metrics={**trained.metrics, **stages.evaluate(p, placed, trained, compute)}
-                    )
+                trained = dataclasses.replace(trained, metrics={**trained.metrics, "test": dict(assessed.test)})
             _log_training(reporter, trained)
             with reporter.stage("write", f"model bundle to {job.output.uri}"):
                 manifest = {
@@ -217,7 +217,7 @@ def run(
                     manifest["parent"] = {"run_id": state.run_id, "uri": redact_url(job.output.uri)}
                 new_state = _next_state(job, decision, p, fitted, run_id, manifest)
                 out.write_json(STATE, new_state.to_dict())
-                stages.write(out, retrain.plan, retrain.fitted, placed, trained, compute, manifest)
+                stages.write(out, retrain.plan, retrain.fitted, placed, trained, compute, manifest, assessed)
                 uri = out.commit()
         events.complete(outputs=[{**bundle, "uri": uri}], facets={"dpipe": {"spec_hash": manifest["spec_hash"]}})
     reporter.log(f"bundle committed: {uri}")

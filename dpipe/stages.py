@@ -25,10 +25,10 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
-from dpipe import metrics, split
+from dpipe import drift, evaluation, metrics, split
 from dpipe.bundle import Bundle
 from dpipe.columns import CV_FOLD, LABEL, SIDE, TEST, TRAIN, VALID
-from dpipe.errors import DataError, StateError
+from dpipe.errors import DataError, SpecError, StateError
 from dpipe.io import write_parquet
 from dpipe.ops.base import count_rows
 from dpipe.pipeline import FeaturePipeline
@@ -114,6 +114,8 @@ class Fitted:
     #: The computed statistics of every stateful op (merged with the partials it was given), by
     #: location: what the run state saves for the next incremental run.
     stats: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: The training labels' minimum and maximum (regression: the evaluation's fixed grid).
+    label_range: tuple[float, float] | None = None
 
     @property
     def passes(self) -> int:
@@ -165,8 +167,22 @@ def fit(
     fitted_meta = pipeline.describe(_full_meta(plan, gate, pre))
     model_input = ModelInput.infer(fitted_meta, features=plan.job.train.features, exclude=set(plan.exclude))
     model_input.require_categories(fitted_meta)
-    per_partition = tuple(int(n) for n in report.extras["rows"]["per_partition"])
-    return Fitted(pipeline, model_input, rows, per_partition, steps, list(report.phases), quality, dict(report.stats))
+    measured = report.extras["rows"]
+    per_partition = tuple(int(n) for n in measured["per_partition"])
+    label_range = None
+    if "label_min" in measured and pd.notna(measured["label_min"]):
+        label_range = (float(measured["label_min"]), float(measured["label_max"]))
+    return Fitted(
+        pipeline,
+        model_input,
+        rows,
+        per_partition,
+        steps,
+        list(report.phases),
+        quality,
+        dict(report.stats),
+        label_range,
+    )
 
 
 def _check_files(gate: QualityGate, frame: dd.DataFrame) -> None:
@@ -186,6 +202,9 @@ def _row_measures(frame: dd.DataFrame, plan: Plan) -> dict[str, Any]:
     }
     if plan.classify:
         out["labels"] = frame.groupby([SIDE, LABEL]).size(split_out=1)
+    else:
+        labels = frame[frame[SIDE] == TRAIN][LABEL]
+        out.update(label_min=labels.min(), label_max=labels.max())
     if splitter.folds:
         train = frame[frame[SIDE] == TRAIN]
         out["folds"] = train[CV_FOLD].value_counts(split_out=1)
@@ -376,6 +395,7 @@ def place(
     prepared = prepare(plan, frame, gate, pre)
     splitter = plan.labeler.splitter
     keep = [*plan.job.id_columns, LABEL, SIDE, *([CV_FOLD] if splitter.folds else [])]
+    keep += [c for c in _slices(plan, fitted) if c not in keep]
     select = fitted.model_input.with_passthrough(keep)
     transformed = fitted.pipeline.transform(prepared.frame)
     model_frame = transformed.map_partitions(select, meta=select(transformed._meta))
@@ -451,16 +471,70 @@ def cross_validation(fold_metrics: list[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-# -- evaluate ----------------------------------------------------------------------------------
-def evaluate(plan: Plan, placed: Placed, trained: Trained, compute: Compute) -> dict[str, Any]:
-    """The test side's metrics: the booster scores the placed test rows, and the job's metrics are
-    computed exactly (:mod:`dpipe.metrics`), in one pass over rows already in worker memory."""
-    if placed.test is None:
-        return {}
+# -- assess ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Assessed:
+    """What a trained model is judged by: the test side's exact metrics, the evaluation of every
+    side (``evaluation.json``) and the reference profile monitoring compares new data with
+    (``profile.json``)."""
+
+    test: Mapping[str, float | None]
+    evaluation: Mapping[str, Any] | None
+    profile: Mapping[str, Any]
+
+
+def assess(plan: Plan, fitted: Fitted, placed: Placed, trained: Trained, compute: Compute) -> Assessed:
+    """Score the placed validation and test rows and measure everything in ONE pass over rows
+    already in worker memory: the test side's exact metrics (:mod:`dpipe.metrics`), the curves,
+    confusion and slices of each side (:mod:`dpipe.evaluation`), and the training rows' reference
+    profile with the validation predictions' (:mod:`dpipe.drift`). With folds, the validation
+    predictions are each fold model's on the rows it validated on (out of fold)."""
+    job = plan.job
+    # The placed rows hold the model's inputs and the other slice columns (:func:`place`).
+    keep = [LABEL, *job.report.slices]
+    valid = valid_predictions(placed, trained, fitted.model_input, keep)
+    sides = {"valid": valid.rename(columns={LABEL: "label"})}
+    if placed.test is not None:
+        test = predict_frame(trained.booster, placed.test, fitted.model_input, keep)
+        sides["test"] = test.rename(columns={LABEL: "label"})
+    kind = _kind(job.train.objective)
     names = _metric_names(plan)
-    preds = predict_frame(trained.booster, placed.test, placed.model_input, [LABEL]).rename(columns={LABEL: "label"})
-    (values,) = compute(metrics.measures(preds, names, objective=plan.job.train.objective))
-    return {"test": metrics.finish(values, names)}
+    predicted = [c for c in valid.columns if c not in keep]
+    lazy: dict[str, Any] = {
+        "profile": drift.reference_measures(placed.train, fitted.model_input, prediction=valid[predicted])
+    }
+    if "test" in sides:
+        lazy["test"] = metrics.measures(sides["test"], names, objective=job.train.objective)
+    if kind is not None:
+        options = {
+            "slices": list(job.report.slices),
+            "threshold": job.report.threshold,
+            "label_range": fitted.label_range,
+            "classes": job.train.params.get("num_class"),
+        }
+        lazy["evaluation"] = {side: evaluation.measures(frame, kind, **options) for side, frame in sides.items()}
+    (values,) = compute(lazy)
+    document = None
+    if kind is not None:
+        finished = {side: evaluation.finish(v) for side, v in values["evaluation"].items()}
+        document = evaluation.evaluation_document(
+            job.train.objective, finished, threshold=job.report.threshold, slices=list(job.report.slices)
+        )
+    test_metrics = metrics.finish(values["test"], names) if "test" in values else {}
+    return Assessed(test_metrics, document, drift.reference_profile(values["profile"], fitted.model_input))
+
+
+def _kind(objective: str) -> Any:
+    """The evaluation's kind of an objective, or ``None`` for those it does not evaluate (ranking)."""
+    try:
+        return evaluation.kind_of(objective)
+    except SpecError:
+        return None
+
+
+def _slices(plan: Plan, fitted: Fitted) -> list[str]:
+    """Slice columns to carry with the predictions (the model's own inputs are there already)."""
+    return [c for c in plan.job.report.slices if c not in fitted.model_input.features]
 
 
 def _metric_names(plan: Plan) -> list[str]:
@@ -469,21 +543,20 @@ def _metric_names(plan: Plan) -> list[str]:
 
 # -- write -------------------------------------------------------------------------------------
 def write(
-    out: Any, plan: Plan, fitted: Fitted, placed: Placed, trained: Trained, compute: Compute, manifest: dict
+    out: Any,
+    plan: Plan,
+    fitted: Fitted,
+    placed: Placed,
+    trained: Trained,
+    compute: Compute,
+    manifest: dict,
+    assessed: Assessed | None = None,
 ) -> None:
     """Write the bundle into the staged output ``out`` (the caller commits it); the manifest last."""
     job = plan.job
     keep = [*job.id_columns, LABEL]
     if job.output.valid_predictions:
-        if trained.fold_boosters:  # out-of-fold: each fold's model on the rows it validated on
-            parts = [
-                predict_frame(b, rows, fitted.model_input, keep)
-                for b, rows in zip(trained.fold_boosters, trained.fold_valid)
-            ]
-            preds = dd.concat(parts)
-        else:
-            assert placed.valid is not None
-            preds = predict_frame(trained.booster, placed.valid, fitted.model_input, keep)
+        preds = valid_predictions(placed, trained, fitted.model_input, keep)
         write_parquet(preds.rename(columns={LABEL: "label"}), out, "valid_predictions", compute=compute)
     if job.output.test_predictions and placed.test is not None:
         preds = predict_frame(trained.booster, placed.test, fitted.model_input, keep)
@@ -494,4 +567,32 @@ def write(
     bundle = Bundle(
         trained.booster, fitted.pipeline, fitted.model_input, list(job.id_columns), dict(trained.metrics), manifest
     )
+    if assessed is not None:
+        out.write_json(drift.PROFILE, dict(assessed.profile))
+        if assessed.evaluation is not None:
+            out.write_json(evaluation.EVALUATION, dict(assessed.evaluation))
+        if job.report.html:
+            from dpipe.report import REPORT, page, view_of
+
+            view = view_of(
+                out.uri,
+                manifest=manifest,
+                metrics=bundle.metrics,
+                pipeline=bundle.pipeline_dict(),
+                evaluation=assessed.evaluation,
+                booster=trained.booster,
+            )
+            out.write_bytes(REPORT, page([view]).encode())
     bundle.write(out)
+
+
+def valid_predictions(placed: Placed, trained: Trained, model_input: ModelInput, keep: list[str]) -> dd.DataFrame:
+    """Predictions of the validation rows; with folds, each fold model's on the rows it validated
+    on (out of fold)."""
+    if trained.fold_boosters:
+        parts = [
+            predict_frame(b, rows, model_input, keep) for b, rows in zip(trained.fold_boosters, trained.fold_valid)
+        ]
+        return dd.concat(parts)
+    assert placed.valid is not None
+    return predict_frame(trained.booster, placed.valid, model_input, keep)

@@ -36,7 +36,20 @@ from dpipe.spec import spec_digest
 STATE = "state.json"
 FORMAT_VERSION = 1
 #: Spec sections the fitted statistics do not depend on: changing them keeps the saved partials.
-_NOT_FITTED = ("name", "train", "output", "cluster", "incremental", "lineage", "txn", "columns")
+_NOT_FITTED = (
+    "name",
+    "train",
+    "output",
+    "cluster",
+    "incremental",
+    "lineage",
+    "txn",
+    "columns",
+    "report",
+    "monitor",
+    "registry",
+    "tune",
+)
 
 
 def new_run_id() -> str:

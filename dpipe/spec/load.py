@@ -268,8 +268,8 @@ def redacted(job: Any) -> dict:
     return redact(job.model_dump(mode="json"))
 
 
-def spec_digest(job: Any, leave_out: Collection[str] = ("lineage",)) -> str:
-    """A sha256 of the redacted spec without the sections ``leave_out``: by default only
-    ``lineage`` (where events go changes nothing a job computes)."""
+def spec_digest(job: Any, leave_out: Collection[str] = ("lineage", "monitor", "registry")) -> str:
+    """A sha256 of the redacted spec without the sections ``leave_out``: by default those that
+    change nothing a job computes (where events go, how its model is watched and registered)."""
     spec = {k: v for k, v in redacted(job).items() if k not in leave_out}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()

@@ -16,7 +16,9 @@ from dpipe.spec.connectors import SinkSpec
 from dpipe.spec.features import OpSpec
 from dpipe.spec.incremental import IncrementalSpec, TrainIncrementalSpec
 from dpipe.spec.lineage import LineageSpec
+from dpipe.spec.monitor import MonitorSpec
 from dpipe.spec.quality import CheckSpec, QuarantineSpec, check_names_unique
+from dpipe.spec.registry import RegistrySpec
 from dpipe.spec.source import SourceSpec
 
 
@@ -189,6 +191,20 @@ class TrainSpec(Strict):
         return params
 
 
+class ReportSpec(Strict):
+    """What the bundle's evaluation (``evaluation.json``) and ``report.html`` show.
+
+    ``slices`` are columns of the transformed rows (a categorical feature, an id or any column the
+    ops keep) whose values get metrics of their own; ``threshold`` makes a classifier's confusion
+    matrix and threshold metrics.
+    """
+
+    slices: list[str] = Field(default_factory=list)
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    #: Write ``report.html`` into the bundle (``evaluation.json`` is always written).
+    html: bool = True
+
+
 class OutputSpec(Strict):
     """Where the model bundle goes (any fsspec URL)."""
 
@@ -248,6 +264,12 @@ class JobSpec(Strict):
     incremental: TrainIncrementalSpec = Field(default_factory=lambda: TrainIncrementalSpec(enabled=False))
     #: Where the run's OpenLineage events go (default: JSON files in ``$DPIPE_HOME/openlineage``).
     lineage: LineageSpec = Field(default_factory=LineageSpec)
+    #: The evaluation and ``report.html`` written into the bundle.
+    report: ReportSpec = Field(default_factory=ReportSpec)
+    #: When new data has drifted from this model's (``dpipe monitor``).
+    monitor: MonitorSpec = Field(default_factory=MonitorSpec)
+    #: The model registry the bundle is registered in (``registry.name``) and promoted through.
+    registry: RegistrySpec | None = None
 
     @field_validator("checks")
     @classmethod
