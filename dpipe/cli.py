@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("predict", help="score data with a model bundle and write Parquet predictions")
-    p.add_argument("bundle", help="model bundle (the `output.uri` of a run)")
+    p.add_argument("bundle", help="model bundle (the `output.uri` of a run), or models:/NAME@ALIAS | models:/NAME/N")
     p.add_argument("--source", help="data to score: path or URL (glob allowed)")
     p.add_argument(
         "--source-spec", metavar="YAML", help="data to score as a source entry (a Delta table, a SQL query...)"
@@ -90,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask scheduler")
     p.add_argument("--no-overwrite", action="store_true", help="fail if the output exists")
     p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument(
+        "--registry", metavar="URL", help="the registry of a models:/NAME@ALIAS bundle (default: $DPIPE_REGISTRY)"
+    )
     _add_common(p)
 
     p = sub.add_parser("lineage", help="print where an output came from: its bundle, data, spec and runs, upstream")
@@ -288,6 +291,7 @@ def _predict(args) -> int:
         storage_options=_storage_options(args.storage_options),
         overwrite=not args.no_overwrite,
         progress=not args.quiet,
+        registry=args.registry,
     )
     if result.output.get("duplicate"):
         print(f"predictions were already committed to {result.output_uri} by an earlier run; nothing appended")

@@ -89,8 +89,7 @@ def _monitor(args: argparse.Namespace) -> int:
     job = args.retrain or result.report.get("retrain")
     retrained = None
     if result.drifted and job:
-        run = retrain(job, scheduler=args.scheduler, progress=not args.quiet)
-        retrained = {"job": run.job, "bundle_uri": run.bundle_uri, "valid": run.metrics.get("valid", {})}
+        retrained = retrain(job, scheduler=args.scheduler, progress=not args.quiet)
     if args.json:
         print(json.dumps({**result.report, "output_uri": result.output_uri, "retrained": retrained}, indent=2))
     else:
@@ -99,4 +98,10 @@ def _monitor(args: argparse.Namespace) -> int:
             print(f"report: {result.output_uri}")
         if retrained:
             print(f"retrained: job {retrained['job']!r}, new bundle {retrained['bundle_uri']}")
+            if retrained["version"]:
+                print(f"registered as {retrained['version']} (challenger)")
+            decision = retrained["decision"]
+            if decision:
+                moved = "promoted to champion" if decision["promoted"] else "not promoted"
+                print(f"gate: {moved}: {decision['reason']}")
     return DRIFT_EXIT if result.drifted else 0

@@ -56,6 +56,8 @@ class RunResult:
     manifest: dict = field(repr=False)
     #: Why nothing was computed (an unchanged rerun, no new data), else ``None``.
     skipped: str | None = None
+    #: The registry version the bundle became (``registry.name``), else ``None``.
+    registered: dict | None = None
 
     def summary(self) -> str:
         valid = ", ".join(f"{k}={v:.4f}" for k, v in self.metrics.get("valid", {}).items() if v is not None)
@@ -68,6 +70,11 @@ class RunResult:
             f"best iteration {self.metrics['best_iteration']}, {side} {valid}"
             + (f", test {test}" if test else "")
             + f"\nbundle: {self.bundle_uri}"
+            + (
+                f"\nregistered: models:/{self.registered['name']}/{self.registered['version']}"
+                if self.registered
+                else ""
+            )
         )
 
 
@@ -221,8 +228,33 @@ def run(
                 uri = out.commit()
         events.complete(outputs=[{**bundle, "uri": uri}], facets={"dpipe": {"spec_hash": manifest["spec_hash"]}})
     reporter.log(f"bundle committed: {uri}")
+    registered = _register(job, uri, reporter.log)
     metrics, rows = dict(trained.metrics), dict(manifest["rows"])
-    return RunResult(job.name, uri, metrics, rows, timings=dict(reporter.timings), manifest=manifest)
+    return RunResult(
+        job.name, uri, metrics, rows, timings=dict(reporter.timings), manifest=manifest, registered=registered
+    )
+
+
+def _register(job: JobSpec, uri: str, log: Any) -> dict[str, Any] | None:
+    """Register the committed bundle as a new version of ``registry.name`` (when named)."""
+    if job.registry is None or job.registry.name is None:
+        return None
+    from dpipe.errors import DpipeError
+    from dpipe.registry import Registry
+
+    registry = Registry(job.registry.uri, job.registry.storage_options)
+    try:
+        version = registry.register(
+            uri, job.registry.name, storage_options=job.output.storage_options, aliases=job.registry.aliases
+        )
+    except DpipeError as exc:
+        raise type(exc)(
+            f"the bundle is committed at {uri}, but registering it failed: {exc}",
+            hint=f"fix the registry and run `dpipe register {uri} --name {job.registry.name}`",
+        ) from exc
+    aliases = f" ({', '.join(version.aliases)})" if version.aliases else ""
+    log(f"registered as {version.ref}{aliases}: {version.uri}")
+    return version.to_dict()
 
 
 @dataclass(frozen=True)
@@ -384,6 +416,7 @@ def predict(
     overwrite: bool = True,
     progress: bool = True,
     lineage: LineageSpec | Mapping[str, Any] | None = None,
+    registry: str | None = None,
 ) -> PredictResult:
     """Score ``source`` with a bundle and commit the predictions to ``output`` once.
 
@@ -401,9 +434,13 @@ def predict(
     >>> dpipe.predict("runs/quickstart", "data/demo/events", "runs/quickstart-scores")
     >>> dpipe.predict("runs/m1", {"format": "delta", "uri": "lake/events"}, {"format": "delta", "uri": "lake/scores"})
     """
+    from dpipe.registry import is_model_uri, resolve_model_uri
+
     reporter = Reporter(progress=progress)
     started = dt.datetime.now(dt.UTC)
+    model = bundle if is_model_uri(bundle) else None
     with reporter.stage("load bundle", bundle):
+        bundle = resolve_model_uri(bundle, registry, storage_options=storage_options)
         b = Bundle.load(bundle, storage_options)
     ids = b.id_columns if id_columns is None else list(id_columns)
     with (
@@ -414,7 +451,7 @@ def predict(
             spec = source_spec({"uri": source, "format": format, "storage_options": storage_options or {}})
         else:
             spec = source if isinstance(source, BaseSourceSpec) else source_spec(source)
-        src = _prediction_source(b, spec, ids, storage_options)
+        src = prediction_source(b, spec, ids, storage_options)
         if isinstance(output, str):
             output = {"uri": output, "storage_options": storage_options or {}, "overwrite": overwrite}
         sink = open_sink(output)
@@ -437,6 +474,7 @@ def predict(
                 "run_id": run_id,
                 "bundle": _absolute(bundle, storage_options),
                 "bundle_run_id": b.manifest.get("run_id"),
+                **({"model": model} if model else {}),
                 "model_job": b.manifest.get("job"),
                 "started_at": started.isoformat(),
                 "input": source_lineage(src, uri=spec.uri, format=spec.format),
@@ -477,13 +515,22 @@ def _predict_txn(bundle: str, b: Bundle, src: Any, sink: Any) -> str:
     return "dpipe-predict:" + hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def _prediction_source(b: Bundle, spec: Any, ids: list[str], storage_options: dict | None) -> Any:
-    """Open the data to score, reading only what the saved ops, the model and the ids need,
-    and check its columns and types against the bundle before a cluster starts."""
+def prediction_source(
+    b: Bundle, spec: Any, ids: list[str], storage_options: dict | None, *, also: list[str] = (), where: str = ""
+) -> Any:
+    """Open the data to score, reading only what the saved ops, the model, the ids and ``also``
+    (columns ``where`` needs: the label) need, and check its columns and types against the bundle
+    before a cluster starts."""
     b.pipeline.bind(table_opener(storage_options))
     src = open_source(spec, where="source")
     require(src.frame._meta, ids, "id_columns")
-    needed = b.pipeline.required_columns([*b.model_input.features, *ids])
+    missing = [c for c in also if c not in src.frame.columns]
+    if missing:
+        raise ColumnError(
+            f"source: {where} needs column(s) {missing} that {spec.uri!r} does not provide",
+            hint="score on data with the columns the model's label was computed from",
+        )
+    needed = b.pipeline.required_columns([*b.model_input.features, *ids]) | set(also)
     columns = [c for c in src.frame.columns if c in needed]
     if len(columns) < len(src.frame.columns):
         src = open_source(spec, where="source", columns=columns)

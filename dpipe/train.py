@@ -52,17 +52,19 @@ class Labeler:
         assert self.expr is not None  # the spec gives exactly one of `column` and `expr`
         return Expression(self.expr, where="label.expr")
 
-    def __call__(self, pdf: pd.DataFrame) -> pd.DataFrame:
+    def labels(self, pdf: pd.DataFrame) -> pd.Series:
+        """The label of every row (float32; missing where it cannot be known)."""
         if self.column:
             y = pdf[self.column]
             if pd.api.types.is_bool_dtype(y.dtype):
                 y = y.astype("float32")
-            y = pd.to_numeric(y, errors="coerce").astype("float32")
-        else:
-            value = self._expression().evaluate(pdf)
-            y = pd.Series(value, index=pdf.index).astype("float32")
-            unknown = pdf[sorted(self.label_inputs)].isna().any(axis=1)
-            y = y.mask(unknown)
+            return pd.to_numeric(y, errors="coerce").astype("float32")
+        value = self._expression().evaluate(pdf)
+        y = pd.Series(value, index=pdf.index).astype("float32")
+        return y.mask(pdf[sorted(self.label_inputs)].isna().any(axis=1))
+
+    def __call__(self, pdf: pd.DataFrame) -> pd.DataFrame:
+        y = self.labels(pdf)
         hashed = self.splitter.by != "time" or self.folds
         mixed = self.splitter.mixed(pdf) if hashed else None
         columns: dict[str, Any] = {LABEL: y, **self.splitter.sides(pdf, mixed)}
@@ -72,6 +74,19 @@ class Labeler:
             columns[FOLD] = (mixed % np.uint64(FOLD_MODULUS)).astype("uint16")
         out = pdf.assign(**columns)
         return out[out[LABEL].notna()]
+
+
+@dataclass(frozen=True)
+class Labels:
+    """A partition function: the rows with a known label, the label in ``column`` (no split:
+    scoring a bundle on rows it never saw)."""
+
+    labeler: Labeler
+    column: str = "label"
+
+    def __call__(self, pdf: pd.DataFrame) -> pd.DataFrame:
+        out = pdf.assign(**{self.column: self.labeler.labels(pdf)})
+        return out[out[self.column].notna()]
 
 
 # -- model inputs -----------------------------------------------------------------------------

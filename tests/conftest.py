@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _isolated_environment(tmp_path_factory):
     """Never use the developer's AWS config, a scheduler or an OpenLineage server from the
     environment; runs write their OpenLineage event files into a temporary DPIPE_HOME."""
-    ours = ("DASK_SCHEDULER_ADDRESS", "DPIPE_HOME")
+    ours = ("DASK_SCHEDULER_ADDRESS", "DPIPE_HOME", "DPIPE_REGISTRY")
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith(("AWS_", "OPENLINEAGE_")) or k in ours}
     os.environ["AWS_CONFIG_FILE"] = os.devnull
     os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull

@@ -11,6 +11,7 @@ from typing import Any
 from dpipe import cluster as _cluster
 from dpipe import drift
 from dpipe.bundle import Bundle
+from dpipe.errors import SpecError
 from dpipe.io import StagedOutput, source_spec
 from dpipe.io.fs import full_uri, resolve
 from dpipe.manifest import source_lineage
@@ -76,7 +77,8 @@ def monitor(
     Parameters
     ----------
     bundle
-        A model bundle holding ``profile.json``.
+        A model bundle holding ``profile.json``, or a registered one (``models:/churn@champion``,
+        in the registry ``$DPIPE_REGISTRY`` names).
     source
         The batch: a path or URL (``format`` and ``storage_options`` apply) or a source entry.
         It must provide the columns the bundle's ops and model read; a missing one fails with
@@ -97,7 +99,10 @@ def monitor(
     """
     reporter = Reporter(progress=progress)
     started = dt.datetime.now(dt.UTC)
+    from dpipe.registry import resolve_model_uri
+
     with reporter.stage("load bundle", bundle):
+        bundle = resolve_model_uri(bundle, storage_options=storage_options)
         b = Bundle.load(bundle, storage_options)
         profile = read_profile(bundle, storage_options)
     saved = (b.manifest.get("spec") or {}).get("monitor")
@@ -193,11 +198,53 @@ def _write(output: str, report: dict[str, Any], storage_options: dict | None) ->
 
 
 # -- retraining --------------------------------------------------------------------------------
-def retrain(job: Any, *, client=None, scheduler: str | None = None, progress: bool = True) -> Any:
+def retrain(job: Any, *, client=None, scheduler: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the training job ``job`` (a spec path or a :class:`~dpipe.spec.JobSpec`): what a
-    crossed threshold asks for. Returns its :class:`~dpipe.runner.RunResult`."""
+    crossed threshold asks for. With a ``registry:`` section the new bundle becomes a version of
+    ``registry.name`` aliased ``challenger``, and is promoted to ``champion`` only through the
+    registry's gate (scored with the champion on the gate's evaluation source); without a gate it
+    stays the challenger. Returns what happened: the job, the bundle, its validation metrics,
+    the version and the gate's decision."""
     from dpipe.runner import run
     from dpipe.spec import load_job
 
     spec = load_job(job) if isinstance(job, str) else job
-    return run(spec, client, scheduler=scheduler, progress=progress)
+    result = run(spec, client, scheduler=scheduler, progress=progress)
+    out: dict[str, Any] = {
+        "job": result.job,
+        "bundle_uri": result.bundle_uri,
+        "valid": result.metrics.get("valid", {}),
+        "version": None,
+        "decision": None,
+    }
+    if spec.registry is None:
+        return out
+    from dpipe.registry import Registry
+    from dpipe.scoring import score_bundle
+
+    if spec.registry.name is None:
+        raise SpecError(
+            f"monitor: the retraining job {spec.name!r} has a `registry` without a `name` to register its model as",
+            hint="add `registry.name`, e.g. `name: churn`",
+        )
+    registry = Registry(spec.registry.uri, spec.registry.storage_options)
+    name = spec.registry.name
+    number = result.registered["version"] if result.registered else None
+    if number is None:
+        number = registry.register(result.bundle_uri, name, storage_options=spec.output.storage_options).number
+    registry.set_alias(name, "challenger", number)
+    out["version"] = f"models:/{name}/{number}"
+    gate = spec.registry.gate
+    if gate is not None:
+        if gate.source is None:
+            raise SpecError(
+                f"monitor: the gate of registry {name!r} names no evaluation `source` to score the models on",
+                hint="add `registry.gate.source`: rows neither model was trained on",
+            )
+        options = spec.registry.storage_options or None
+
+        def scores(uri: str) -> dict[str, Any]:
+            return score_bundle(uri, gate.source, storage_options=options, client=client, scheduler=scheduler)
+
+        out["decision"] = registry.promote(name, number, "champion", gate=gate, scores=scores).to_dict()
+    return out

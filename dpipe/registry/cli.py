@@ -7,7 +7,6 @@ The registry's URL comes from ``--registry`` or ``$DPIPE_REGISTRY``. Imports are
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -193,16 +192,9 @@ def _gate(args, reg) -> tuple[dict[str, Any] | None, Any]:
 
 
 def _score_bundle() -> Callable[..., dict[str, float]]:
-    """``dpipe.evaluation.score_bundle(bundle_uri, source, *, storage_options)``: a bundle's metrics on a source."""
-    try:
-        score_bundle = getattr(importlib.import_module("dpipe.evaluation"), "score_bundle", None)
-    except ImportError:
-        score_bundle = None
-    if score_bundle is None:
-        raise SpecError(
-            "promote: this dpipe cannot score bundles on a source yet (no dpipe.evaluation.score_bundle)",
-            hint="use --no-gate, or Registry.promote(..., gate=..., scores=your_function) from Python",
-        )
+    """:func:`dpipe.scoring.score_bundle`: a bundle's metrics on a source (imported when a gate needs it)."""
+    from dpipe.scoring import score_bundle
+
     return score_bundle
 
 
