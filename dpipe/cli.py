@@ -324,8 +324,17 @@ def _show(args) -> int:
     m = b.metrics
     print(f"bundle: {args.bundle}  (job {b.manifest.get('job')!r}, dpipe {b.manifest.get('dpipe_version')})")
     print(f"best iteration: {m.get('best_iteration')}  rows: {b.manifest.get('rows')}")
-    for split in ("train", "valid"):
-        print(f"{split:>6}: " + ", ".join(f"{k}={v:.5f}" for k, v in m.get(split, {}).items() if v is not None))
+    for side in ("train", "valid", "test"):
+        if m.get(side):
+            print(f"{side:>6}: " + ", ".join(f"{k}={v:.5f}" for k, v in m[side].items() if v is not None))
+    cv = m.get("cv")
+    if cv:
+        spread = ", ".join(
+            f"{k}={v['mean']:.5f} ± {v['std']:.5f}"
+            for k, v in cv["metrics"].items()
+            if v["mean"] is not None and v["std"]
+        )
+        print(f"    cv: {cv['folds']} folds, {spread}")
     print(f"features ({len(b.model_input.features)}): {', '.join(b.model_input.features)}")
     print(f"{'step':<14} {'op':<15} fitted state")
     for op in b.pipeline.ops:

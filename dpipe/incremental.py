@@ -64,6 +64,12 @@ def check_job(job: Any, pipeline: FeaturePipeline | None = None) -> None:
             f"incremental.retrain: a window of datums needs datums that are files (a {job.source.format}"
             " source's are watermark ranges); retrain on `all` or `continue`"
         )
+    split = getattr(job, "split", None)
+    if split is not None and split.needs_range:
+        problems.append(
+            "split: cuts at fractions of the time range (or time folds) move as new data arrives, so earlier"
+            " rows would change sides; give `valid_from` / `test_from` as dates"
+        )
     if problems:
         raise SpecError(
             "incremental: this job cannot be fitted from new data alone:\n  - " + "\n  - ".join(problems),

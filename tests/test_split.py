@@ -306,3 +306,12 @@ def test_bad_splits_get_one_clear_message(events, client, tmp_path, split, secti
     with pytest.raises(error, match=message):
         dpipe.run(job, client, progress=False)
     assert not (tmp_path / "bundle").exists()
+
+
+def test_incremental_runs_refuse_cuts_that_move_with_the_data(events, tmp_path):
+    from dpipe.incremental import check_job
+
+    moving = _job(events, tmp_path / "b", {"by": "time", "column": "t", "valid_fraction": 0.2})
+    with pytest.raises(SpecError, match=r"split: cuts at fractions of the time range"):
+        check_job(moving)
+    check_job(_job(events, tmp_path / "b", TIME))  # fixed dates: fine
