@@ -31,6 +31,7 @@ from dpipe.manifest import cluster_info, run_manifest, source_lineage
 from dpipe.openlineage import run_events
 from dpipe.plan import Plan, plan, require, table_opener
 from dpipe.progress import Reporter
+from dpipe.quality.gate import QUARANTINED_BY, PredictionChecks
 from dpipe.spec import FeaturesJobSpec, JobSpec, spec_digest
 from dpipe.spec.base import REDACTED, redact, redact_url
 from dpipe.spec.connectors import BaseSinkSpec
@@ -451,11 +452,13 @@ def predict(
             spec = source_spec({"uri": source, "format": format, "storage_options": storage_options or {}})
         else:
             spec = source if isinstance(source, BaseSourceSpec) else source_spec(source)
-        src = prediction_source(b, spec, ids, storage_options)
+        trained_spec = b.manifest.get("spec") or {}
+        src = prediction_source(b, spec, ids, storage_options, optional=PredictionChecks.columns_of(trained_spec))
         if isinstance(output, str):
             output = {"uri": output, "storage_options": storage_options or {}, "overwrite": overwrite}
         sink = open_sink(output)
-        preds = predict_frame(b.booster, b.pipeline.transform(src.frame), b.model_input, ids)
+        checks = PredictionChecks.of(trained_spec, list(src.frame.columns))
+        preds = _scored(b, src.frame, ids, checks)
         check = getattr(sink, "check", None)
         if callable(check):
             check(preds._meta)
@@ -480,6 +483,12 @@ def predict(
                 "input": source_lineage(src, uri=spec.uri, format=spec.format),
                 "id_columns": ids,
             }
+            if checks is not None:
+                manifest["quality"] = {
+                    "at_prediction": checks.mode,
+                    "checks": [c.name for c in checks.checks],
+                    "skipped": list(checks.skipped),
+                }
             txn = _predict_txn(bundle, b, src, sink)
             written = sink.commit(metadata={"manifest": redact(manifest)}, txn=txn)
         events.complete(outputs=[{**written.lineage(), "schema": preds._meta}])
@@ -488,6 +497,24 @@ def predict(
     return PredictResult(
         written.uri, written.rows, columns=list(preds.columns), timings=dict(reporter.timings), output=written.lineage()
     )
+
+
+def _scored(b: Bundle, frame: Any, ids: list[str], checks: PredictionChecks | None) -> Any:
+    """Lazy predictions of ``frame``'s rows; with ``checks``, the rows a quarantining check would
+    have set aside are flagged (``quarantined_by``) or left out (``set_aside``)."""
+    if checks is None:
+        return predict_frame(b.booster, b.pipeline.transform(frame), b.model_input, ids)
+    flagged = frame.map_partitions(checks, meta=checks(frame._meta))
+    transformed = b.pipeline.transform(flagged)
+    if QUARANTINED_BY not in transformed.columns:
+        raise ColumnError(
+            f"predict: the bundle's ops drop the {QUARANTINED_BY!r} column the quality checks add",
+            hint="set `quarantine.at_prediction: ignore` in the training job, or keep the column in its ops",
+        )
+    preds = predict_frame(b.booster, transformed, b.model_input, [*ids, QUARANTINED_BY])
+    if checks.mode == "set_aside":
+        preds = preds[preds[QUARANTINED_BY].isna()].drop(columns=[QUARANTINED_BY])
+    return preds
 
 
 def _predict_lineage(given: LineageSpec | Mapping[str, Any] | None, b: Bundle) -> LineageSpec:
@@ -516,11 +543,19 @@ def _predict_txn(bundle: str, b: Bundle, src: Any, sink: Any) -> str:
 
 
 def prediction_source(
-    b: Bundle, spec: Any, ids: list[str], storage_options: dict | None, *, also: list[str] = (), where: str = ""
+    b: Bundle,
+    spec: Any,
+    ids: list[str],
+    storage_options: dict | None,
+    *,
+    also: list[str] = (),
+    where: str = "",
+    optional: Any = (),
 ) -> Any:
     """Open the data to score, reading only what the saved ops, the model, the ids and ``also``
-    (columns ``where`` needs: the label) need, and check its columns and types against the bundle
-    before a cluster starts."""
+    (columns ``where`` needs: the label) need, and ``optional`` columns where the data has them
+    (the quality checks'), and check its columns and types against the bundle before a cluster
+    starts."""
     b.pipeline.bind(table_opener(storage_options))
     src = open_source(spec, where="source")
     require(src.frame._meta, ids, "id_columns")
@@ -530,7 +565,7 @@ def prediction_source(
             f"source: {where} needs column(s) {missing} that {spec.uri!r} does not provide",
             hint="score on data with the columns the model's label was computed from",
         )
-    needed = b.pipeline.required_columns([*b.model_input.features, *ids]) | set(also)
+    needed = b.pipeline.required_columns([*b.model_input.features, *ids]) | set(also) | set(optional)
     columns = [c for c in src.frame.columns if c in needed]
     if len(columns) < len(src.frame.columns):
         src = open_source(spec, where="source", columns=columns)

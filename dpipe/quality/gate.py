@@ -272,6 +272,67 @@ def _need(values: Mapping[str, Any], key: str) -> Any:
 
 
 # -- per-partition functions (pure pandas, run on workers) -------------------------------------
+# -- at prediction ----------------------------------------------------------------------------
+#: The column of a prediction naming the quarantining check its source row failed (null: none).
+QUARANTINED_BY = "quarantined_by"
+
+
+@dataclass(frozen=True)
+class PredictionChecks:
+    """A training job's quarantining row checks applied to scoring rows (``quarantine.at_prediction``).
+
+    ``unique`` checks are not applied (they compare rows across the whole training source), nor
+    are checks reading a column the scoring data lacks (often the label's): ``skipped`` names them.
+    """
+
+    checks: tuple[RowCheck, ...]
+    mode: str
+    skipped: tuple[str, ...] = ()
+
+    @staticmethod
+    def specs_of(spec: Mapping[str, Any]) -> list[Any]:
+        """The check specs of a bundle manifest's ``spec`` (the training job's)."""
+        from pydantic import TypeAdapter
+
+        from dpipe.spec.quality import CheckSpec
+
+        return TypeAdapter(list[CheckSpec]).validate_python(spec.get("checks") or [])
+
+    @classmethod
+    def columns_of(cls, spec: Mapping[str, Any]) -> set[str]:
+        """The columns the training job's checks read."""
+        return {c for check in cls.specs_of(spec) for c in check.columns_read}
+
+    @classmethod
+    def of(cls, spec: Mapping[str, Any], columns: Sequence[str]) -> PredictionChecks | None:
+        """From a bundle manifest's ``spec`` (the training job's), for a source with ``columns``."""
+        from dpipe.spec.quality import QuarantineSpec
+
+        quarantine = spec.get("quarantine")
+        if not quarantine:
+            return None
+        mode = QuarantineSpec.model_validate(quarantine).at_prediction
+        checks = [build_check(c, i) for i, c in enumerate(cls.specs_of(spec))]
+        wanted = [c for c in checks if c.per_row and c.action == "quarantine"]
+        usable = tuple(c for c in wanted if not c.needs_prepass and set(c.columns) <= set(columns))
+        skipped = tuple(f"{c.where} ({c.name})" for c in wanted if c not in usable)
+        if mode == "ignore" or not usable:
+            return None
+        return cls(usable, mode, skipped)  # type: ignore[arg-type]
+
+    @property
+    def columns(self) -> list[str]:
+        return sorted({c for check in self.checks for c in check.columns})
+
+    def __call__(self, pdf: pd.DataFrame) -> pd.DataFrame:
+        """``pdf`` with :data:`QUARANTINED_BY`: the name of the first check a row fails."""
+        names = np.full(len(pdf), None, dtype=object)
+        for check in self.checks:
+            bad = np.asarray(check.mask(pdf, None), dtype=bool) & pd.isna(names)
+            names[bad] = check.name
+        return pdf.assign(**{QUARANTINED_BY: pd.array(names, dtype=_STRING)})
+
+
 def _file(files: tuple[str, ...], partition_info: dict | None) -> str:
     return files[partition_info["number"]] if partition_info else ""
 

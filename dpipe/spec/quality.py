@@ -229,6 +229,10 @@ class QuarantineSpec(Strict):
     #: (leave it out); a features job, which has no bundle, needs it.
     uri: str | None = Field(default=None, min_length=1)
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    #: What ``dpipe predict`` does with scoring rows a quarantining row check would have set aside:
+    #: ``flag`` scores them and names the check in a ``quarantined_by`` column, ``set_aside`` leaves
+    #: them out of the predictions, ``ignore`` scores them as any other row.
+    at_prediction: Literal["flag", "set_aside", "ignore"] = "flag"
 
 
 def check_names_unique(checks: list) -> list:

@@ -283,3 +283,39 @@ def test_cli_validate_checks_the_checks_section(demo_root, tmp_path):
     assert "checks[0] (range(agee)): column(s) ['agee'] not found in the source" in missing.stderr
     bad = validate([{"check": "regex", "column": "plan", "pattern": "[a-"}])
     assert bad.returncode == 2 and "checks[0].pattern: not a valid regular expression" in bad.stderr
+
+
+@pytest.mark.parametrize("mode", ["flag", "set_aside", "ignore"])
+def test_prediction_applies_the_quarantining_checks_as_the_spec_says(demo_root, client, tmp_path, mode):
+    spec = job_dict(
+        demo_root,
+        tmp_path / "bundle",
+        checks=QUARANTINE_CHECKS,
+        quarantine={"max_fraction": 0.2, "at_prediction": mode},
+        train={"num_boost_round": 3},
+    )
+    bundle = run(spec, client).bundle_uri
+    source = demo_root / "events" / f"date={DAYS[0]}"
+    result = dpipe.predict(bundle, str(source), str(tmp_path / "scores"), client=client, progress=False)
+    scores = pd.read_parquet(tmp_path / "scores")
+    rows = pd.read_parquet(source)
+    bad_age = rows["age"].notna() & ~rows["age"].between(20, 80)  # a range check passes missing values
+    no_income = rows["income"].isna()
+    manifest = json.loads((tmp_path / "scores" / "_dpipe_manifest.json").read_text())["manifest"]
+    if mode == "ignore":
+        assert len(scores) == len(rows) and "quarantined_by" not in scores and "quality" not in manifest
+        return
+    assert manifest["quality"] == {"at_prediction": mode, "checks": ["range(age)", "has_income"], "skipped": []}
+    flagged = rows.assign(by=pd.Series(None, index=rows.index, dtype=object))
+    flagged.loc[no_income, "by"] = "has_income"
+    flagged.loc[bad_age, "by"] = "range(age)"  # the first failed check names the row
+    assert bad_age.any() and no_income.any()
+    if mode == "flag":
+        assert len(scores) == len(rows) == result.rows
+        got = scores.set_index("event_id")["quarantined_by"].sort_index()
+        want = flagged.set_index("event_id")["by"].sort_index()
+        assert got.isna().tolist() == want.isna().tolist()
+        assert got.dropna().tolist() == want.dropna().tolist()
+    else:
+        kept = flagged.loc[flagged["by"].isna(), "event_id"]
+        assert sorted(scores["event_id"]) == sorted(kept) and "quarantined_by" not in scores
