@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-import numpy as np
 import optuna
 import pytest
 import xgboost as xgb
@@ -361,4 +360,3 @@ def test_parameters_replace_their_other_names():
         "lambda": 1,
         "learning_rate": 0.1,
     }
-    assert np.isnan(dtune._value(None))

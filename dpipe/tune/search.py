@@ -1,0 +1,289 @@
+"""The search: trials on one pair of quantile matrices, the best one kept, and its result."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dpipe import stages
+from dpipe import train as _train
+from dpipe.columns import LABEL
+from dpipe.errors import SpecError, TrainingError
+from dpipe.spec.base import redact_url
+from dpipe.spec.tune import ALIASES, Dimension, TuneSpec, default_storage
+from dpipe.tune.growth import Growth, better
+from dpipe.tune.study import STATES, default_study, import_optuna, open_study, storage_url, trials_table
+
+Log = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    """A ``log`` that drops the message."""
+
+
+# -- results ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TuneResult:
+    """What a tuning produced: the best trial, its trained model, and every trial of the study."""
+
+    study: str
+    #: The storage URL, its password redacted.
+    storage: str
+    metric: str
+    direction: str
+    best_trial: int
+    best_value: float
+    #: The searched parameters of the best trial.
+    best_params: Mapping[str, Any]
+    #: Every XGBoost parameter of the best model (``train.params`` with the best trial's).
+    params: Mapping[str, Any]
+    #: One dict per trial: number, params, value, state, rounds, best_iteration, seconds, boost_seconds.
+    trials: list[dict[str, Any]]
+    #: The best trial's booster and metrics, as :func:`dpipe.stages.train` returns them.
+    trained: stages.Trained
+    #: ``matrices`` (the one sketch), ``trials`` (this call's), ``total`` seconds.
+    timings: Mapping[str, float] = field(default_factory=dict)
+    #: The best trial ran in an earlier session, so its model was trained again with its parameters.
+    retrained: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-able record (``tuning.json`` in a bundle)."""
+        return {
+            "study": self.study,
+            "storage": self.storage,
+            "metric": self.metric,
+            "direction": self.direction,
+            "best": {"trial": self.best_trial, "value": self.best_value, "params": dict(self.best_params)},
+            "params": {k: v for k, v in self.params.items()},
+            "retrained": self.retrained,
+            "timings": dict(self.timings),
+            "trials": self.trials,
+        }
+
+
+def tune_job(
+    client: Any, placed: stages.Placed, base: _train.TrainConfig, job: Any, *, log: Log = _quiet
+) -> TuneResult:
+    """:func:`tune` with the study and storage a job's ``tune:`` section names (or their defaults)."""
+    spec: TuneSpec = job.tune
+    storage = spec.storage or default_storage(job.name, job.output.uri)
+    return tune(client, placed, base, spec, study_name=spec.study or default_study(job), storage=storage, log=log)
+
+
+# -- tuning -----------------------------------------------------------------------------------
+def tune(
+    client: Any,
+    placed: stages.Placed,
+    base: _train.TrainConfig,
+    spec: TuneSpec,
+    *,
+    study_name: str,
+    storage: str,
+    log: Log = _quiet,
+) -> TuneResult:
+    """Search ``spec.space`` over ``base.params`` on placed data; return the best trial and its model.
+
+    Parameters
+    ----------
+    client
+        The ``distributed.Client`` whose workers hold ``placed``.
+    placed
+        Training and validation rows in worker memory (:func:`dpipe.stages.place`); folds are not
+        supported (``placed.valid`` must be set).
+    base
+        The job's training (:meth:`TrainConfig.from_spec`): a trial replaces the searched
+        parameters and keeps the rest, with the same rounds and early stopping.
+    spec
+        The ``tune:`` section.
+    study_name, storage
+        The Optuna study, and where it is kept (an SQLite path or an SQLAlchemy URL). An existing
+        study is resumed: its finished trials count towards ``spec.n_trials``.
+
+    Examples
+    --------
+    >>> placed = stages.place(client, p, fitted, gate, pre)
+    >>> result = tune(client, placed, TrainConfig.from_spec(job.train), job.tune,
+    ...               study_name="churn", storage="runs/churn.tune.db")
+    >>> result.best_params, result.trained.metrics["valid"]
+    """
+    optuna = import_optuna()
+    started = time.perf_counter()
+    if placed.valid is None:
+        raise SpecError(
+            "tune: trials are compared on the validation rows, and this split has none (`split.folds`)",
+            hint="tune with a validation side (`split.valid_fraction` or `valid_from`), then cross-validate the best",
+        )
+    if base.xgb_model is not None:
+        raise SpecError(
+            "tune: trials train new models; continuing a previous one (`incremental.retrain: continue`) cannot be tuned",
+            hint="leave out `tune:` for continued runs",
+        )
+    metrics = list(base.params.get("eval_metric", []))
+    try:
+        metric = spec.metric_for(metrics)
+    except ValueError as exc:
+        raise SpecError(f"tune.metric: {exc}", hint="name one of `train.eval_metric` (or leave it out)") from exc
+    direction = spec.direction_for(metric)
+    url = storage_url(storage)
+    study = open_study(optuna, spec, study_name, url, direction)
+    finished = [t for t in study.get_trials(deepcopy=False) if STATES[t.state.name] in ("complete", "pruned", "failed")]
+    remaining = spec.n_trials - len(finished)
+    log(f"tune: study {study_name!r} in {redact_url(url)}: {len(finished)} trial(s) done, {max(remaining, 0)} to run")
+
+    t0 = time.perf_counter()
+    f = placed.features
+    matrices = _train.quantile_matrices(
+        client,
+        placed.train[f],
+        placed.train[LABEL],
+        placed.valid[f],
+        placed.valid[LABEL],
+        max_bin=int(base.params.get("max_bin", 256)),
+    )
+    matrices_s = time.perf_counter() - t0
+    trials = _Trials(client, matrices, base, spec, metric, log)
+    t0 = time.perf_counter()
+    if remaining > 0:
+        study.optimize(
+            trials.objective,
+            n_trials=remaining,
+            timeout=spec.timeout,
+            n_jobs=spec.parallel,
+            catch=(TrainingError,),
+            gc_after_trial=False,
+        )
+    trials_s = time.perf_counter() - t0
+    table = trials_table(study)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if not complete:
+        counts = {s: sum(1 for r in table if r["state"] == s) for s in ("pruned", "failed")}
+        raise TrainingError(
+            f"tune: no trial of study {study_name!r} completed ({counts['pruned']} pruned, {counts['failed']} failed)",
+            hint="see the trials' errors in the log; widen the space, or lower `tune.pruning.startup_trials`",
+        )
+    best = study.best_trial
+    kept = trials.best_kept(best.number)
+    retrained = kept is None
+    if kept is None:
+        log(f"tune: the best trial ({best.number}) ran in an earlier session; training its model again")
+        kept = trials.train(best.params)
+    booster, trained_metrics, params = kept
+    return TuneResult(
+        study=study_name,
+        storage=redact_url(url),
+        metric=metric,
+        direction=direction,
+        best_trial=best.number,
+        best_value=float(best.value),
+        best_params=dict(best.params),
+        params=params,
+        trials=table,
+        trained=stages.Trained(booster, trained_metrics),
+        timings={"matrices": matrices_s, "trials": trials_s, "total": time.perf_counter() - started},
+        retrained=retrained,
+    )
+
+
+# -- one trial --------------------------------------------------------------------------------
+def suggest(trial: Any, space: Mapping[str, Dimension]) -> dict[str, Any]:
+    """One point of the space, as the trial samples it."""
+    out: dict[str, Any] = {}
+    for name, dim in space.items():
+        if dim.kind == "choice":
+            assert dim.choices is not None
+            out[name] = trial.suggest_categorical(name, dim.choices)
+        elif dim.kind == "int":
+            assert dim.low is not None and dim.high is not None
+            out[name] = trial.suggest_int(name, int(dim.low), int(dim.high), step=int(dim.step or 1), log=dim.log)
+        else:
+            assert dim.low is not None and dim.high is not None
+            out[name] = trial.suggest_float(name, float(dim.low), float(dim.high), step=dim.step, log=dim.log)
+    return out
+
+
+def with_params(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes``, dropping the other name of a changed parameter (``eta`` for
+    ``learning_rate``) so XGBoost sees each parameter once."""
+    other = {b: a for a, b in ALIASES} | {a: b for a, b in ALIASES}
+    dropped = {other[k] for k in changes if k in other}
+    return {**{k: v for k, v in base.items() if k not in dropped}, **changes}
+
+
+class _Trials:
+    """Runs trials on one pair of matrices and keeps the best model of this session."""
+
+    def __init__(
+        self, client: Any, matrices: _train.Matrices, base: _train.TrainConfig, spec: TuneSpec, metric: str, log: Log
+    ):
+        self.client, self.matrices, self.base, self.spec, self.metric, self.log = (
+            client,
+            matrices,
+            base,
+            spec,
+            metric,
+            log,
+        )
+        self.steps = spec.pruning.steps(base.num_boost_round)
+        self.maximize = spec.direction_for(metric) == "maximize"
+        self._lock = threading.Lock()
+        self._best: tuple[int, float, Any] | None = None  # (trial number, value, (booster, metrics, params))
+
+    def objective(self, trial: Any) -> float:
+        import optuna
+
+        started = time.perf_counter()
+        params = with_params(self.base.params, suggest(trial, self.spec.space))
+        growth = Growth(self.client, self.matrices, self.base.replace(params=params))
+        try:
+            for step in self.steps:
+                growth.grow(step)
+                if growth.stopped:
+                    break
+                trial.report(_value(growth.at_best("valid", self.metric)), step)
+                if trial.should_prune():
+                    self._record(trial, growth, started)
+                    self.log(f"tune: trial {trial.number} pruned at round {growth.rounds} {trial.params}")
+                    raise optuna.TrialPruned()
+            if not growth.stopped:
+                growth.grow(self.base.num_boost_round)
+        except TrainingError as exc:
+            self._record(trial, growth, started)
+            trial.set_user_attr("error", exc.message)
+            self.log(f"tune: trial {trial.number} failed: {exc.message} {trial.params}")
+            raise
+        self._record(trial, growth, started)
+        booster, metrics = growth.result()
+        value = _value(metrics["valid"].get(self.metric))
+        self.log(f"tune: trial {trial.number}: {self.metric}={value:.6g} ({growth.rounds} rounds) {trial.params}")
+        self._keep(trial.number, value, (booster, metrics, params))
+        return value
+
+    def train(self, searched: Mapping[str, Any]) -> tuple[Any, dict, dict]:
+        """The model of given searched parameters, without pruning (an earlier session's best)."""
+        params = with_params(self.base.params, searched)
+        growth = Growth(self.client, self.matrices, self.base.replace(params=params))
+        growth.grow(self.base.num_boost_round)
+        booster, metrics = growth.result()
+        return booster, metrics, params
+
+    def best_kept(self, number: int) -> tuple[Any, dict, dict] | None:
+        return self._best[2] if self._best is not None and self._best[0] == number else None
+
+    def _keep(self, number: int, value: float, kept: tuple[Any, dict, dict]) -> None:
+        with self._lock:
+            if self._best is None or better(value, self._best[1], self.maximize):
+                self._best = (number, value, kept)
+
+    @staticmethod
+    def _record(trial: Any, growth: Growth, started: float) -> None:
+        trial.set_user_attr("rounds", growth.rounds)
+        trial.set_user_attr("best_iteration", growth.best)
+        trial.set_user_attr("seconds", time.perf_counter() - started)
+        trial.set_user_attr("boost_seconds", growth.boost_seconds)
+
+
+def _value(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
