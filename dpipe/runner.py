@@ -12,7 +12,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -548,9 +548,9 @@ def prediction_source(
     ids: list[str],
     storage_options: dict | None,
     *,
-    also: list[str] = (),
+    also: Sequence[str] = (),
     where: str = "",
-    optional: Any = (),
+    optional: Collection[str] = (),
 ) -> Any:
     """Open the data to score, reading only what the saved ops, the model, the ids and ``also``
     (columns ``where`` needs: the label) need, and ``optional`` columns where the data has them

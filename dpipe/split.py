@@ -19,7 +19,7 @@ periods ``0..i`` and validates on period ``i + 1``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -89,8 +89,7 @@ class Splitter:
         if not pd.api.types.is_datetime64_any_dtype(meta[self.column].dtype):
             raise ColumnError(
                 f"split.column: {self.column!r} is {meta[self.column].dtype}, not a date-time",
-                hint="split on a timestamp or date column (convert text with a `derive` op first is not"
-                " possible: the split is made on source columns)",
+                hint="split on a timestamp column of the source (the split is made before the feature ops)",
             )
 
     # -- per row ---------------------------------------------------------------------------
@@ -135,13 +134,6 @@ class Splitter:
             )
             out[CV_FOLD] = np.searchsorted(edges, values, side="right").astype("int8")
         return out
-
-    # -- folds -----------------------------------------------------------------------------
-    def fold_rows(self, i: int) -> tuple[Callable[[pd.Series], pd.Series], Callable[[pd.Series], pd.Series]]:
-        """Row masks (of the ``CV_FOLD`` column) of fold ``i``'s training and validation rows."""
-        if self.by == "time":
-            return (lambda cv: cv <= i), (lambda cv: cv == i + 1)
-        return (lambda cv: cv != i), (lambda cv: cv == i)
 
     # -- describing ------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:

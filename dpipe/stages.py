@@ -506,13 +506,18 @@ def assess(plan: Plan, fitted: Fitted, placed: Placed, trained: Trained, compute
     if "test" in sides:
         lazy["test"] = metrics.measures(sides["test"], names, objective=job.train.objective)
     if kind is not None:
-        options = {
-            "slices": list(job.report.slices),
-            "threshold": job.report.threshold,
-            "label_range": fitted.label_range,
-            "classes": job.train.params.get("num_class"),
+        classes = job.train.params.get("num_class")
+        lazy["evaluation"] = {
+            side: evaluation.measures(
+                frame,
+                kind,
+                slices=list(job.report.slices),
+                threshold=job.report.threshold,
+                label_range=fitted.label_range,
+                classes=None if classes is None else int(classes),
+            )
+            for side, frame in sides.items()
         }
-        lazy["evaluation"] = {side: evaluation.measures(frame, kind, **options) for side, frame in sides.items()}
     (values,) = compute(lazy)
     document = None
     if kind is not None:

@@ -150,7 +150,7 @@ def test_run_result_manifest_is_what_manifest_json_holds(demo_root, client, tmp_
     result = dpipe.run(job, client=client, progress=False)
     written = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert json.loads(json.dumps(result.manifest, default=str)) == written
-    assert set(result.timings) == {"plan", "fit", "load", "train", "write"}
+    assert set(result.timings) == {"plan", "fit", "load", "train", "assess", "write"}
     assert "write" not in written["timings"]  # the manifest cannot time the write that produces it
     assert written["input"]["lineage"]["datums"]  # what exactly was read, for new-data-only runs
 

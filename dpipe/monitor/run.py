@@ -206,9 +206,14 @@ def retrain(job: Any, *, client=None, scheduler: str | None = None, progress: bo
     stays the challenger. Returns what happened: the job, the bundle, its validation metrics,
     the version and the gate's decision."""
     from dpipe.runner import run
-    from dpipe.spec import load_job
+    from dpipe.spec import JobSpec, load_job
 
     spec = load_job(job) if isinstance(job, str) else job
+    if not isinstance(spec, JobSpec):
+        raise SpecError(
+            f"monitor: the retraining job {spec.name!r} is a features job; it trains no model",
+            hint="name a training job (`kind: train`) with `--retrain` or `monitor.retrain`",
+        )
     result = run(spec, client, scheduler=scheduler, progress=progress)
     out: dict[str, Any] = {
         "job": result.job,
@@ -241,10 +246,10 @@ def retrain(job: Any, *, client=None, scheduler: str | None = None, progress: bo
                 f"monitor: the gate of registry {name!r} names no evaluation `source` to score the models on",
                 hint="add `registry.gate.source`: rows neither model was trained on",
             )
-        options = spec.registry.storage_options or None
+        options, rows = spec.registry.storage_options or None, gate.source
 
         def scores(uri: str) -> dict[str, Any]:
-            return score_bundle(uri, gate.source, storage_options=options, client=client, scheduler=scheduler)
+            return score_bundle(uri, rows, storage_options=options, client=client, scheduler=scheduler)
 
         out["decision"] = registry.promote(name, number, "champion", gate=gate, scores=scores).to_dict()
     return out

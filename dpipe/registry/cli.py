@@ -185,13 +185,13 @@ def _gate(args, reg) -> tuple[dict[str, Any] | None, Any]:
     score_bundle = _score_bundle()
     options = reg.storage_options or None
 
-    def scores(bundle_uri: str) -> dict[str, float]:
+    def scores(bundle_uri: str) -> dict[str, float | None]:
         return score_bundle(bundle_uri, source, storage_options=options)
 
     return gate, scores
 
 
-def _score_bundle() -> Callable[..., dict[str, float]]:
+def _score_bundle() -> Callable[..., dict[str, float | None]]:
     """:func:`dpipe.scoring.score_bundle`: a bundle's metrics on a source (imported when a gate needs it)."""
     from dpipe.scoring import score_bundle
 

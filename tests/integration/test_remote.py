@@ -60,10 +60,13 @@ def test_cli_run_on_remote_scheduler(remote_scheduler, demo_root, tmp_path):
     assert f"connected to {remote_scheduler} (2 workers, 2 threads)" in proc.stderr
     assert f"bundle: {out}" in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == [
+        "evaluation.json",
         "manifest.json",
         "metrics.json",
         "model.ubj",
         "pipeline.json",
+        "profile.json",
+        "report.html",
         "state.json",
     ]
     manifest = read_manifest(out)
