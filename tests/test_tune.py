@@ -23,6 +23,7 @@ from dpipe.spec import JobSpec, job_from_dict
 from dpipe.spec.load import spec_error_from
 from dpipe.spec.tune import PruningSpec, TuneSpec, default_storage, direction_of
 from dpipe.train import TrainConfig
+from dpipe.tune.resident import Resident
 from tests.conftest import job_dict
 
 SPACE = {"eta": {"low": 0.01, "high": 0.3, "log": True}, "max_depth": {"low": 2, "high": 6}}
@@ -206,8 +207,9 @@ def run(client, placed, base, tmp_path, study="s", **section) -> dtune.TuneResul
 
 @pytest.fixture
 def sketches(monkeypatch):
-    """Counts quantile_matrices calls and DaskQuantileDMatrix constructions (the sketches)."""
-    counts = {"quantile_matrices": 0, "DaskQuantileDMatrix": 0}
+    """Counts quantile_matrices calls, DaskQuantileDMatrix handles and the builds of the worker-side
+    matrices (the sketches); xgboost.dask.train, which sketches again at every call, must not run."""
+    counts = {"quantile_matrices": 0, "DaskQuantileDMatrix": 0, "Resident.build": 0}
     original = dtrain.quantile_matrices
 
     def counting(*args, **kwargs):
@@ -219,14 +221,26 @@ def sketches(monkeypatch):
             counts["DaskQuantileDMatrix"] += 1
             super().__init__(*args, **kwargs)
 
+    original_build = Resident.build.__func__
+
+    def building(cls, *args, **kwargs):
+        counts["Resident.build"] += 1
+        return original_build(cls, *args, **kwargs)
+
+    def no_dask_train(*args, **kwargs):
+        raise AssertionError("xgboost.dask.train sketches its matrices again at every call")
+
     monkeypatch.setattr(dtrain, "quantile_matrices", counting)
     monkeypatch.setattr(xgb.dask, "DaskQuantileDMatrix", Counted)
+    monkeypatch.setattr(Resident, "build", classmethod(building))
+    monkeypatch.setattr(xgb.dask, "train", no_dask_train)
     return counts
 
 
 def test_trials_reuse_one_pair_of_matrices_and_the_best_model_is_returned(client, placed, base, tmp_path, sketches):
     result = run(client, placed, base, tmp_path, n_trials=3, pruning=False)
-    assert sketches == {"quantile_matrices": 1, "DaskQuantileDMatrix": 2}  # train + valid, once for 3 trials
+    # train + valid, sketched once for 3 trials
+    assert sketches == {"quantile_matrices": 1, "DaskQuantileDMatrix": 2, "Resident.build": 1}
     assert [t["number"] for t in result.trials] == [0, 1, 2]
     assert {t["state"] for t in result.trials} == {"complete"}
     for t in result.trials:
@@ -255,6 +269,9 @@ def test_trials_reuse_one_pair_of_matrices_and_the_best_model_is_returned(client
     assert record["best"] == {"trial": best["number"], "value": best["value"], "params": best["params"]}
     assert record["storage"].startswith("sqlite:///") and len(record["trials"]) == 3
     assert set(result.timings) == {"matrices", "trials", "total"}
+    # The workers let go of the matrices and the boosters.
+    held = client.run(lambda: len(__import__("dpipe.tune.resident", fromlist=["_STORE"])._STORE))
+    assert set(held.values()) == {0}
 
 
 def test_a_trial_in_segments_stops_early_where_one_training_does(client, placed, base, tmp_path):
@@ -316,7 +333,7 @@ def test_an_interrupted_study_resumes(client, placed, base, tmp_path, sketches):
     third = run(client, placed, base, tmp_path, n_trials=6, pruning=False)
     assert third.trials == second.trials and third.retrained
     assert third.trained.metrics["valid"]["auc"] == pytest.approx(third.best_value, abs=1e-9)
-    assert sketches["quantile_matrices"] == 3  # once per tuning
+    assert sketches["quantile_matrices"] == sketches["Resident.build"] == 3  # once per tuning
 
 
 def test_trials_xgboost_rejects_fail_and_are_recorded(client, placed, base, tmp_path):

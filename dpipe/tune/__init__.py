@@ -16,7 +16,8 @@ The study lives in SQLite (or any SQLAlchemy URL): an interrupted tuning resumes
 ``n_trials`` counts every trial the study has finished.
 """
 
-from dpipe.tune.growth import Growth, Patience
+from dpipe.tune.growth import Growth
+from dpipe.tune.resident import Resident
 from dpipe.tune.search import TuneResult, suggest, tune, tune_job, with_params
 from dpipe.tune.study import PRUNERS, SAMPLERS, STATES, default_study, open_study, storage_url, trials_table
 
@@ -25,7 +26,7 @@ __all__ = [
     "SAMPLERS",
     "STATES",
     "Growth",
-    "Patience",
+    "Resident",
     "TuneResult",
     "default_study",
     "open_study",

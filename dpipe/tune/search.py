@@ -14,7 +14,8 @@ from dpipe.columns import LABEL
 from dpipe.errors import SpecError, TrainingError
 from dpipe.spec.base import redact_url
 from dpipe.spec.tune import ALIASES, Dimension, TuneSpec, default_storage
-from dpipe.tune.growth import Growth, better
+from dpipe.tune.growth import Growth
+from dpipe.tune.resident import Resident, better
 from dpipe.tune.study import STATES, default_study, import_optuna, open_study, storage_url, trials_table
 
 Log = Callable[[str], None]
@@ -121,6 +122,11 @@ def tune(
             "tune: trials train new models; continuing a previous one (`incremental.retrain: continue`) cannot be tuned",
             hint="leave out `tune:` for continued runs",
         )
+    if base.callbacks:
+        raise SpecError(
+            "tune: trials run XGBoost's training loop on matrices kept on the workers; callbacks are not supported",
+            hint="train without `callbacks` (early stopping is `train.early_stopping_rounds`)",
+        )
     metrics = list(base.params.get("eval_metric", []))
     try:
         metric = spec.metric_for(metrics)
@@ -143,33 +149,24 @@ def tune(
         placed.valid[LABEL],
         max_bin=int(base.params.get("max_bin", 256)),
     )
+    resident = Resident.build(client, matrices)  # the one sketch of the placed rows
     matrices_s = time.perf_counter() - t0
-    trials = _Trials(client, matrices, base, spec, metric, log)
-    t0 = time.perf_counter()
-    if remaining > 0:
-        study.optimize(
-            trials.objective,
-            n_trials=remaining,
-            timeout=spec.timeout,
-            n_jobs=spec.parallel,
-            catch=(TrainingError,),
-            gc_after_trial=False,
-        )
-    trials_s = time.perf_counter() - t0
-    table = trials_table(study)
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    if not complete:
-        counts = {s: sum(1 for r in table if r["state"] == s) for s in ("pruned", "failed")}
-        raise TrainingError(
-            f"tune: no trial of study {study_name!r} completed ({counts['pruned']} pruned, {counts['failed']} failed)",
-            hint="see the trials' errors in the log; widen the space, or lower `tune.pruning.startup_trials`",
-        )
-    best = study.best_trial
-    kept = trials.best_kept(best.number)
-    retrained = kept is None
-    if kept is None:
-        log(f"tune: the best trial ({best.number}) ran in an earlier session; training its model again")
-        kept = trials.train(best.params)
+    try:
+        trials = _Trials(resident, base, spec, metric, log)
+        t0 = time.perf_counter()
+        if remaining > 0:
+            study.optimize(
+                trials.objective,
+                n_trials=remaining,
+                timeout=spec.timeout,
+                n_jobs=spec.parallel,
+                catch=(TrainingError,),
+                gc_after_trial=False,
+            )
+        trials_s = time.perf_counter() - t0
+        best, kept = _best(study, trials, study_name, log)
+    finally:
+        resident.close()
     booster, trained_metrics, params = kept
     return TuneResult(
         study=study_name,
@@ -180,11 +177,30 @@ def tune(
         best_value=float(best.value),
         best_params=dict(best.params),
         params=params,
-        trials=table,
+        trials=trials_table(study),
         trained=stages.Trained(booster, trained_metrics),
         timings={"matrices": matrices_s, "trials": trials_s, "total": time.perf_counter() - started},
-        retrained=retrained,
+        retrained=trials.best_kept(best.number) is None,
     )
+
+
+def _best(study: Any, trials: _Trials, study_name: str, log: Log) -> tuple[Any, tuple[Any, dict, dict]]:
+    """The study's best trial and its (booster, metrics, params), trained again when it ran in an
+    earlier session."""
+    table = trials_table(study)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if not complete:
+        counts = {s: sum(1 for r in table if r["state"] == s) for s in ("pruned", "failed")}
+        raise TrainingError(
+            f"tune: no trial of study {study_name!r} completed ({counts['pruned']} pruned, {counts['failed']} failed)",
+            hint="see the trials' errors in the log; widen the space, or lower `tune.pruning.startup_trials`",
+        )
+    best = study.best_trial
+    kept = trials.best_kept(best.number)
+    if kept is None:
+        log(f"tune: the best trial ({best.number}) ran in an earlier session; training its model again")
+        kept = trials.train(best.params)
+    return best, kept
 
 
 # -- one trial --------------------------------------------------------------------------------
@@ -215,17 +231,8 @@ def with_params(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str
 class _Trials:
     """Runs trials on one pair of matrices and keeps the best model of this session."""
 
-    def __init__(
-        self, client: Any, matrices: _train.Matrices, base: _train.TrainConfig, spec: TuneSpec, metric: str, log: Log
-    ):
-        self.client, self.matrices, self.base, self.spec, self.metric, self.log = (
-            client,
-            matrices,
-            base,
-            spec,
-            metric,
-            log,
-        )
+    def __init__(self, resident: Resident, base: _train.TrainConfig, spec: TuneSpec, metric: str, log: Log):
+        self.resident, self.base, self.spec, self.metric, self.log = resident, base, spec, metric, log
         self.steps = spec.pruning.steps(base.num_boost_round)
         self.maximize = spec.direction_for(metric) == "maximize"
         self._lock = threading.Lock()
@@ -236,7 +243,7 @@ class _Trials:
 
         started = time.perf_counter()
         params = with_params(self.base.params, suggest(trial, self.spec.space))
-        growth = Growth(self.client, self.matrices, self.base.replace(params=params))
+        growth = Growth(self.resident, f"trial-{trial.number}", self.base.replace(params=params))
         try:
             for step in self.steps:
                 growth.grow(step)
@@ -249,33 +256,38 @@ class _Trials:
                     raise optuna.TrialPruned()
             if not growth.stopped:
                 growth.grow(self.base.num_boost_round)
+            metrics = growth.metrics()
+            value = _value(metrics["valid"].get(self.metric))
+            self._keep(trial.number, value, growth, params)
         except TrainingError as exc:
             self._record(trial, growth, started)
             trial.set_user_attr("error", exc.message)
             self.log(f"tune: trial {trial.number} failed: {exc.message} {trial.params}")
             raise
+        finally:
+            growth.drop()
         self._record(trial, growth, started)
-        booster, metrics = growth.result()
-        value = _value(metrics["valid"].get(self.metric))
         self.log(f"tune: trial {trial.number}: {self.metric}={value:.6g} ({growth.rounds} rounds) {trial.params}")
-        self._keep(trial.number, value, (booster, metrics, params))
         return value
 
     def train(self, searched: Mapping[str, Any]) -> tuple[Any, dict, dict]:
         """The model of given searched parameters, without pruning (an earlier session's best)."""
         params = with_params(self.base.params, searched)
-        growth = Growth(self.client, self.matrices, self.base.replace(params=params))
-        growth.grow(self.base.num_boost_round)
-        booster, metrics = growth.result()
-        return booster, metrics, params
+        growth = Growth(self.resident, "retrain", self.base.replace(params=params))
+        try:
+            growth.grow(self.base.num_boost_round)
+            return growth.booster(), growth.metrics(), params
+        finally:
+            growth.drop()
 
     def best_kept(self, number: int) -> tuple[Any, dict, dict] | None:
         return self._best[2] if self._best is not None and self._best[0] == number else None
 
-    def _keep(self, number: int, value: float, kept: tuple[Any, dict, dict]) -> None:
+    def _keep(self, number: int, value: float, growth: Growth, params: dict) -> None:
+        """Keep a trial's model when it is the best of this session (fetched from the workers)."""
         with self._lock:
             if self._best is None or better(value, self._best[1], self.maximize):
-                self._best = (number, value, kept)
+                self._best = (number, value, (growth.booster(), growth.metrics(), params))
 
     @staticmethod
     def _record(trial: Any, growth: Growth, started: float) -> None:
