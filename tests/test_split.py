@@ -239,7 +239,8 @@ def test_group_split_puts_no_customer_on_two_sides(events, client, tmp_path):
     ids=["random", "time"],
 )
 def test_cross_validation_trains_a_model_per_fold_and_keeps_the_model_of_all_rows(events, client, tmp_path, split):
-    result = dpipe.run(_job(events, tmp_path / "bundle", split), client, progress=False)
+    train = {"num_boost_round": 8, "early_stopping_rounds": 3, "params": {"max_depth": 3}, "exclude": ["t", "m"]}
+    result = dpipe.run(_job(events, tmp_path / "bundle", split, train=train), client, progress=False)
     cv = result.metrics["cv"]
     assert cv["folds"] == 3 and len(cv["best_iterations"]) == 3
     for name, value in cv["metrics"].items():
