@@ -40,6 +40,9 @@ from dpipe.spec.source import BaseSourceSpec
 from dpipe.state import STATE, RunState, fit_key, new_run_id
 from dpipe.train import TrainConfig, predict_frame
 
+#: The bundle's file of a tuned run: every trial (parameters, value, state, rounds, seconds).
+TUNING = "tuning.json"
+
 __all__ = ["PredictResult", "RunResult", "plan", "predict", "run"]
 
 
@@ -204,8 +207,17 @@ def run(
                     client, retrain.plan, retrain.fitted, retrain.gate or gate, pre, balanced=retrain.gate is None
                 )
             config = TrainConfig.from_spec(job.train).replace(xgb_model=retrain.booster)
-            with reporter.stage("train", f"xgboost.dask, up to {job.train.num_boost_round} rounds{retrain.rounds}"):
-                trained = stages.train(client, placed, config, p.labeler.splitter)
+            tuned = None
+            if job.tune is not None:
+                from dpipe.tune import tune_job
+
+                with reporter.stage("tune", f"up to {job.tune.n_trials} trials on the placed rows"):
+                    tuned = tune_job(client, placed, config, job, log=reporter.log)
+                trained = tuned.trained
+            else:
+                rounds = f"up to {job.train.num_boost_round} rounds{retrain.rounds}"
+                with reporter.stage("train", f"xgboost.dask, {rounds}"):
+                    trained = stages.train(client, placed, config, p.labeler.splitter)
             sides = "validation and test rows" if placed.test is not None else "validation rows"
             with reporter.stage("assess", f"scoring the {sides}, profiling the training rows"):
                 assessed = stages.assess(retrain.plan, retrain.fitted, placed, trained, compute)
@@ -221,6 +233,13 @@ def run(
                 }
                 if decision is not None:
                     manifest["incremental"] = _increment_record(decision, retrain, placed)
+                if tuned is not None:
+                    manifest["tuning"] = {
+                        "study": tuned.study,
+                        "best_trial": tuned.best_trial,
+                        "params": dict(tuned.params),
+                    }
+                    out.write_json(TUNING, tuned.to_dict())
                 if state is not None:
                     manifest["parent"] = {"run_id": state.run_id, "uri": redact_url(job.output.uri)}
                 new_state = _next_state(job, decision, p, fitted, run_id, manifest)

@@ -259,8 +259,10 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Matrices:
-    """XGBoost's quantile matrices of placed rows (``valid`` may be ``None``), built once and
-    reused by every training on the same rows with the same ``max_bin`` (tuning trials)."""
+    """XGBoost's quantile matrices of placed rows (``valid`` may be ``None``): handles on the
+    placed partitions. :func:`boost` calls ``xgboost.dask.train``, which builds the worker-local
+    matrices (the sketch included) again on every call; tuning keeps them on the workers
+    instead (:mod:`dpipe.tune.resident`)."""
 
     train: Any
     valid: Any
@@ -283,7 +285,7 @@ def quantile_matrices(client, X_train, y_train, X_valid, y_valid, *, max_bin: in
                     client, X_valid, y_valid, ref=dtrain, enable_categorical=True, max_bin=max_bin
                 )
         except xgb.core.XGBoostError as exc:
-            raise _training_error(exc) from exc
+            raise training_error(exc) from exc
     return Matrices(dtrain, dvalid, max_bin)
 
 
@@ -337,7 +339,7 @@ def _train(client, config: TrainConfig, matrices: Matrices):
             xgb_model=config.xgb_model,
         )
     except xgb.core.XGBoostError as exc:
-        raise _training_error(exc) from exc
+        raise training_error(exc) from exc
     booster, history = out["booster"], out["history"]
     rounds = booster.num_boosted_rounds()
     stopped = config.early_stopping_rounds and "best_iteration" in booster.attributes()
@@ -362,7 +364,8 @@ def _train(client, config: TrainConfig, matrices: Matrices):
     return booster, metrics
 
 
-def _training_error(exc: Exception) -> TrainingError:
+def training_error(exc: Exception) -> TrainingError:
+    """XGBoost's error as one :class:`TrainingError` line with a hint."""
     return TrainingError(
         f"train: XGBoost failed: {_xgboost_message(exc)}",
         hint="check `train.params` against the XGBoost parameter reference",

@@ -20,6 +20,7 @@ from dpipe.spec.monitor import MonitorSpec
 from dpipe.spec.quality import CheckSpec, QuarantineSpec, check_names_unique
 from dpipe.spec.registry import RegistrySpec
 from dpipe.spec.source import SourceSpec
+from dpipe.spec.tune import TuneSpec
 
 
 class LabelJoin(Strict):
@@ -270,11 +271,26 @@ class JobSpec(Strict):
     monitor: MonitorSpec = Field(default_factory=MonitorSpec)
     #: The model registry the bundle is registered in (``registry.name``) and promoted through.
     registry: RegistrySpec | None = None
+    #: A hyperparameter search over ``train.params`` on the placed rows (Optuna).
+    tune: TuneSpec | None = None
 
     @field_validator("checks")
     @classmethod
     def _unique_check_names(cls, checks):
         return check_names_unique(checks)
+
+    @model_validator(mode="after")
+    def _tunable(self):
+        if self.tune is None:
+            return self
+        if self.split.folds is not None:
+            raise ValueError("tune: trials are judged on the validation side; `split.folds` leaves none")
+        metric = self.tune.metric
+        if metric is not None and self.train.eval_metric and metric not in self.train.eval_metric:
+            raise ValueError(
+                f"tune.metric: {metric!r} is not evaluated; `train.eval_metric` is {self.train.eval_metric}"
+            )
+        return self
 
     @field_validator("quarantine")
     @classmethod

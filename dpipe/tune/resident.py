@@ -132,9 +132,9 @@ class Resident:
                 import xgboost as xgb
 
                 if isinstance(exc, xgb.core.XGBoostError):
-                    from dpipe.train import _training_error
+                    from dpipe.train import training_error
 
-                    raise _training_error(exc) from exc
+                    raise training_error(exc) from exc
                 raise
         return next((r for r in results if r is not None), None)
 

@@ -114,3 +114,21 @@ def test_a_drifted_batch_retrains_registers_the_challenger_and_promotes_through_
     registry = Registry(reg)
     assert registry.show("churn", "champion").number == 1
     assert registry.show("churn", "challenger").number == 2
+
+
+def test_a_tuned_run_keeps_the_best_trials_model_and_every_trial(lake, client, tmp_path):
+    spec = job_dict(lake, tmp_path / "tuned", train={"num_boost_round": 12, "early_stopping_rounds": 3})
+    spec["tune"] = {
+        "space": {"eta": {"low": 0.05, "high": 0.5, "log": True}, "max_depth": {"low": 2, "high": 5}},
+        "n_trials": 3,
+        "seed": 1,
+        "storage": str(tmp_path / "study.db"),
+    }
+    result = dpipe.run(dpipe.job_from_dict(spec), client, progress=False)
+    trials = json.loads((tmp_path / "tuned" / "tuning.json").read_text())["trials"]
+    assert len(trials) == 3 and all(t["state"] in ("complete", "pruned") for t in trials)
+    best = result.manifest["tuning"]
+    done = [t for t in trials if t["state"] == "complete"]
+    assert best["best_trial"] == max(done, key=lambda t: t["value"])["number"]
+    assert result.metrics["valid"]["auc"] == pytest.approx(max(t["value"] for t in done))
+    assert best["params"]["eta"] == next(t for t in trials if t["number"] == best["best_trial"])["params"]["eta"]
