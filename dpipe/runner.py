@@ -40,9 +40,6 @@ from dpipe.spec.source import BaseSourceSpec
 from dpipe.state import STATE, RunState, fit_key, new_run_id
 from dpipe.train import TrainConfig, predict_frame
 
-#: The bundle's file of a tuned run: every trial (parameters, value, state, rounds, seconds).
-TUNING = "tuning.json"
-
 __all__ = ["PredictResult", "RunResult", "plan", "predict", "run"]
 
 
@@ -239,12 +236,12 @@ def run(
                         "best_trial": tuned.best_trial,
                         "params": dict(tuned.params),
                     }
-                    out.write_json(TUNING, tuned.to_dict())
                 if state is not None:
                     manifest["parent"] = {"run_id": state.run_id, "uri": redact_url(job.output.uri)}
                 new_state = _next_state(job, decision, p, fitted, run_id, manifest)
                 out.write_json(STATE, new_state.to_dict())
-                stages.write(out, retrain.plan, retrain.fitted, placed, trained, compute, manifest, assessed)
+                record = tuned.to_dict() if tuned is not None else None
+                stages.write(out, retrain.plan, retrain.fitted, placed, trained, compute, manifest, assessed, record)
                 uri = out.commit()
         events.complete(outputs=[{**bundle, "uri": uri}], facets={"dpipe": {"spec_hash": manifest["spec_hash"]}})
     reporter.log(f"bundle committed: {uri}")

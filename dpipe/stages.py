@@ -1,7 +1,7 @@
-"""The stages of a training run after planning: quality pre-pass, fit, place, train, write.
+"""The stages of a training run after planning: quality pre-pass, fit, place, train, assess, write.
 
 Each stage is a function of explicit inputs that returns a frozen result, so a stage can be reused
-alone: tuning re-trains on placed data (:func:`train` with another :class:`TrainConfig`), a
+alone: tuning trains many models on placed data (:mod:`dpipe.tune`), a
 features job stops after :func:`fit`, an incremental run hands :func:`fit` other input rows.
 :func:`dpipe.runner.run` chains them::
 
@@ -10,8 +10,9 @@ features job stops after :func:`fit`, an incremental run hands :func:`fit` other
     pre = prepass(p, gate, compute)                # only for quarantining `unique` checks
     fitted = fit(p, gate, pre, compute, quarantine_to=out)   # ONE computation per fit phase
     placed = place(client, p, fitted, gate, pre)   # transformed rows in worker memory
-    trained = train(client, placed, TrainConfig.from_spec(job.train))
-    write(out, p, fitted, placed, trained, compute, manifest)
+    trained = train(client, placed, TrainConfig.from_spec(job.train), p.labeler.splitter)  # folds too
+    assessed = assess(p, fitted, placed, trained, compute)  # test metrics, evaluation, profile
+    write(out, p, fitted, placed, trained, compute, manifest, assessed)
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from dpipe.pipeline import FeaturePipeline
 from dpipe.placement import PlacedRows, Rows, place_rows, side
 from dpipe.plan import Plan
 from dpipe.quality import Prepass, QualityGate
+from dpipe.report.view import TUNING
+from dpipe.spec.base import redact_url
 from dpipe.split import NO_SIDE, SIDE_NAMES
 from dpipe.train import ModelInput, TrainConfig, check_label, predict_frame, train_booster, xgb_params
 
@@ -556,8 +559,12 @@ def write(
     compute: Compute,
     manifest: dict,
     assessed: Assessed | None = None,
+    tuning: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write the bundle into the staged output ``out`` (the caller commits it); the manifest last."""
+    """Write the bundle into the staged output ``out`` (the caller commits it); the manifest last.
+
+    ``tuning`` is a tuned run's record (:meth:`dpipe.tune.TuneResult.to_dict`): ``tuning.json``.
+    """
     job = plan.job
     keep = [*job.id_columns, LABEL]
     if job.output.valid_predictions:
@@ -572,6 +579,8 @@ def write(
     bundle = Bundle(
         trained.booster, fitted.pipeline, fitted.model_input, list(job.id_columns), dict(trained.metrics), manifest
     )
+    if tuning is not None:
+        out.write_json(TUNING, {**tuning, "storage": redact_url(str(tuning.get("storage")))})
     if assessed is not None:
         out.write_json(drift.PROFILE, dict(assessed.profile))
         if assessed.evaluation is not None:
@@ -586,6 +595,7 @@ def write(
                 pipeline=bundle.pipeline_dict(),
                 evaluation=assessed.evaluation,
                 booster=trained.booster,
+                tuning=tuning,
             )
             out.write_bytes(REPORT, page([view]).encode())
     bundle.write(out)

@@ -36,6 +36,11 @@ FORBIDDEN = {
     "dpipe.quality": ("dpipe.ops", "dpipe.pipeline", "dpipe.train", "dpipe.placement", "dpipe.plan", *_RUNNERS),
     "dpipe.plan": ("dpipe.placement", *_RUNNERS),
     "dpipe.manifest": (*_COMPUTE, "dpipe.io", *_ABOVE_IO, *_RUNNERS),
+    # The split and the measures of predictions are functions of the rows they are given.
+    "dpipe.split": ("dpipe.io", "dpipe.ops", "dpipe.pipeline", "dpipe.quality", "dpipe.plan", *_RUNNERS),
+    "dpipe.metrics": ("dpipe.io", *_ABOVE_IO, *_RUNNERS),
+    "dpipe.evaluation": ("dpipe.io", *_ABOVE_IO, *_RUNNERS),
+    "dpipe.drift": ("dpipe.io", "dpipe.pipeline", "dpipe.quality", "dpipe.plan", *_RUNNERS),
 }
 
 #: (importing module, imported module): the few crossings that are part of the design.

@@ -130,3 +130,38 @@ def spec(views: Sequence[BundleView]) -> str:
         return f"<details><summary>resolved spec (secrets removed)</summary><pre>{text(json.dumps(resolved, indent=2, default=str))}</pre></details>"
 
     return section("spec", "Job spec", pair(views, one))
+
+
+# -- tuning ---------------------------------------------------------------------------------------
+def tuning(views: Sequence[BundleView]) -> str:
+    """The best trial's parameters and every trial of a tuned run (nothing for other bundles)."""
+    if not any(v.tuning for v in views):
+        return ""
+
+    def one(view: BundleView) -> str:
+        t = view.tuning
+        if not t:
+            return '<p class="note">This bundle was not tuned.</p>'
+        best = t.get("best") or {}
+        intro = (
+            f"<p>Study {text(t.get('study'))}: {len(t.get('trials') or [])} trials, {text(t.get('metric'))}"
+            f" ({text(t.get('direction'))}); best trial {text(best.get('trial'))} with"
+            f" {text(number(best.get('value')))}.</p>"
+        )
+        params = table(["parameter", "best value"], sorted((k, v) for k, v in (best.get("params") or {}).items()))
+        names = sorted({k for trial in t.get("trials") or [] for k in (trial.get("params") or {})})
+        rows = [
+            [
+                trial.get("number"),
+                trial.get("state"),
+                number(trial.get("value")),
+                trial.get("rounds"),
+                number(trial.get("seconds")),
+                *[(trial.get("params") or {}).get(n) for n in names],
+            ]
+            for trial in t.get("trials") or []
+        ]
+        trials = table(["trial", "state", str(t.get("metric")), "rounds", "seconds", *names], rows)
+        return intro + params + trials
+
+    return section("tuning", "Tuning", pair(views, one))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from dpipe.report.blocks import bundle_labels
-from dpipe.report.data import lineage, pipeline, quality, rows, spec
+from dpipe.report.data import lineage, pipeline, quality, rows, spec, tuning
 from dpipe.report.model import evaluation, header, importance, learning, summary
 from dpipe.report.svg import text
 from dpipe.report.view import BundleView
@@ -23,6 +23,7 @@ SECTIONS: tuple[tuple[str, str, Callable[[Sequence[BundleView]], str]], ...] = (
     ("evaluation", "Evaluation", evaluation),
     ("learning", "Learning curves", learning),
     ("importance", "Importance", importance),
+    ("tuning", "Tuning", tuning),
     ("rows", "Rows", rows),
     ("quality", "Data quality", quality),
     ("pipeline", "Pipeline", pipeline),
@@ -70,8 +71,10 @@ svg .cell { font-size: 12px; font-weight: 600; } svg .cell.light { fill: #fff; }
 
 def page(views: Sequence[BundleView]) -> str:
     """The whole HTML document for one bundle or two."""
-    nav = "".join(f'<a href="#{anchor}">{text(title)}</a>' for anchor, title, _ in SECTIONS)
-    body = "".join(render(views) for _, _, render in SECTIONS)
+    rendered = [(anchor, title, render(views)) for anchor, title, render in SECTIONS]
+    shown = [(anchor, title, html) for anchor, title, html in rendered if html]  # a section may not apply
+    nav = "".join(f'<a href="#{anchor}">{text(title)}</a>' for anchor, title, _ in shown)
+    body = "".join(html for _, _, html in shown)
     title = " vs ".join(bundle_labels(views))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -21,6 +21,8 @@ from dpipe.io.fs import resolve, storage_errors
 from dpipe.spec.base import redact_url
 
 _logger = logging.getLogger(__name__)
+#: A tuned run's trials (written by :func:`dpipe.stages.write`).
+TUNING = "tuning.json"
 #: XGBoost importance types shown, as ``Booster.get_score`` names them.
 IMPORTANCE_TYPES = ("total_gain", "total_cover")
 
@@ -38,6 +40,8 @@ class BundleView:
     importance: Mapping[str, Mapping[str, float]] | None = None
     #: The tree of :func:`dpipe.lineage.lineage_tree`, for a committed bundle.
     lineage: Mapping[str, Any] | None = None
+    #: ``tuning.json`` of a tuned run: the study, the best trial, every trial.
+    tuning: Mapping[str, Any] | None = None
     #: One sentence per part that could not be shown, and why.
     missing: tuple[str, ...] = field(default_factory=tuple)
 
@@ -87,6 +91,10 @@ def load_view(uri: str, storage_options: dict | None = None, *, lineage: bool = 
                 parts[name] = _json(raw, name, shown)
             except BundleError as exc:
                 missing.append(f"{name}: unreadable ({exc.message})")
+    tuning = None
+    with storage_errors("report", shown):
+        if fs.exists(f"{path}/{TUNING}"):  # only a tuned run has one: its absence is not a gap
+            tuning = _json(fs.cat_file(f"{path}/{TUNING}"), TUNING, shown)
     model = optional(MODEL, "no feature importance")
     importance = None
     if model is not None:
@@ -110,6 +118,7 @@ def load_view(uri: str, storage_options: dict | None = None, *, lineage: bool = 
         evaluation=parts.get(EVALUATION),
         importance=importance,
         lineage=tree,
+        tuning=tuning,
         missing=tuple(missing),
     )
 
@@ -122,6 +131,7 @@ def view_of(
     pipeline: Mapping[str, Any] | None,
     evaluation: Mapping[str, Any] | None = None,
     booster: Any = None,
+    tuning: Mapping[str, Any] | None = None,
 ) -> BundleView:
     """The view of a bundle still being written (a training run's report), from its objects."""
     missing = [] if evaluation is not None else [f"{EVALUATION}: this run evaluated nothing"]
@@ -132,6 +142,7 @@ def view_of(
         pipeline=pipeline,
         evaluation=evaluation,
         importance=importance_of(booster) if booster is not None else None,
+        tuning=tuning,
         missing=tuple(missing),
     )
 

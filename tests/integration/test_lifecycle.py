@@ -132,3 +132,5 @@ def test_a_tuned_run_keeps_the_best_trials_model_and_every_trial(lake, client, t
     assert best["best_trial"] == max(done, key=lambda t: t["value"])["number"]
     assert result.metrics["valid"]["auc"] == pytest.approx(max(t["value"] for t in done))
     assert best["params"]["eta"] == next(t for t in trials if t["number"] == best["best_trial"])["params"]["eta"]
+    page = (tmp_path / "tuned" / "report.html").read_text()
+    assert '<section id="tuning">' in page and page.count("<tr><td>") >= 3 + len(trials)
