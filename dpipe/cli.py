@@ -183,10 +183,11 @@ def _print_error(message: str, args) -> None:
 
 
 def _storage_options(raw: str | None) -> dict | None:
-    return _json_object(raw, "--storage-options")
+    return json_object(raw, "--storage-options")
 
 
-def _json_object(raw: str | None, flag: str) -> dict | None:
+def json_object(raw: str | None, flag: str) -> dict | None:
+    """The JSON object given to ``flag`` (``None`` when not given); command modules use it too."""
     if not raw:
         return None
     try:
@@ -304,7 +305,7 @@ def _predict(args) -> int:
 def _lineage(args) -> int:
     from dpipe.lineage import format_tree, lineage_tree
 
-    catalog = _json_object(args.catalog, "--catalog")
+    catalog = json_object(args.catalog, "--catalog")
     tree = lineage_tree(
         args.output,
         storage_options=_storage_options(args.storage_options),

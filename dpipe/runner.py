@@ -25,7 +25,7 @@ from dpipe import stages
 from dpipe.bundle import Bundle
 from dpipe.errors import ColumnError
 from dpipe.incremental import bundle_state, check_job, decide
-from dpipe.io import StagedOutput, open_increment, open_sink, open_source, source_spec
+from dpipe.io import StagedOutput, open_increment, open_sink, open_source
 from dpipe.io.fs import full_uri, resolve
 from dpipe.manifest import cluster_info, run_manifest, source_lineage
 from dpipe.openlineage import run_events
@@ -36,7 +36,7 @@ from dpipe.spec import FeaturesJobSpec, JobSpec, spec_digest
 from dpipe.spec.base import REDACTED, redact, redact_url
 from dpipe.spec.connectors import BaseSinkSpec
 from dpipe.spec.lineage import LineageSpec
-from dpipe.spec.source import BaseSourceSpec
+from dpipe.spec.source import BaseSourceSpec, source_of
 from dpipe.state import STATE, RunState, fit_key, new_run_id
 from dpipe.train import TrainConfig, predict_frame
 
@@ -464,10 +464,7 @@ def predict(
         reporter.stage("plan", "checking the source against the bundle"),
         _cluster.planning(None, client=client, address=scheduler),
     ):
-        if isinstance(source, str):
-            spec = source_spec({"uri": source, "format": format, "storage_options": storage_options or {}})
-        else:
-            spec = source if isinstance(source, BaseSourceSpec) else source_spec(source)
+        spec = source_of(source, format=format, storage_options=storage_options)
         trained_spec = b.manifest.get("spec") or {}
         src = prediction_source(b, spec, ids, storage_options, optional=PredictionChecks.columns_of(trained_spec))
         if isinstance(output, str):

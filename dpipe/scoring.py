@@ -14,10 +14,9 @@ from dpipe import cluster as _cluster
 from dpipe import metrics
 from dpipe.bundle import Bundle
 from dpipe.errors import ColumnError, DataError, SpecError
-from dpipe.io import source_spec
 from dpipe.plan import table_opener
 from dpipe.progress import Reporter
-from dpipe.spec.source import BaseSourceSpec
+from dpipe.spec.source import BaseSourceSpec, source_of
 from dpipe.split import Splitter
 from dpipe.train import Labeler, Labels, predict_frame
 
@@ -45,7 +44,7 @@ def score_bundle(
 
     b = Bundle.load(bundle_uri, storage_options)
     labeler = _labeler(b, bundle_uri)
-    spec = source if isinstance(source, BaseSourceSpec) else source_spec(_entry(source), where="source")
+    spec = source_of(source)
     opened = prediction_source(b, spec, [], storage_options, also=sorted(labeler.label_inputs), where="the label")
     objective = str(((b.manifest.get("spec") or {}).get("train") or {}).get("objective", "binary:logistic"))
     chosen = [n for n in (names or b.metrics.get("valid", {})) if metrics.lookup(n) is not None]
@@ -61,10 +60,6 @@ def score_bundle(
             hint="name an evaluation source with the label's columns filled in",
         )
     return metrics.finish(values["metrics"], chosen)
-
-
-def _entry(source: str | Mapping[str, Any]) -> Mapping[str, Any]:
-    return {"uri": source} if isinstance(source, str) else source
 
 
 def _labeler(b: Bundle, uri: str) -> Labeler:

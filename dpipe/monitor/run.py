@@ -12,7 +12,7 @@ from dpipe import cluster as _cluster
 from dpipe import drift
 from dpipe.bundle import Bundle
 from dpipe.errors import SpecError
-from dpipe.io import StagedOutput, source_spec
+from dpipe.io import StagedOutput
 from dpipe.io.fs import full_uri, resolve
 from dpipe.manifest import source_lineage
 from dpipe.monitor.batch import Batch, plan_batch, read_profile
@@ -21,7 +21,7 @@ from dpipe.monitor.page import render_html
 from dpipe.progress import Reporter
 from dpipe.spec.base import redact, redact_url
 from dpipe.spec.monitor import MonitorSpec
-from dpipe.spec.source import BaseSourceSpec
+from dpipe.spec.source import BaseSourceSpec, source_of
 
 DRIFT_JSON = "drift.json"
 DRIFT_HTML = "drift.html"
@@ -111,10 +111,7 @@ def monitor(
         reporter.stage("plan", "checking the batch against the bundle"),
         _cluster.planning(None, client=client, address=scheduler),
     ):
-        if isinstance(source, str):
-            src_spec = source_spec({"uri": source, "format": format, "storage_options": storage_options or {}})
-        else:
-            src_spec = source if isinstance(source, BaseSourceSpec) else source_spec(source)
+        src_spec = source_of(source, format=format, storage_options=storage_options)
         batch = plan_batch(b, profile, src_spec, labels, storage_options)
     reporter.log(f"source: {len(batch.source.files)} partition(s) from {redact_url(src_spec.uri)}; {batch.labels}")
     with (

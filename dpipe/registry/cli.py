@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from dpipe.cli import json_object
 from dpipe.errors import SpecError
 
 Handler = Callable[[argparse.Namespace], int | None]
@@ -76,24 +77,12 @@ def _add_registry(p: argparse.ArgumentParser) -> None:
 def _open(args):
     from dpipe.registry import Registry, registry_uri
 
-    return Registry(registry_uri(args.registry), _json_object(args.storage_options, "--storage-options"))
-
-
-def _json_object(raw: str | None, flag: str) -> dict | None:
-    if not raw:
-        return None
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"{flag}: not valid JSON: {exc.msg}") from exc
-    if not isinstance(value, dict):
-        raise SpecError(f"{flag}: expected a JSON object")
-    return value
+    return Registry(registry_uri(args.registry), json_object(args.storage_options, "--storage-options"))
 
 
 def _register(args) -> int:
     reg = _open(args)
-    options = _json_object(args.bundle_storage_options, "--bundle-storage-options")
+    options = json_object(args.bundle_storage_options, "--bundle-storage-options")
     version = reg.register(
         args.bundle,
         args.name,

@@ -266,6 +266,20 @@ def source_spec(data: Mapping[str, Any] | BaseSourceSpec, *, where: str = "sourc
     return _validated("source", data, where)
 
 
+def source_of(
+    source: str | Mapping[str, Any] | BaseSourceSpec,
+    *,
+    format: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    where: str = "source",
+) -> BaseSourceSpec:
+    """A source given as a path or URL (``format`` and ``storage_options`` apply to it), or as a
+    source entry: what ``predict``, ``monitor`` and the promotion gate's scoring accept."""
+    if isinstance(source, str):
+        source = {"uri": source, "format": format, "storage_options": dict(storage_options or {})}
+    return source_spec(source, where=where)
+
+
 def sink_spec(data: Mapping[str, Any] | BaseSinkSpec, *, where: str = "output") -> BaseSinkSpec:
     """Validate one sink entry given as a dict (``format`` defaults to ``parquet``); see :func:`source_spec`."""
     return _validated("sink", data, where)
