@@ -34,10 +34,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("continue", "window", "all")
 
 
-def _train_job(events: Path, out: Path, retrain: str | None) -> dict:
+def _train_job(events: Path, out: Path, retrain: str | None, rounds: int | None = None) -> dict:
     from benchmarks.workload import dpipe_job
 
     job = dpipe_job(str(events), str(out))
+    if rounds is not None:
+        job["train"]["num_boost_round"] = rounds
     job["output"]["valid_predictions"] = False
     job["lineage"] = {"openlineage": {"transport": "none"}}
     if retrain is not None:
@@ -80,22 +82,22 @@ def _months(root: Path, work: Path) -> tuple[Path, Path]:
     return events, aside
 
 
-def one_round(root: Path, work: Path, client) -> dict:
+def one_round(root: Path, work: Path, client, rounds: int | None = None) -> dict:
     """Every measurement once: full runs over twelve months, incremental ones over the twelfth."""
     import dpipe
 
     out: dict = {}
-    out["train full"] = _timed_run(_train_job(root, work / "full", None), client)
+    out["train full"] = _timed_run(_train_job(root, work / "full", None, rounds), client)
     events, month12 = _months(root, work)
     base = work / "base"
     shutil.rmtree(base, ignore_errors=True)
-    dpipe.run(dpipe.job_from_dict(_train_job(events, base, "all")), client, progress=False)  # months 1-11
+    dpipe.run(dpipe.job_from_dict(_train_job(events, base, "all", rounds)), client, progress=False)  # months 1-11
     shutil.copytree(month12, events / month12.name)
     for mode in MODES:
         model = work / f"model-{mode}"
         shutil.rmtree(model, ignore_errors=True)
         shutil.copytree(base, model)
-        out[f"train incremental ({mode})"] = _timed_run(_train_job(events, model, mode), client)
+        out[f"train incremental ({mode})"] = _timed_run(_train_job(events, model, mode, rounds), client)
     shutil.rmtree(work / "full", ignore_errors=True)
 
     out["features full"] = _timed_run(_features_job(root, work / "lake-full", False), client)
@@ -139,16 +141,24 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=lambda t: int(float(t)), default=1_200_000)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--layout", default="2x1")
-    p.add_argument("--quick", action="store_true", help="24k rows, 1 repeat: a smoke run")
+    p.add_argument("--rounds", type=int, default=None, help="boosting rounds (default: the job's 100; --quick: 10)")
+    p.add_argument("--quick", action="store_true", help="24k rows, 10 rounds, 1 repeat: a smoke run")
     p.add_argument("--out", type=Path, default=RESULTS / "incremental.json", help="where the JSON goes")
     args = p.parse_args(argv)
     if args.quick:
         args.rows, args.repeat = 24_000, 1
-    report: dict = {"rows": args.rows, "repeat": args.repeat, "layout": args.layout, "load_average": os.getloadavg()}
+        args.rounds = args.rounds or 10
+    report: dict = {
+        "rows": args.rows,
+        "num_boost_round": args.rounds,
+        "repeat": args.repeat,
+        "layout": args.layout,
+        "load_average": os.getloadavg(),
+    }
     with tempfile.TemporaryDirectory(prefix="dpipe-bench-incremental-") as tmp, cluster(args.layout) as client:
         work = Path(tmp)
         root = write_dataset(work / "data", args.rows)
-        rounds = [one_round(root, work, client) for _ in range(args.repeat)]
+        rounds = [one_round(root, work, client, args.rounds) for _ in range(args.repeat)]
     report["rounds"] = rounds
     report["summary"] = summary = summarize(rounds)
     report["load_average_after"] = os.getloadavg()

@@ -13,12 +13,57 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from dpipe.errors import DpipeError, SpecError
+
+if TYPE_CHECKING:
+    from dpipe.spec.models import SecuritySpec
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+
+
+def add_scheduler(p: argparse.ArgumentParser, help: str = "run on an existing Dask scheduler") -> None:
+    """``--scheduler`` and the TLS flags of a secure one (command modules use it too)."""
+    p.add_argument("--scheduler", metavar="ADDRESS", help=help)
+    p.add_argument("--tls-ca-file", metavar="PEM", help="TLS: the CA that signed the cluster's certificates")
+    p.add_argument("--tls-cert", metavar="PEM", help="TLS: this client's certificate (may hold the key too)")
+    p.add_argument("--tls-key", metavar="PEM", help="TLS: this client's private key")
+
+
+def tls_flags(args) -> SecuritySpec | None:
+    """The ``--tls-*`` flags as a ``cluster.security`` section (``None`` without them)."""
+    from dpipe.spec.models import SecuritySpec
+
+    given = {k: getattr(args, k, None) for k in ("tls_ca_file", "tls_cert", "tls_key")}
+    if not any(given.values()):
+        return None
+    missing = [f"--{k.replace('_', '-')}" for k in ("tls_ca_file", "tls_cert") if not given[k]]
+    if missing:
+        raise SpecError(
+            f"TLS needs {' and '.join(missing)} too", hint="give --tls-ca-file and --tls-cert (and --tls-key)"
+        )
+    return SecuritySpec(tls_ca_file=args.tls_ca_file, tls_cert=args.tls_cert, tls_key=args.tls_key)
+
+
+def _use_tls(args) -> None:
+    """Make the ``--tls-*`` flags Dask's TLS configuration for this process, so every client a
+    command opens uses them (a job's ``cluster.security`` is replaced by them in :func:`_run`)."""
+    tls = tls_flags(args)
+    if tls is None:
+        return
+    import dask
+
+    dask.config.set(
+        {
+            "distributed.comm.tls.ca-file": tls.tls_ca_file,
+            "distributed.comm.tls.client.cert": tls.tls_cert,
+            "distributed.comm.tls.client.key": tls.tls_key,
+            "distributed.comm.require-encryption": True,
+        }
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,9 +75,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a job spec: train a model bundle, or write features to a sink (kind: features)")
     p.add_argument("spec", help="job spec (YAML)")
-    p.add_argument(
-        "--scheduler", metavar="ADDRESS", help="run on an existing Dask scheduler, e.g. tcp://127.0.0.1:8786"
-    )
+    add_scheduler(p, "run on an existing Dask scheduler, e.g. tcp://127.0.0.1:8786 (tls://... with --tls-*)")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -57,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="job spec (YAML)")
     p.add_argument("--every", default="60s", metavar="DURATION", help="time between polls, e.g. 30s, 5m (default 60s)")
     p.add_argument("--max-datums", type=int, metavar="N", help="at most N new datums per batch (the rest follow)")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask scheduler")
+    add_scheduler(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     _add_common(p)
@@ -87,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--storage-options", metavar="JSON", help="fsspec options as JSON (prefer AWS_* environment variables)"
     )
-    p.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask scheduler")
+    add_scheduler(p)
     p.add_argument("--no-overwrite", action="store_true", help="fail if the output exists")
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument(
@@ -145,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _configure_logging(args)
     try:
+        _use_tls(args)
         return _COMMANDS[args.command](args) or 0
     except DpipeError as exc:
         _print_error(str(exc), args)
@@ -203,7 +247,7 @@ def _run(args) -> int:
     from dpipe.runner import run
     from dpipe.spec import load_job
 
-    job = load_job(args.spec, overrides=args.overrides)
+    job = _with_tls(load_job(args.spec, overrides=args.overrides), args)
     incremental = True if args.incremental else None
     result = run(job, scheduler=args.scheduler, progress=not args.quiet, force=args.force, incremental=incremental)
     if args.json and not hasattr(result, "bundle_uri"):
@@ -227,6 +271,14 @@ def _run(args) -> int:
     return 0
 
 
+def _with_tls(job, args):
+    """The job with the ``--tls-*`` flags as its ``cluster.security`` (they win over the spec's)."""
+    tls = tls_flags(args)
+    if tls is None:
+        return job
+    return job.model_copy(update={"cluster": job.cluster.model_copy(update={"security": tls})})
+
+
 def _watch(args) -> int:
     from dpipe.spec import load_job
     from dpipe.spec.incremental import parse_duration
@@ -238,7 +290,7 @@ def _watch(args) -> int:
         raise SpecError(str(exc)) from None
     if args.max_datums is not None and args.max_datums < 1:
         raise SpecError(f"--max-datums must be at least 1, got {args.max_datums}")
-    job = load_job(args.spec, overrides=args.overrides)
+    job = _with_tls(load_job(args.spec, overrides=args.overrides), args)
     watch(job, every=every, max_datums=args.max_datums, scheduler=args.scheduler)
     return 0
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from dpipe.errors import ClusterError
 from dpipe.spec import ClusterSpec
+from dpipe.spec.models import SecuritySpec
 
 
 def _import_dpipe() -> str:
@@ -17,13 +18,22 @@ def _import_dpipe() -> str:
 
 
 @contextlib.contextmanager
-def connect(spec: ClusterSpec | None = None, *, client=None, address: str | None = None, log=None) -> Iterator:
+def connect(
+    spec: ClusterSpec | None = None,
+    *,
+    client=None,
+    address: str | None = None,
+    security: SecuritySpec | None = None,
+    log=None,
+) -> Iterator:
     """Yield a ``distributed.Client``.
 
     The client is made current (``Client.as_current``) inside the block, as ``xgboost.dask``
     requires. Precedence: ``client`` (used as is, not closed), then ``address``, ``spec.address`` or
     ``DASK_SCHEDULER_ADDRESS`` (an existing cluster: dpipe must be installed on its workers),
-    else an embedded ``LocalCluster`` shaped by ``spec`` and closed on exit.
+    else an embedded ``LocalCluster`` shaped by ``spec`` and closed on exit. An existing cluster
+    is reached with ``security``, else ``spec.security``, else Dask's own TLS configuration
+    (``distributed.comm.tls.*``, which the CLI's ``--tls-*`` flags set).
     """
     from distributed import Client, LocalCluster
 
@@ -35,17 +45,23 @@ def connect(spec: ClusterSpec | None = None, *, client=None, address: str | None
         return
     address = address or spec.address or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
+        tls = security or spec.security
         try:
-            remote = Client(address, timeout=spec.timeout, set_as_default=False)
+            remote = Client(address, timeout=spec.timeout, set_as_default=False, security=_security(tls, address))
         except ValueError as exc:
             raise ClusterError(
                 f"cluster.address: {address!r} is not a valid scheduler address ({exc})",
-                hint="write it as tcp://HOST:PORT, e.g. tcp://127.0.0.1:8786",
+                hint="write it as tcp://HOST:PORT, e.g. tcp://127.0.0.1:8786 (tls://HOST:PORT for TLS)",
             ) from exc
         except (OSError, TimeoutError) as exc:
+            raise _unreachable(address, exc) from exc
+        except TypeError as exc:
+            # distributed's words for a tls:// address without TLS settings.
+            if "ssl_context" not in str(exc):
+                raise
             raise ClusterError(
-                f"cluster.address: cannot reach the Dask scheduler at {address!r} ({type(exc).__name__})",
-                hint="start it with `dask scheduler` and `dask worker ADDRESS`, or drop --scheduler to run locally",
+                f"cluster.address: {address!r} is a TLS address, but no certificates are given",
+                hint="pass --tls-ca-file, --tls-cert and --tls-key (or set `cluster.security`)",
             ) from exc
         try:
             _check_workers(remote, address)
@@ -141,3 +157,77 @@ def _describe(client) -> str:
 def _dashboard(client) -> str:
     link = getattr(client, "dashboard_link", None)
     return f"; dashboard: {link}" if link else ""
+
+
+# -- TLS ------------------------------------------------------------------------------------------
+def _security(tls: SecuritySpec | None, address: str):
+    """Dask's ``Security`` of ``tls`` (``None``: Dask's configuration decides)."""
+    if tls is None:
+        return None
+    from distributed.security import Security
+
+    for flag, path in (("--tls-ca-file", tls.tls_ca_file), ("--tls-cert", tls.tls_cert), ("--tls-key", tls.tls_key)):
+        if path is not None and not os.path.isfile(path):
+            raise ClusterError(
+                f"cluster.security: {flag.removeprefix('--').replace('-', '_')} {path!r} is not a file",
+                hint=f"give {flag} (or `cluster.security`) the path of a PEM file",
+            )
+    if tls.require_encryption and not address.startswith("tls://"):
+        raise ClusterError(
+            f"cluster.security: TLS is required, but {address!r} is not a tls:// address",
+            hint="write the scheduler address as tls://HOST:PORT",
+        )
+    return Security(
+        tls_ca_file=tls.tls_ca_file,
+        tls_client_cert=tls.tls_cert,
+        tls_client_key=tls.tls_key,
+        require_encryption=tls.require_encryption,
+    )
+
+
+def _unreachable(address: str, exc: BaseException) -> ClusterError:
+    """The error of a scheduler that cannot be reached, naming TLS when that is the reason."""
+    import ssl
+
+    cause = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}" if str(exc) else type(exc).__name__
+    words = str(exc).lower()
+    tls_server = _speaks_tls(address)
+    if address.startswith("tls://") and (isinstance(exc, ssl.SSLError) or "certificate" in words or tls_server):
+        return ClusterError(
+            f"cluster.address: the TLS handshake with the Dask scheduler at {address!r} failed ({cause})",
+            hint="check that --tls-ca-file is the CA that signed the cluster's certificates, and that"
+            " --tls-cert/--tls-key are a certificate and key it signed",
+        )
+    if address.startswith("tcp://") and tls_server:
+        return ClusterError(
+            f"cluster.address: the Dask scheduler at {address!r} only accepts TLS connections",
+            hint=f"connect to {'tls://' + address.removeprefix('tcp://')!r} with --tls-ca-file, --tls-cert and"
+            " --tls-key (or `cluster.security`)",
+        )
+    return ClusterError(
+        f"cluster.address: cannot reach the Dask scheduler at {address!r} ({cause})",
+        hint="start it with `dask scheduler` and `dask worker ADDRESS`, or drop --scheduler to run locally",
+    )
+
+
+def _speaks_tls(address: str, timeout: float = 3.0) -> bool:
+    """Whether the server at ``PROTOCOL://HOST:PORT`` completes a TLS handshake (certificates
+    unchecked: this only tells a TLS scheduler from a plain or unreachable one)."""
+    import socket
+    import ssl
+
+    host, _, port = address.partition("://")[2].rpartition(":")
+    try:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with (
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host or None),
+        ):
+            return True
+    except ssl.SSLError as exc:
+        # A server that asks for a client certificate still spoke TLS.
+        return "certificate" in str(exc).lower()
+    except (OSError, ValueError):
+        return False

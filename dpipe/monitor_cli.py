@@ -21,6 +21,8 @@ _OFF = ("none", "null", "off")
 
 
 def add_commands(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> dict[str, Callable[..., int]]:
+    from dpipe.cli import add_scheduler
+
     p = sub.add_parser(
         "monitor",
         help="compare a batch of new data with a bundle's reference profile; exit 3 when a threshold is crossed",
@@ -47,7 +49,7 @@ def add_commands(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]
     )
     p.add_argument("--retrain", metavar="JOB", help="a training job spec (YAML) to run when a threshold is crossed")
     p.add_argument("--json", action="store_true", help="print the drift report as JSON on stdout")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask scheduler")
+    add_scheduler(p)
     p.add_argument("--storage-options", metavar="JSON", help="fsspec options as JSON (prefer AWS_* variables)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     add_common(p)

@@ -7,6 +7,7 @@ explicit rather than left to the scheduler.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,18 +55,42 @@ _COMPARE = {"==": np.equal, "!=": np.not_equal, "<=": np.less_equal}
 
 @dataclass(frozen=True)
 class PlacedRows:
-    """Partitions computed into worker memory (futures), where each lies, and the workers."""
+    """Partitions computed into worker memory (futures), where each lies, and the workers; with
+    each partition's graph (``parts``) and size, to compute again those a lost worker held."""
 
     futures: list[Any]
     where: list[str]
     workers: list[str]
     meta: pd.DataFrame
+    parts: list[Any] | None = None
+    sizes: list[int] | None = None
 
 
 def place_rows(client, df: dd.DataFrame, rows_per_partition: list[int] | None = None) -> PlacedRows:
     """Compute ``df`` into worker memory, a fair share on every worker (see :func:`spread_partitions`)."""
-    futures, where, workers = _place(client, df, rows_per_partition)
-    return PlacedRows(futures, where, workers, df._meta)
+    futures, where, workers, parts, sizes = _place_parts(client, df, rows_per_partition)
+    return PlacedRows(futures, where, workers, df._meta, parts, sizes)
+
+
+def restore(client, placed: PlacedRows) -> PlacedRows:
+    """The placed rows after workers were lost: the partitions no live worker holds computed
+    again from their graphs (reading and transforming only those) on the workers there are now,
+    the least loaded first; the others stay where they lie."""
+    assert placed.parts is not None and placed.sizes is not None
+    workers = live_workers(client)
+    futures, where = list(placed.futures), list(placed.where)
+    lost = _lost(client, futures, where, workers)
+    _again(client, futures, where, placed.parts, placed.sizes, lost, workers)
+    _wait_placed(client, futures, where, placed.parts, placed.sizes)
+    return PlacedRows(futures, where, workers, placed.meta, placed.parts, placed.sizes)
+
+
+def _lost(client, futures: list[Any], where: list[str], workers: list[str]) -> set[int]:
+    """The partitions whose worker is gone, or that no worker holds (a worker restarted on the
+    same address comes back empty)."""
+    alive = set(workers)
+    held = client.who_has(futures)
+    return {i for i, (f, w) in enumerate(zip(futures, where)) if w not in alive or not held.get(f.key)}
 
 
 def side(client, placed: PlacedRows, rows: Rows) -> dd.DataFrame:
@@ -78,8 +103,10 @@ def side(client, placed: PlacedRows, rows: Rows) -> dd.DataFrame:
     without rows gets part of the largest piece, so only those rows move between workers.
     """
     workers = placed.workers
+    # Not pure: a piece cut again after a worker was lost must not be the lost piece's key.
     pieces = [
-        client.submit(rows, f, workers=[w], allow_other_workers=False) for f, w in zip(placed.futures, placed.where)
+        client.submit(rows, f, workers=[w], allow_other_workers=False, pure=False)
+        for f, w in zip(placed.futures, placed.where)
     ]
     counts, holders = list(client.gather(client.map(len, pieces))), list(placed.where)
     share = max(sum(counts) // len(workers), 1)
@@ -94,9 +121,11 @@ def side(client, placed: PlacedRows, rows: Rows) -> dd.DataFrame:
         moved = min(counts[j] // 2, share)
         start = counts[j] - moved
         # Cut where the piece is, then copy only the cut to the empty worker.
-        rest = client.submit(_rows, pieces[j], 0, start, workers=[holders[j]], allow_other_workers=False)
-        part = client.submit(_rows, pieces[j], start, counts[j], workers=[holders[j]], allow_other_workers=False)
-        part = client.submit(_rows, part, 0, moved, workers=[empty[0]], allow_other_workers=False)
+        rest = client.submit(_rows, pieces[j], 0, start, workers=[holders[j]], allow_other_workers=False, pure=False)
+        part = client.submit(
+            _rows, pieces[j], start, counts[j], workers=[holders[j]], allow_other_workers=False, pure=False
+        )
+        part = client.submit(_rows, part, 0, moved, workers=[empty[0]], allow_other_workers=False, pure=False)
         pieces[j], counts[j] = rest, start
         pieces.append(part)
         counts.append(moved)
@@ -119,6 +148,11 @@ def _rows(pdf: pd.DataFrame, start: int, stop: int) -> pd.DataFrame:
 
 def _place(client, df: dd.DataFrame, rows_per_partition: list[int] | None):
     """The futures of ``df``'s partitions, the worker each was computed on, and all workers."""
+    futures, where, workers, _, _ = _place_parts(client, df, rows_per_partition)
+    return futures, where, workers
+
+
+def live_workers(client) -> list[str]:
     workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
     if not workers:
         # A worker being restarted (its nanny restarts it past its memory limit) is back soon.
@@ -130,10 +164,15 @@ def _place(client, df: dd.DataFrame, rows_per_partition: list[int] | None):
                 hint="start workers or check `cluster.address`",
             ) from None
         workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    return workers
+
+
+def _place_parts(client, df: dd.DataFrame, rows_per_partition: list[int] | None):
+    workers = live_workers(client)
     if df.npartitions < len(workers):
         df = df.repartition(npartitions=len(workers))
         rows_per_partition = None
-    sizes = rows_per_partition or [1] * df.npartitions
+    sizes = list(rows_per_partition or [1] * df.npartitions)
     load = {w: 0 for w in workers}
     assignment = {}
     for i in sorted(range(df.npartitions), key=lambda i: -sizes[i]):
@@ -141,12 +180,49 @@ def _place(client, df: dd.DataFrame, rows_per_partition: list[int] | None):
         assignment[i] = target
         load[target] += max(sizes[i], 1)
     parts = df.to_delayed(optimize_graph=True)
-    futures = [client.compute(part, workers=[assignment[i]], allow_other_workers=False) for i, part in enumerate(parts)]
+    where = [assignment[i] for i in range(len(parts))]
+    futures = [client.compute(part, workers=[w], allow_other_workers=False) for part, w in zip(parts, where)]
+    _wait_placed(client, futures, where, parts, sizes)
+    return futures, where, workers, parts, sizes
+
+
+def _wait_placed(client, futures: list[Any], where: list[str], parts: list[Any], sizes: list[int]) -> None:
+    """Wait for placed partitions, computing again (in the lists, in place) those whose worker
+    was lost meanwhile: a task pinned to a dead worker would wait for it forever."""
     from distributed import wait
 
-    with client.as_current():
-        wait(futures)
-    for f in futures:
-        if f.status == "error":
-            f.result()  # raises the task's own error
-    return futures, [assignment[i] for i in range(len(futures))], workers
+    while True:
+        try:
+            with client.as_current():
+                wait(futures, timeout=2.0)
+        except TimeoutError:
+            workers = live_workers(client)
+            _again(
+                client, futures, where, parts, sizes, {i for i, w in enumerate(where) if w not in set(workers)}, workers
+            )
+            continue
+        for f in futures:
+            if f.status == "error":
+                f.result()  # raises the task's own error
+        return
+
+
+def _again(client, futures, where, parts, sizes, lost: set[int], workers: list[str]) -> None:
+    """Compute the ``lost`` partitions again on ``workers``, the least loaded first."""
+    if not lost:
+        return
+    load = {w: 0 for w in workers}
+    for i, w in enumerate(where):
+        if i not in lost:
+            load[w] += max(sizes[i], 1)
+    from dask.graph_manipulation import clone
+
+    for i in sorted(lost, key=lambda i: -sizes[i]):
+        where[i] = min(workers, key=lambda w: (load[w], workers.index(w)))
+        load[where[i]] += max(sizes[i], 1)
+        # Under new keys: the scheduler keeps the old ones pinned to the dead worker, where they
+        # would wait forever.
+        futures[i].release()
+        futures[i] = client.compute(
+            clone(parts[i], seed=uuid.uuid4().hex), workers=[where[i]], allow_other_workers=False
+        )

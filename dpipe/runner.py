@@ -32,6 +32,7 @@ from dpipe.openlineage import run_events
 from dpipe.plan import Plan, plan, require, table_opener
 from dpipe.progress import Reporter
 from dpipe.quality.gate import QUARANTINED_BY, PredictionChecks
+from dpipe.resume import Resilience
 from dpipe.spec import FeaturesJobSpec, JobSpec, spec_digest
 from dpipe.spec.base import REDACTED, redact, redact_url
 from dpipe.spec.connectors import BaseSinkSpec
@@ -213,8 +214,14 @@ def run(
                 trained = tuned.trained
             else:
                 rounds = f"up to {job.train.num_boost_round} rounds{retrain.rounds}"
+                resilience = Resilience.from_spec(
+                    job.train, out.staged_uri(CHECKPOINTS), job.output.storage_options, log=reporter.log
+                )
                 with reporter.stage("train", f"xgboost.dask, {rounds}"):
-                    trained = stages.train(client, placed, config, p.labeler.splitter)
+                    trained = stages.train(client, placed, config, p.labeler.splitter, resilience)
+                # After a restart the rows lie where they were placed again.
+                placed = trained.placed or placed
+                out.remove(CHECKPOINTS)
             sides = "validation and test rows" if placed.test is not None else "validation rows"
             with reporter.stage("assess", f"scoring the {sides}, profiling the training rows"):
                 assessed = stages.assess(retrain.plan, retrain.fitted, placed, trained, compute)
@@ -227,6 +234,10 @@ def run(
                     "run_id": run_id,
                     "content_key": key,
                     "split": p.labeler.splitter.describe(),
+                }
+                manifest["training"] = {
+                    "checkpoint_every": job.train.checkpoint_every,
+                    "restarts": [dict(r) for r in trained.restarts],
                 }
                 if decision is not None:
                     manifest["incremental"] = _increment_record(decision, retrain, placed)
@@ -250,6 +261,10 @@ def run(
     return RunResult(
         job.name, uri, metrics, rows, timings=dict(reporter.timings), manifest=manifest, registered=registered
     )
+
+
+#: The staged folder training checkpoints go to (removed before the bundle is committed).
+CHECKPOINTS = "checkpoints"
 
 
 def _register(job: JobSpec, uri: str, log: Any) -> dict[str, Any] | None:

@@ -33,13 +33,14 @@ from dpipe.errors import DataError, SpecError, StateError
 from dpipe.io import write_parquet
 from dpipe.ops.base import count_rows
 from dpipe.pipeline import FeaturePipeline
-from dpipe.placement import PlacedRows, Rows, place_rows, side
+from dpipe.placement import PlacedRows, Rows, place_rows, restore, side
 from dpipe.plan import Plan
 from dpipe.quality import Prepass, QualityGate
 from dpipe.report.view import TUNING
+from dpipe.resume import Resilience, train_surviving
 from dpipe.spec.base import redact_url
 from dpipe.split import NO_SIDE, SIDE_NAMES
-from dpipe.train import ModelInput, TrainConfig, check_label, predict_frame, train_booster, xgb_params
+from dpipe.train import ModelInput, TrainConfig, check_label, predict_frame, xgb_params
 
 Compute = Callable[..., tuple[Any, ...]]
 Log = Callable[[str], None]
@@ -376,6 +377,18 @@ class Placed:
             fit, check = training.where(CV_FOLD, "!=", i), training.where(CV_FOLD, "==", i)
         return side(client, self.rows, fit), side(client, self.rows, check)
 
+    def again(self, client: Any) -> Placed:
+        """These rows after workers were lost: the partitions no live worker holds computed again
+        (:func:`dpipe.placement.restore`), every side cut again where its rows lie."""
+        assert self.rows is not None
+        rows = restore(client, self.rows)
+
+        def of(side_: int) -> dd.DataFrame:
+            return side(client, rows, Rows(((SIDE, "==", side_),)))
+
+        valid = None if self.valid is None else of(VALID)
+        return Placed(of(TRAIN), valid, self.model_input, None if self.test is None else of(TEST), rows)
+
 
 def place(
     client: Any,
@@ -419,7 +432,9 @@ class Trained:
     """A booster cut at its best iteration, and its metrics (best values and full history).
 
     With folds, ``metrics["cv"]`` holds each fold's best iteration and metrics with their mean and
-    spread, ``metrics["valid"]`` the means, and ``fold_boosters`` the fold models.
+    spread, ``metrics["valid"]`` the means, and ``fold_boosters`` the fold models. ``restarts``
+    records each time training went on after a lost worker; ``placed`` is then where the rows lie
+    now (the later stages use it).
     """
 
     booster: Any
@@ -427,32 +442,66 @@ class Trained:
     fold_boosters: tuple[Any, ...] = ()
     #: Each fold's validation rows (placed), for its out-of-fold predictions.
     fold_valid: tuple[dd.DataFrame, ...] = ()
+    restarts: tuple[Mapping[str, Any], ...] = ()
+    placed: Placed | None = None
 
 
-def train(client: Any, placed: Placed, config: TrainConfig, splitter: split.Splitter | None = None) -> Trained:
+def train(
+    client: Any,
+    placed: Placed,
+    config: TrainConfig,
+    splitter: split.Splitter | None = None,
+    resilience: Resilience | None = None,
+) -> Trained:
     """Train on placed data; call it again with another ``config`` to re-train on the same data.
 
     With folds (``splitter.folds``), one model per fold on the placed rows (no data moves but the
-    cuts), then the model of all training rows with the folds' mean number of rounds.
+    cuts), then the model of all training rows with the folds' mean number of rounds. With
+    ``resilience``, each model's training goes on after a lost worker (:mod:`dpipe.resume`).
     """
     f = placed.features
+    restarts: list[Mapping[str, Any]] = []
+
+    def again(p: Placed) -> Placed:
+        return p.again(client)
+
+    def surviving(p: Placed, cfg: TrainConfig, frames, name: str):
+        booster, metrics, p, more = train_surviving(client, cfg, p, frames, again, resilience, name=name)
+        restarts.extend(more)
+        return booster, metrics, p
+
     if splitter is None or not splitter.folds:
         assert placed.valid is not None
-        booster, metrics = train_booster(
-            client, config, placed.train[f], placed.train[LABEL], placed.valid[f], placed.valid[LABEL]
-        )
-        return Trained(booster, metrics)
-    folds, checked = [], []
+
+        def sides(p: Placed):
+            assert p.valid is not None
+            return p.train[f], p.train[LABEL], p.valid[f], p.valid[LABEL]
+
+        booster, metrics, placed = surviving(placed, config, sides, "model")
+        return Trained(booster, metrics, restarts=tuple(restarts), placed=placed)
+    folds, cut = [], {}
     for i in range(splitter.folds):
-        fit_rows, check_rows = placed.fold(client, splitter, i)
-        folds.append(train_booster(client, config, fit_rows[f], fit_rows[LABEL], check_rows[f], check_rows[LABEL]))
-        checked.append(check_rows)
+
+        def fold(p: Placed, i: int = i):
+            fit_rows, cut[i] = p.fold(client, splitter, i)
+            return fit_rows[f], fit_rows[LABEL], cut[i][f], cut[i][LABEL]
+
+        booster, metrics, placed = surviving(placed, config, fold, f"fold-{i}")
+        folds.append((booster, metrics))
+    checked = [cut[i] for i in range(splitter.folds)]
     rounds = max(1, round(float(np.mean([m["num_boosted_rounds"] for _, m in folds]))))
     final = config.replace(num_boost_round=rounds, early_stopping_rounds=None)
-    booster, metrics = train_booster(client, final, placed.train[f], placed.train[LABEL], None, None)
+
+    def everything(p: Placed):
+        return p.train[f], p.train[LABEL], None, None
+
+    booster, metrics, placed = surviving(placed, final, everything, "final")
+    if restarts:
+        # Rows placed again: cut each fold's validation rows where they lie now.
+        checked = [placed.fold(client, splitter, i)[1] for i in range(splitter.folds)]
     cv = cross_validation([m for _, m in folds])
     metrics = {**metrics, "valid": {m: v["mean"] for m, v in cv["metrics"].items()}, "cv": cv}
-    return Trained(booster, metrics, tuple(b for b, _ in folds), tuple(checked))
+    return Trained(booster, metrics, tuple(b for b, _ in folds), tuple(checked), tuple(restarts), placed)
 
 
 def cross_validation(fold_metrics: list[Mapping[str, Any]]) -> dict[str, Any]:

@@ -227,9 +227,11 @@ def check_label(objective: str, counts: pd.Series, where: str = "label") -> None
 class TrainConfig:
     """What :func:`train_booster` runs: the ``train:`` section resolved for ``xgboost.dask.train``.
 
-    ``callbacks`` and ``xgb_model`` go to ``xgboost.dask.train`` unchanged: checkpoints, resuming
-    from a saved booster and tuning use them. ``early_stopping_rounds`` adds XGBoost's own
-    early-stopping callback, driven by the last metric on the validation rows.
+    ``callbacks`` and ``xgb_model`` go to ``xgboost.dask.train`` unchanged (``xgb_model``:
+    continuing a saved booster). ``early_stopping_rounds`` stops on the last metric of the
+    validation rows as XGBoost's own callback does, in :class:`dpipe.resume.Resumable`, which also
+    writes a checkpoint every ``checkpoint_every`` rounds into ``checkpoints`` and goes on from
+    ``progress`` (where an interrupted attempt left off, ``xgb_model`` being its booster).
 
     Examples
     --------
@@ -242,6 +244,11 @@ class TrainConfig:
     eval_train: bool = True
     callbacks: tuple[Any, ...] = ()
     xgb_model: Any = None
+    #: Where checkpoints go (a :class:`dpipe.resume.Checkpoints`), and every how many rounds.
+    checkpoints: Any = None
+    checkpoint_every: int | None = None
+    #: Where an earlier attempt left off (a :class:`dpipe.resume.Progress`).
+    progress: Any = None
 
     @classmethod
     def from_spec(cls, spec: Any) -> TrainConfig:
@@ -322,10 +329,20 @@ def _train(client, config: TrainConfig, matrices: Matrices):
     import xgboost as xgb
     import xgboost.dask
 
+    from dpipe.resumable import Resumable
+    from dpipe.resume import Progress, merged
+
     dtrain, dvalid = matrices.train, matrices.valid
     evals = [(dtrain, "train")] if config.eval_train or dvalid is None else []
     if dvalid is not None:
         evals.append((dvalid, "valid"))
+    before = config.progress or Progress()
+    carried = Resumable(
+        dataclasses.replace(before),
+        early_stopping_rounds=config.early_stopping_rounds if dvalid is not None else None,
+        checkpoints=config.checkpoints,
+        every=config.checkpoint_every,
+    )
     try:
         out = xgb.dask.train(
             client,
@@ -333,21 +350,20 @@ def _train(client, config: TrainConfig, matrices: Matrices):
             dtrain,
             num_boost_round=config.num_boost_round,
             evals=evals,
-            early_stopping_rounds=config.early_stopping_rounds if dvalid is not None else None,
             verbose_eval=False,
-            callbacks=list(config.callbacks) or None,
+            callbacks=[*config.callbacks, carried],
             xgb_model=config.xgb_model,
         )
     except xgb.core.XGBoostError as exc:
         raise training_error(exc) from exc
-    booster, history = out["booster"], out["history"]
+    booster, history = out["booster"], merged(before.history, out["history"])
     rounds = booster.num_boosted_rounds()
-    stopped = config.early_stopping_rounds and "best_iteration" in booster.attributes()
-    best = booster.best_iteration if stopped else rounds - 1
+    stopped = config.early_stopping_rounds and dvalid is not None and "best_iteration" in booster.attributes()
+    best = int(booster.attr("best_iteration")) if stopped else rounds - 1
     if best + 1 < rounds:
         booster = booster[: best + 1]
     # Continuing `xgb_model`, the booster's rounds count from its first tree but the history only
-    # covers the rounds of this call: index the history from where this call started.
+    # covers the rounds trained here (this call's, after those of the attempts it goes on from).
     start = rounds - max((len(v) for h in history.values() for v in h.values()), default=rounds)
 
     def at_best(values: list) -> float | None:
@@ -376,7 +392,10 @@ def _xgboost_message(exc: Exception) -> str:
     """The first line of an XGBoost error, without its ``[12:00:00] src/file.cc:27:`` prefix;
     the lines after it are a C++ stack trace or parameter documentation."""
     lines = [line for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
-    return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", lines[0])[:500]
+    # XGBoost 2 writes ``[12:00:00] src/file.cc:27: ``, XGBoost 3 ``[file.cu:385|12:00:00]: ``.
+    prefix = re.compile(r"^(?:-\s*)?(?:\[[\d:]+\] \S+:\d+:|\[[^\]]*\|[\d:]+\]:)\s*")
+    texts = [prefix.sub("", line).strip() for line in lines]
+    return next((t for t in texts if t), lines[0])[:500]
 
 
 def _finite(x) -> float | None:

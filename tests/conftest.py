@@ -137,16 +137,22 @@ def s3(s3_server):
     return {"fs": fs, "bucket": bucket, "storage_options": options, "endpoint": s3_server}
 
 
-@pytest.fixture(scope="session")
-def remote_scheduler(tmp_path_factory):
-    """A real `dask scheduler` and two `dask worker` processes; yields the scheduler address."""
+@contextlib.contextmanager
+def dask_processes(
+    tmp: Path, *, workers: int = 2, nanny: bool = True, scheduler_args=(), worker_args=(), security=None
+):
+    """A real `dask scheduler` and ``workers`` `dask worker` processes (each with its nanny unless
+    ``nanny`` is false) on 127.0.0.1; yields ``(address, worker processes)``. ``security`` (a
+    ``distributed.Security``) is the client's for the readiness check (a TLS cluster)."""
+    import json
+
     from distributed import Client
 
-    tmp = tmp_path_factory.mktemp("remote")
     scheduler_file = tmp / "scheduler.json"
     # The workers must import this checkout's dpipe, not whichever one is installed (an editable
     # install may point at another working tree).
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": tmp, "env": env}
     scheduler = subprocess.Popen(
         [
             sys.executable,
@@ -160,17 +166,16 @@ def remote_scheduler(tmp_path_factory):
             ":0",
             "--scheduler-file",
             str(scheduler_file),
+            *scheduler_args,
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=tmp,
-        env=env,
+        **quiet,
     )
     procs = [scheduler]
+    worker_procs = []
     try:
         _wait_for(scheduler_file.exists, 60, "dask scheduler", scheduler)
-        for _ in range(2):
-            procs.append(
+        for _ in range(workers):
+            worker_procs.append(
                 subprocess.Popen(
                     [
                         sys.executable,
@@ -185,19 +190,17 @@ def remote_scheduler(tmp_path_factory):
                         "--no-dashboard",
                         "--host",
                         "127.0.0.1",
+                        *([] if nanny else ["--no-nanny"]),
+                        *worker_args,
                     ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    cwd=tmp,
-                    env=env,
+                    **quiet,
                 )
             )
-        import json
-
+        procs += worker_procs
         address = json.loads(scheduler_file.read_text())["address"]
-        with Client(address, set_as_default=False, timeout="30s") as c:
-            c.wait_for_workers(2, timeout=60)
-        yield address
+        with Client(address, set_as_default=False, timeout="30s", security=security) as c:
+            c.wait_for_workers(workers, timeout=60)
+        yield address, worker_procs
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -206,6 +209,13 @@ def remote_scheduler(tmp_path_factory):
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+@pytest.fixture(scope="session")
+def remote_scheduler(tmp_path_factory):
+    """A real `dask scheduler` and two `dask worker` processes; yields the scheduler address."""
+    with dask_processes(tmp_path_factory.mktemp("remote")) as (address, _):
+        yield address
 
 
 def job_dict(demo_root: Path, out: Path, **sections) -> dict:

@@ -11,16 +11,52 @@ from fsspec.core import url_to_fs
 
 from dpipe.errors import StorageError
 
+#: s3fs options the client's own AWS environment variables give when ``storage_options`` lack them:
+#: ``(option, variables)``, the first variable set wins.
+_S3_ENVIRONMENT = (
+    ("key", ("AWS_ACCESS_KEY_ID",)),
+    ("secret", ("AWS_SECRET_ACCESS_KEY",)),
+    ("token", ("AWS_SESSION_TOKEN",)),
+    ("endpoint_url", ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")),
+)
+_S3 = ("s3://", "s3a://", "s3n://")
+
+
+def with_environment(uri: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """``storage_options`` with what this process's AWS variables say and they do not, for S3.
+
+    botocore reads ``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``... in each process, so on a
+    cluster whose workers were started without them a read that works on the client fails on the
+    workers. Resolved here, on the client, the options travel with the filesystem into every task
+    (they are never logged or written: manifests record the spec's own, redacted, options).
+    Options given explicitly win; an ``anon`` access or a profile takes no credentials.
+    """
+    options = dict(storage_options or {})
+    if not uri.startswith(_S3) or options.get("anon") or options.get("profile"):
+        return options
+    import os
+
+    kwargs = options.get("client_kwargs") or {}
+    for option, names in _S3_ENVIRONMENT:
+        value = next((os.environ[n] for n in names if os.environ.get(n)), None)
+        if value is None or option in options or (option == "endpoint_url" and "endpoint_url" in kwargs):
+            continue
+        if option in ("secret", "token") and "key" in (storage_options or {}):
+            continue  # explicit key: its secret is the given one, not the environment's
+        options[option] = value
+    return options
+
 
 def resolve(uri: str, storage_options: dict[str, Any] | None = None, *, where: str = "uri"):
     """Return ``(fs, path)`` for any fsspec URL or local path.
 
     Local paths become absolute, so they mean the same thing on every worker of a cluster.
     Credentials come from ``storage_options`` or the backend's usual environment variables
-    (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...).
+    (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...) of the client, which travel with the
+    filesystem to the workers (:func:`with_environment`).
     """
     try:
-        fs, path = url_to_fs(uri, **(storage_options or {}))
+        fs, path = url_to_fs(uri, **with_environment(uri, storage_options))
     except (ImportError, ValueError) as exc:
         raise StorageError(
             f"{where}: cannot open {uri!r}: {exc}",

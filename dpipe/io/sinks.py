@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from dpipe.errors import ColumnError, StorageError
 from dpipe.io.connector import Written
-from dpipe.io.fs import full_uri, is_local, resolve, storage_errors
+from dpipe.io.fs import full_uri, is_local, resolve, storage_errors, with_environment
 from dpipe.io.listing import list_files
 from dpipe.spec.connectors import ParquetSinkSpec
 
@@ -63,7 +63,8 @@ class StagedOutput:
     ):
         self.uri = uri
         self.where = where
-        self.storage_options = dict(storage_options or {})
+        # Resolved with the client's environment: Dask's writers on the workers get these.
+        self.storage_options = with_environment(uri, storage_options)
         self.marker = marker
         self.fs, path = resolve(uri, storage_options, where=where)
         self.path = path.rstrip("/")
@@ -111,6 +112,13 @@ class StagedOutput:
 
     def write_json(self, relpath: str, obj: Any) -> None:
         self.write_bytes(relpath, json.dumps(obj, indent=2, sort_keys=False, default=str).encode())
+
+    def remove(self, relpath: str) -> None:
+        """Delete a staged file or folder (if there is one) so that the commit leaves it out."""
+        path = self.staged_path(relpath)
+        with storage_errors(self.where, self.uri):
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
 
     # -- finishing ---------------------------------------------------------------------------
     def commit(self) -> str:

@@ -166,6 +166,15 @@ def _instant(text: str) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
+#: ``train.checkpoint_every`` unless set. Measured (benchmarks/checkpoint.py): a checkpoint costs
+#: well under 1% of a round at this interval on the benchmark data; a restart repeats at most
+#: this many rounds.
+CHECKPOINT_EVERY = 10
+
+#: The ``train`` settings that change how training survives faults, not what it computes.
+RESILIENCE = ("checkpoint_every", "max_restarts", "restart_wait")
+
+
 class TrainSpec(Strict):
     """Distributed XGBoost settings. ``params`` go to XGBoost unchanged.
 
@@ -182,6 +191,15 @@ class TrainSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     features: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
+    #: A checkpoint every this many rounds (written by rank 0 as UBJ into the run's staging
+    #: output), where training goes on from after a lost worker; ``null``: none (a restart trains
+    #: from the first round).
+    checkpoint_every: int | None = Field(default=CHECKPOINT_EVERY, ge=1)
+    #: How many times training goes on after losing a worker before the run fails (0: never).
+    max_restarts: int = Field(default=2, ge=0)
+    #: Seconds a restart waits for the cluster to have as many workers as before; it then goes on
+    #: with the workers it has.
+    restart_wait: float = Field(default=30.0, ge=0)
 
     @field_validator("params")
     @classmethod
@@ -217,10 +235,23 @@ class OutputSpec(Strict):
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
 
+class SecuritySpec(Strict):
+    """TLS to an existing scheduler (Dask's ``distributed.Security``): the CA that signed the
+    cluster's certificates, and this client's certificate and key (one PEM may hold both)."""
+
+    tls_ca_file: str = Field(min_length=1)
+    tls_cert: str = Field(min_length=1)
+    tls_key: str | None = None
+    #: Refuse an unencrypted connection (a ``tcp://`` address).
+    require_encryption: bool = True
+
+
 class ClusterSpec(Strict):
-    """An existing scheduler's ``address``, or the shape of the embedded LocalCluster."""
+    """An existing scheduler's ``address`` (with ``security`` for TLS), or the shape of the
+    embedded LocalCluster."""
 
     address: str | None = None
+    security: SecuritySpec | None = None
     timeout: float = Field(default=10.0, gt=0, description="seconds to wait for the scheduler at `address`")
     n_workers: int | None = Field(default=None, ge=1)
     threads_per_worker: int | None = Field(default=None, ge=1)
@@ -233,6 +264,12 @@ class ClusterSpec(Strict):
         local = [k for k in ("n_workers", "threads_per_worker", "memory_limit") if getattr(self, k) is not None]
         if self.address and local:
             raise ValueError(f"{local} only apply to the embedded LocalCluster, not with `address`")
+        tls = self.security is not None and self.security.require_encryption
+        if tls and self.address is not None and self.address.startswith("tcp://"):
+            raise ValueError(
+                f"`security` encrypts the connection, but `address` {self.address!r} is plain tcp://:"
+                " write it as tls://HOST:PORT"
+            )
         return self
 
 

@@ -159,3 +159,39 @@ def test_cli_predict_on_remote_scheduler(bundle, remote_scheduler, demo_root, tm
     assert table.num_rows == 20_000
     assert {"event_id", "prediction"} <= set(table.column_names)
     assert len(table.column("event_id").unique()) == 20_000
+
+
+def test_cli_predict_on_s3_with_the_clients_credentials_only(bundle, remote_scheduler, s3, demo_root, tmp_path):
+    """The workers were started without AWS variables: the client's travel with the tasks, and
+    no output, log line or manifest shows the secret."""
+    import os
+
+    fs, bucket = s3["fs"], s3["bucket"]
+    fs.put(str(demo_root / "events"), f"{bucket}/events", recursive=True)
+    secret = "sentinel-secret-7f3a9c"
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_ENDPOINT_URL": s3["endpoint"],
+    }
+    out = f"s3://{bucket}/scores"
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpipe.cli", "predict", bundle, "--source", f"s3://{bucket}/events", "--output", out]
+        + ["--scheduler", remote_scheduler],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=240,
+        env=env,
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"20000 predictions written to {out}"
+    fs.invalidate_cache()
+    assert fs.exists(f"{bucket}/scores/_SUCCESS")
+    assert secret not in proc.stderr + proc.stdout
+    for path in fs.find(f"{bucket}/scores"):
+        if path.endswith(".json"):
+            assert secret not in fs.cat_file(path).decode(), path

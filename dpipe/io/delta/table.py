@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dpipe.errors import DataError, SpecError, StorageError
+from dpipe.io.fs import with_environment
 from dpipe.spec.base import redact_url
 
 SUPPORTED_READER_FEATURES = frozenset(
@@ -24,7 +25,7 @@ def delta_storage_options(storage_options: Mapping[str, Any], uri: str, *, writi
     without a locking provider are allowed (``AWS_S3_ALLOW_UNSAFE_RENAME``): a single writer per
     table is safe; for concurrent writers set ``AWS_S3_LOCKING_PROVIDER`` (see delta-rs).
     """
-    options = dict(storage_options)
+    options = with_environment(uri, dict(storage_options))
     out: dict[str, str] = {}
     client = options.pop("client_kwargs", None) or {}
     mapping = {

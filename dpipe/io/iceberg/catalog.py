@@ -27,6 +27,7 @@ from pyiceberg.table import Table
 from pyiceberg.table.metadata import TableMetadata
 
 from dpipe.errors import DpipeError, SpecError, StorageError
+from dpipe.io.fs import with_environment
 from dpipe.spec.base import REDACTED, redact_url
 from dpipe.spec.iceberg import EMBEDDED_DB, IcebergSinkSpec, IcebergSourceSpec, catalog_name, is_embedded
 
@@ -48,7 +49,7 @@ def catalog_properties(spec: IcebergSourceSpec | IcebergSinkSpec, where: str) ->
     if is_embedded(props):
         folder = os.path.abspath(props["warehouse"].removeprefix("file://"))
         props.update(type="sql", uri=f"sqlite:///{folder}/{EMBEDDED_DB}", warehouse=f"file://{folder}")
-    options = spec.storage_options
+    options = with_environment(str(props.get("warehouse", "")), spec.storage_options)
     for key, prop in _S3_OPTIONS.items():
         if key in options:
             props.setdefault(prop, _text(options[key]))

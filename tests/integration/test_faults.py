@@ -1,0 +1,102 @@
+"""Faults on a real cluster: a `dask worker` process killed (SIGKILL) in the middle of a run.
+
+The workers run in their own processes (``dask worker``, with or without a nanny to restart
+them); the test kills one at a point of the run it watches from outside (a checkpoint file
+appearing in the run's staging folder), as a preempted machine or the kernel's OOM killer would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import dpipe
+from tests.conftest import dask_processes, job_dict
+
+#: Long enough that training is still going when the first checkpoint lands; early stopping off,
+#: so both runs train every round.
+TRAIN = {
+    "num_boost_round": 150,
+    "early_stopping_rounds": None,
+    "checkpoint_every": 5,
+    "restart_wait": 30,
+    "params": {"max_depth": 4, "eta": 0.05},
+}
+
+
+class KillWhen(threading.Thread):
+    """SIGKILL process ``pid`` as soon as ``ready()`` holds (polled every 10 ms)."""
+
+    def __init__(self, ready, pid: int, timeout: float = 180.0):
+        super().__init__(daemon=True)
+        self.ready, self.pid, self.timeout = ready, pid, timeout
+        self.killed_at: float | None = None
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.ready():
+                os.kill(self.pid, signal.SIGKILL)
+                self.killed_at = time.monotonic()
+                return
+            time.sleep(0.01)
+
+
+def checkpointed(out: Path):
+    """True once the run writing ``out`` has a complete checkpoint in its staging folder."""
+    return lambda: any(out.parent.glob(f".{out.name}.dpipe-staging-*/checkpoints/*/checkpoint-*.json"))
+
+
+def worker_pids(address: str) -> dict[str, int]:
+    from distributed import Client
+
+    with Client(address, set_as_default=False, timeout="30s") as c:
+        return c.run(os.getpid)
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def run(demo_root: Path, out: Path, address: str, **train):
+    job = dpipe.job_from_dict(job_dict(demo_root, out, train={**TRAIN, **train}))
+    return dpipe.run(job, scheduler=address, progress=False)
+
+
+@pytest.mark.parametrize("nanny", [True, False], ids=["restarted-worker", "no-replacement"])
+def test_training_goes_on_after_a_killed_worker(nanny, demo_root, tmp_path):
+    with dask_processes(tmp_path, workers=2, nanny=nanny) as (address, _):
+        t0 = time.monotonic()
+        steady = run(demo_root, tmp_path / "steady", address)
+        steady_s = time.monotonic() - t0
+        out = tmp_path / "killed"
+        victim = sorted(worker_pids(address).items())[-1][1]
+        killer = KillWhen(checkpointed(out), victim)
+        killer.start()
+        t0 = time.monotonic()
+        result = run(demo_root, out, address, restart_wait=30 if nanny else 2)
+        elapsed = time.monotonic() - t0
+        killer.join(1)
+
+    assert killer.killed_at is not None, "the worker was never killed"
+    restarts = manifest(out)["training"]["restarts"]
+    assert len(restarts) == 1, restarts
+    (restart,) = restarts
+    assert restart["from_round"] >= 5 and restart["from_round"] % 5 == 0
+    assert restart["workers"] == (2 if nanny else 1)
+    assert len(restart["lost_workers"]) == 1
+    # Every round trained, the evaluation history whole, and the model as good as the steady one's.
+    assert result.metrics["rounds_trained"] == steady.metrics["rounds_trained"] == TRAIN["num_boost_round"]
+    for name, values in result.metrics["history"]["valid"].items():
+        assert len(values) == TRAIN["num_boost_round"], name
+    assert abs(result.metrics["valid"]["auc"] - steady.metrics["valid"]["auc"]) <= 0.005
+    assert manifest(tmp_path / "steady")["training"]["restarts"] == []
+    # The bundle has no checkpoints: they lived in the staging folder only.
+    assert not (out / "checkpoints").exists()
+    print(f"restart: {restart}; killed run {elapsed:.1f}s, steady run {steady_s:.1f}s")
