@@ -186,11 +186,15 @@ def summarize(rounds: list[dict]) -> dict:
     out: dict = {}
     for side in ("tuner", "runs"):
         timed = [r[side] for r in rounds if r[side] is not None]
+        if not timed:
+            continue
         out[side] = {
             key: _spread([t[key] for t in timed]) for key in ("total_s", "boost_s", "other_s", "other_fraction")
         }
         out[side]["per_trial_boost_s"] = _spread([s for t in timed for s in t["per_trial_boost_s"]])
         out[side]["repeats"] = len(timed)
+    if "runs" not in out:
+        return out
     out["runs"]["per_run_s"] = _spread([s for r in rounds if r["runs"] for s in r["runs"]["per_run_s"]])
     # Each tuning against the runs of its own repeat where they ran, else against the runs' median total.
     runs_total = out["runs"]["total_s"]["median"]
@@ -250,6 +254,8 @@ def main(argv=None) -> int:
             params = [t["params"] for t in tuned["trials"] if t["state"] == "complete"]
             ran = runs(spec, params, client, work, timer) if r < report["runs_in"] else None
             rounds.append({"tuner": tuned, "runs": ran, "load_average": os.getloadavg()})
+            # Kept after every repeat: an interrupted benchmark keeps what it measured.
+            write_json({**report, "rounds_detail": rounds, "summary": summarize(rounds)}, args.out)
             print(
                 f"repeat {r}: tuner {tuned['total_s']:.1f} s ({100 * tuned['other_fraction']:.2f}% beyond boosting)"
                 + (f", {len(params)} runs {ran['total_s']:.1f} s ({100 * ran['other_fraction']:.2f}%)" if ran else ""),
@@ -266,6 +272,8 @@ def main(argv=None) -> int:
     )
     print(f"{'':<28}{'total s':>24}{'boosting s':>24}{'beyond boosting':>26}{'boost s per trial':>24}")
     for side, name in (("tuner", "tuner (plan..tune)"), ("runs", "separate dpipe runs")):
+        if side not in summary:
+            continue
         s = summary[side]
 
         def cell(x: dict, pct: bool = False) -> str:
@@ -277,10 +285,11 @@ def main(argv=None) -> int:
             f"{name:<28}{cell(s['total_s']):>24}{cell(s['boost_s']):>24}{cell(s['other_fraction'], True):>26}"
             f"{cell(s['per_trial_boost_s']):>24}"
         )
-    per_run = summary["runs"]["per_run_s"]
-    print(f"one separate run: {per_run['median']:.2f} s ({per_run['min']:.2f}-{per_run['max']:.2f})")
-    ratio = summary["tuner_over_runs"]
-    print(f"tuner / runs, total: {ratio['median']:.3f} ({ratio['min']:.3f}-{ratio['max']:.3f})")
+    if "runs" in summary:
+        per_run = summary["runs"]["per_run_s"]
+        print(f"one separate run: {per_run['median']:.2f} s ({per_run['min']:.2f}-{per_run['max']:.2f})")
+        ratio = summary["tuner_over_runs"]
+        print(f"tuner / runs, total: {ratio['median']:.3f} ({ratio['min']:.3f}-{ratio['max']:.3f})")
     print(f"load average before {report['load_average']}, after {report['load_average_after']}")
     path = write_json(report, args.out)
     print(f"\nJSON: {path}")

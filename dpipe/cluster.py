@@ -227,7 +227,9 @@ def _speaks_tls(address: str, timeout: float = 3.0) -> bool:
         ):
             return True
     except ssl.SSLError as exc:
-        # A server that asks for a client certificate still spoke TLS.
-        return "certificate" in str(exc).lower()
+        # A server that refused the handshake with an alert (no client certificate) spoke TLS;
+        # a plain one gives "wrong version number" or an EOF.
+        words = str(exc).lower()
+        return "alert" in words or "certificate" in words
     except (OSError, ValueError):
         return False

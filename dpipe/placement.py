@@ -82,6 +82,7 @@ def restore(client, placed: PlacedRows) -> PlacedRows:
     lost = _lost(client, futures, where, workers)
     _again(client, futures, where, placed.parts, placed.sizes, lost, workers)
     _wait_placed(client, futures, where, placed.parts, placed.sizes)
+    workers = sorted(set(live_workers(client)) | set(where))
     return PlacedRows(futures, where, workers, placed.meta, placed.parts, placed.sizes)
 
 
@@ -103,11 +104,14 @@ def side(client, placed: PlacedRows, rows: Rows) -> dd.DataFrame:
     without rows gets part of the largest piece, so only those rows move between workers.
     """
     workers = placed.workers
-    # Not pure: a piece cut again after a worker was lost must not be the lost piece's key.
-    pieces = [
-        client.submit(rows, f, workers=[w], allow_other_workers=False, pure=False)
-        for f, w in zip(placed.futures, placed.where)
-    ]
+    # Not pure: a piece cut again after a worker was lost must not be the lost piece's key. One
+    # call per worker, not per partition.
+    pieces: list[Any] = [None] * len(placed.futures)
+    for w in sorted(set(placed.where)):
+        mine = [i for i, holder in enumerate(placed.where) if holder == w]
+        cut = client.map(rows, [placed.futures[i] for i in mine], workers=[w], allow_other_workers=False, pure=False)
+        for i, piece in zip(mine, cut):
+            pieces[i] = piece
     counts, holders = list(client.gather(client.map(len, pieces))), list(placed.where)
     share = max(sum(counts) // len(workers), 1)
     while True:
@@ -181,9 +185,17 @@ def _place_parts(client, df: dd.DataFrame, rows_per_partition: list[int] | None)
         load[target] += max(sizes[i], 1)
     parts = df.to_delayed(optimize_graph=True)
     where = [assignment[i] for i in range(len(parts))]
-    futures = [client.compute(part, workers=[w], allow_other_workers=False) for part, w in zip(parts, where)]
+    # One round trip per worker, not per partition (10,000 files are 10,000 partitions).
+    futures: list[Any] = [None] * len(parts)
+    for w in workers:
+        mine = [i for i, target in enumerate(where) if target == w]
+        if mine:
+            computed = client.compute([parts[i] for i in mine], workers=[w], allow_other_workers=False)
+            for i, f in zip(mine, computed):
+                futures[i] = f
     _wait_placed(client, futures, where, parts, sizes)
-    return futures, where, workers, parts, sizes
+    # A worker lost while placing was replaced by those that took its partitions.
+    return futures, where, sorted(set(live_workers(client)) | set(where)), parts, sizes
 
 
 def _wait_placed(client, futures: list[Any], where: list[str], parts: list[Any], sizes: list[int]) -> None:

@@ -31,7 +31,7 @@ _NAME = re.compile(r"^checkpoint-(\d+)\.json$")
 @dataclass
 class Progress:
     """Where training stands: the rounds in the booster, the best validation score so far and its
-    round, the rounds without improvement since, and the evaluation history of every round (the
+    round (the rounds without improvement follow), and the evaluation history of every round (the
     JSON written beside each checkpoint)."""
 
     rounds: int = 0
@@ -95,6 +95,8 @@ class Checkpoints:
         return booster, progress
 
     def _complete(self) -> list[str]:
+        # Listed afresh: s3fs answers from a cached listing otherwise (the writer is on a worker).
+        self.fs.invalidate_cache(self.path)
         if not self.fs.exists(self.path):
             return []
         names = sorted(posixpath.basename(p) for p in self.fs.ls(self.path, detail=False))

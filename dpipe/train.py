@@ -249,6 +249,8 @@ class TrainConfig:
     checkpoint_every: int | None = None
     #: Where an earlier attempt left off (a :class:`dpipe.resume.Progress`).
     progress: Any = None
+    #: Seconds a collective operation waits for the other workers (``None``: XGBoost's default).
+    collective_timeout: int | None = None
 
     @classmethod
     def from_spec(cls, spec: Any) -> TrainConfig:
@@ -258,6 +260,7 @@ class TrainConfig:
             num_boost_round=spec.num_boost_round,
             early_stopping_rounds=spec.early_stopping_rounds,
             eval_train=spec.eval_train,
+            collective_timeout=spec.collective_timeout,
         )
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -328,6 +331,7 @@ def boost(client, config: TrainConfig, matrices: Matrices):
 def _train(client, config: TrainConfig, matrices: Matrices):
     import xgboost as xgb
     import xgboost.dask
+    from xgboost.collective import Config
 
     from dpipe.resumable import Resumable
     from dpipe.resume import Progress, merged
@@ -353,6 +357,7 @@ def _train(client, config: TrainConfig, matrices: Matrices):
             verbose_eval=False,
             callbacks=[*config.callbacks, carried],
             xgb_model=config.xgb_model,
+            coll_cfg=None if config.collective_timeout is None else Config(timeout=config.collective_timeout),
         )
     except xgb.core.XGBoostError as exc:
         raise training_error(exc) from exc

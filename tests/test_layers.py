@@ -41,6 +41,9 @@ FORBIDDEN = {
     "dpipe.metrics": ("dpipe.io", *_ABOVE_IO, *_RUNNERS),
     "dpipe.evaluation": ("dpipe.io", *_ABOVE_IO, *_RUNNERS),
     "dpipe.drift": ("dpipe.io", "dpipe.pipeline", "dpipe.quality", "dpipe.plan", *_RUNNERS),
+    # Restarting training: checkpoints on any store (dpipe.io.fs), placement and training; no plan.
+    "dpipe.resume": ("dpipe.ops", "dpipe.pipeline", "dpipe.quality", "dpipe.plan", *_RUNNERS),
+    "dpipe.resumable": ("dpipe.ops", "dpipe.pipeline", "dpipe.quality", "dpipe.plan", "dpipe.placement", *_RUNNERS),
 }
 
 #: (importing module, imported module): the few crossings that are part of the design.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,6 +105,16 @@ def storage_errors(where: str, uri: str) -> Iterator[None]:
             hint="check the endpoint (storage_options.client_kwargs.endpoint_url or AWS_ENDPOINT_URL) and network",
         ) from exc
     except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise StorageError(
+                f"{where}: no space left on the storage of {uri!r} ({_short(exc)})",
+                hint="free space there or choose another location; the previous output is untouched",
+            ) from exc
+        if exc.errno == errno.EROFS:
+            raise StorageError(
+                f"{where}: the storage of {uri!r} is read-only ({_short(exc)})",
+                hint="choose a writable location; nothing was written",
+            ) from exc
         raise StorageError(f"{where}: cannot access {uri!r}: {_short(exc)}") from exc
     except TypeError as exc:
         # s3fs builds its client on first use, so a misspelt storage option surfaces here rather

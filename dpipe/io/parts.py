@@ -135,15 +135,68 @@ def read_fragment(task: FragmentTask, columns: list[str] | None = None) -> pd.Da
         return _unreadable(task, columns, task.error)
     try:
         table = _read_table(task, columns)
-    except FileNotFoundError as exc:
-        raise StorageError(
-            f"source: file {task.uri!r} disappeared while reading",
-            hint="do not modify the input while a job runs",
-        ) from exc
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError, ValueError) as exc:
+    except Exception as exc:
+        failure = storage_failure(task.uri, exc)
+        if failure is not None:
+            raise failure from exc
+        if not isinstance(exc, (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError, ValueError)):
+            raise
+
         error = str(exc).splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         return _unreadable(task, columns, error, exc)
     return arrow_to_pandas(table)
+
+
+#: botocore's names for a request the store refused for its rate (raised once its retries ran out).
+_THROTTLED = ("SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "503")
+_UNREACHABLE = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ClientConnectorError")
+
+
+def _worker() -> str:
+    try:
+        from distributed import get_worker
+
+        return f"worker {get_worker().address}"
+    except (ImportError, ValueError):
+        return "the client"
+
+
+def storage_failure(uri: str, exc: BaseException) -> StorageError | None:
+    """A storage error met while reading ``uri`` on a worker, for what it is (``None``: the file's
+    content is at fault, not the storage): naming the file, the worker and what to set.
+
+    A file that was listed when the job was planned and that a worker cannot find was deleted
+    meanwhile, or the worker does not see the storage the client sees: other credentials or
+    another endpoint (a worker started without the client's ``AWS_*`` variables used to meet this).
+    """
+    name, text = type(exc).__name__, " ".join(str(exc).split())[:300]
+    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", "")) if hasattr(exc, "response") else ""
+    who = _worker()
+    if isinstance(exc, FileNotFoundError):
+        return StorageError(
+            f"source: file {uri!r} was listed when the job was planned, but {who} cannot find it ({text or name})",
+            hint="do not modify the input while a job runs; if it is there, the worker sees other storage than the"
+            " client: give the credentials and endpoint in `storage_options` or set AWS_ACCESS_KEY_ID,"
+            " AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL where dpipe runs",
+        )
+    if isinstance(exc, PermissionError) or name in ("NoCredentialsError", "PartialCredentialsError"):
+        return StorageError(
+            f"source: {who} was denied access to file {uri!r} ({name}: {text})",
+            hint="give the credentials in `storage_options` or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            " where dpipe runs (they travel to the workers), or on the workers",
+        )
+    if code in _THROTTLED or any(t in text for t in _THROTTLED[:4]):
+        return StorageError(
+            f"source: the storage throttled {who} reading {uri!r} after its retries ({code or name})",
+            hint="read with fewer workers or threads at once, or raise `storage_options.config_kwargs.retries`",
+        )
+    if name in _UNREACHABLE or isinstance(exc, (ConnectionError, TimeoutError)):
+        return StorageError(
+            f"source: {who} cannot reach the storage for {uri!r} ({name})",
+            hint="check the endpoint (`storage_options.client_kwargs.endpoint_url` or AWS_ENDPOINT_URL) and that"
+            " the workers' network reaches it",
+        )
+    return None
 
 
 def _unreadable(task: FragmentTask, columns: list[str], error: str, exc: BaseException | None = None) -> pd.DataFrame:

@@ -11,10 +11,11 @@ check. A failed run deletes its staging folder and leaves the destination untouc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -126,10 +127,14 @@ class StagedOutput:
         with storage_errors(self.where, self.uri):
             if self.marker and not self.fs.exists(self.staged_path(self.marker)):
                 self.write_bytes(self.marker, b"")
-            if is_local(self.fs):
-                self._commit_local()
-            else:
-                self._commit_object_store()
+            # One commit at a time per output: copies into an object store, unlike a rename,
+            # interleave, so two runs committing at once would leave a mix of their files.
+            lock = f"{self.parent}/.{posixpath.basename(self.path)}.dpipe-commit"
+            with commit_lock(self.fs, lock, self.where, self.uri):
+                if is_local(self.fs):
+                    self._commit_local()
+                else:
+                    self._commit_object_store()
         self.committed = True
         return full_uri(self.fs, self.path)
 
@@ -166,6 +171,56 @@ class StagedOutput:
                 self.fs.rm(self.staging, recursive=True)
         except Exception:  # noqa: BLE001 - cleanup must not hide the error that caused it
             pass
+
+
+#: Seconds a commit waits for another run's commit to the same output, and the age after which
+#: a lock is taken for a crashed committer's and broken.
+COMMIT_WAIT, STALE_LOCK = 120.0, 900.0
+
+
+@contextlib.contextmanager
+def commit_lock(fs, path: str, where: str, uri: str) -> Iterator[None]:
+    """Hold the commit lock ``path`` (an exclusively created file) for the block.
+
+    Another run's lock is waited for (up to :data:`COMMIT_WAIT` seconds: its commit is a few
+    copies), then the commit fails naming the output; a lock older than :data:`STALE_LOCK` is a
+    crashed run's and is broken.
+    """
+    import time
+
+    from dpipe.io.atomic import create_exclusive
+
+    deadline = time.monotonic() + COMMIT_WAIT
+    body = json.dumps({"at": time.time(), "id": uuid.uuid4().hex}).encode()
+    while True:
+        try:
+            create_exclusive(fs, path, body, where=where)
+            break
+        except FileExistsError:
+            held = _lock_age(fs, path)
+            if held is not None and held > STALE_LOCK:
+                fs.rm(path)
+                continue
+            if time.monotonic() >= deadline:
+                raise StorageError(
+                    f"{where}: another run is committing to {uri!r} (its lock {path!r} is {held or 0:.0f}s old)",
+                    hint="run again when it is done; delete the lock file if no run is writing there",
+                ) from None
+            time.sleep(0.5)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(path)
+
+
+def _lock_age(fs, path: str) -> float | None:
+    import time
+
+    try:
+        return time.time() - float(json.loads(fs.cat_file(path))["at"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
 
 
 def write_parquet(frame, out: StagedOutput, relpath: str, *, compute=None) -> None:

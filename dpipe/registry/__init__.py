@@ -4,7 +4,7 @@
   ``show``, ``set_alias``, ``resolve``, ``promote``, ``diff``, ``journal`` on any fsspec URL;
 - :func:`resolve_model_uri`: ``models:/churn@champion`` -> the bundle URI to load;
 - :mod:`~dpipe.registry.gate`: promotion decisions; :mod:`~dpipe.registry.diff`: version diffs;
-  :mod:`~dpipe.registry.atomic`: the exclusive create everything rests on.
+  :mod:`~dpipe.io.atomic`: the exclusive create everything rests on.
 
 See ``docs/registry.md``.
 

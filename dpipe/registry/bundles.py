@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dpipe.errors import BundleError
+from dpipe.io.atomic import ensure_parent
 from dpipe.io.fs import full_uri, resolve, storage_errors
-from dpipe.registry.atomic import ensure_parent
 from dpipe.spec.base import redact_url
 from dpipe.versions import library_versions
 

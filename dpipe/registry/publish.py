@@ -9,8 +9,8 @@ import contextlib
 import os
 from typing import Any
 
+from dpipe.io.atomic import create_exclusive, dumps, ensure_parent, numbered, read_json
 from dpipe.io.fs import is_local
-from dpipe.registry.atomic import create_exclusive, dumps, ensure_parent, numbered, read_json
 from dpipe.registry.bundles import RECORD, SourceBundle
 from dpipe.registry.records import now, who
 from dpipe.spec.base import redact_url

@@ -21,9 +21,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from dpipe.errors import SpecError, StorageError
+from dpipe.io.atomic import children, create_exclusive, dumps, numbered, read_json
 from dpipe.io.fs import full_uri, resolve, storage_errors
 from dpipe.registry import publish
-from dpipe.registry.atomic import children, create_exclusive, dumps, numbered, read_json
 from dpipe.registry.bundles import CHUNK, RECORD, read_bundle, stage
 from dpipe.registry.publish import ATTEMPTS, FORMAT_VERSION
 from dpipe.registry.records import AliasMove, Version, now, who

@@ -129,7 +129,9 @@ def apply_override(data: dict, item: str) -> None:
         value = yaml.load(raw, Loader=SpecLoader) if raw.strip() else ""  # noqa: S506
     except yaml.YAMLError:
         value = raw
-    parts = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", key.strip())]
+    parts = [int(p) if p.isascii() and p.isdigit() else p for p in re.findall(r"[^.\[\]]+", key.strip())]
+    if not parts:
+        raise SpecError(f"--set {item!r}: {key.strip()!r} names no key", hint="e.g. train.num_boost_round=50")
     node: Any = data
     for i, part in enumerate(parts):
         where = format_loc(tuple(parts[: i + 1]))
@@ -144,11 +146,15 @@ def apply_override(data: dict, item: str) -> None:
     node[parts[-1]] = value
 
 
-def _interpolate_env(value: Any, origin: str) -> Any:
-    if isinstance(value, dict):
-        return {k: _interpolate_env(v, origin) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interpolate_env(v, origin) for v in value]
+def _interpolate_env(value: Any, origin: str, within: tuple[int, ...] = ()) -> Any:
+    if isinstance(value, (dict, list)):
+        # A YAML alias can make a section contain itself (`&a [*a]`): a spec is a tree.
+        if id(value) in within:
+            raise SpecError(f"{origin}: a YAML alias refers to a section that contains it", hint="expand the alias")
+        inner = (*within, id(value))
+        if isinstance(value, dict):
+            return {k: _interpolate_env(v, origin, inner) for k, v in value.items()}
+        return [_interpolate_env(v, origin, inner) for v in value]
     if isinstance(value, str) and "${" in value:
 
         def sub(m: re.Match) -> str:

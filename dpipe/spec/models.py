@@ -172,7 +172,7 @@ def _instant(text: str) -> dt.datetime:
 CHECKPOINT_EVERY = 10
 
 #: The ``train`` settings that change how training survives faults, not what it computes.
-RESILIENCE = ("checkpoint_every", "max_restarts", "restart_wait")
+RESILIENCE = ("checkpoint_every", "max_restarts", "restart_wait", "collective_timeout")
 
 
 class TrainSpec(Strict):
@@ -200,6 +200,9 @@ class TrainSpec(Strict):
     #: Seconds a restart waits for the cluster to have as many workers as before; it then goes on
     #: with the workers it has.
     restart_wait: float = Field(default=30.0, ge=0)
+    #: Seconds one of XGBoost's collective operations may wait for the other workers before the
+    #: training call fails (a worker that hangs rather than dies; XGBoost's own default is longer).
+    collective_timeout: int = Field(default=600, ge=1)
 
     @field_validator("params")
     @classmethod

@@ -7,7 +7,9 @@ appearing in the run's staging folder), as a preempted machine or the kernel's O
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import threading
@@ -100,3 +102,93 @@ def test_training_goes_on_after_a_killed_worker(nanny, demo_root, tmp_path):
     # The bundle has no checkpoints: they lived in the staging folder only.
     assert not (out / "checkpoints").exists()
     print(f"restart: {restart}; killed run {elapsed:.1f}s, steady run {steady_s:.1f}s")
+
+
+# -- ETL: a worker killed as a stage starts ----------------------------------------------------
+class KillOnStage(logging.Handler):
+    """SIGKILL worker process ``pid`` when the run logs the start of stage ``stage`` (once)."""
+
+    def __init__(self, stage: str, pid: int):
+        super().__init__(logging.INFO)
+        self.stage, self.pid, self.killed = stage, pid, False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if not self.killed and message.startswith(f"{self.stage}: ") and " done in " not in message:
+            os.kill(self.pid, signal.SIGKILL)
+            self.killed = True
+
+
+@contextlib.contextmanager
+def killing(stage: str, address: str):
+    """Kill one worker as ``stage`` starts; afterwards wait until the nanny has replaced it."""
+    from distributed import Client
+
+    handler = KillOnStage(stage, sorted(worker_pids(address).items())[-1][1])
+    logger = logging.getLogger("dpipe")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        with Client(address, set_as_default=False, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+    assert handler.killed, f"stage {stage!r} never started"
+
+
+@pytest.fixture(scope="module")
+def nanny_cluster(tmp_path_factory):
+    with dask_processes(tmp_path_factory.mktemp("nanny-cluster"), workers=2) as (address, _):
+        yield address
+
+
+def sorted_table(folder: Path, by: str):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(folder).sort_by(by)
+
+
+def test_features_job_survives_a_worker_killed_in_its_fit_pass(nanny_cluster, demo_root, tmp_path):
+    def features(out: Path) -> dict:
+        base = job_dict(demo_root, out)
+        return {
+            "kind": "features",
+            "name": "faults",
+            "source": base["source"],
+            "features": base["features"],
+            "output": {"format": "parquet", "uri": str(out)},
+        }
+
+    dpipe.run(dpipe.job_from_dict(features(tmp_path / "steady")), scheduler=nanny_cluster, progress=True)
+    with killing("fit", nanny_cluster):
+        dpipe.run(dpipe.job_from_dict(features(tmp_path / "killed")), scheduler=nanny_cluster, progress=True)
+
+    steady, killed = sorted_table(tmp_path / "steady", "event_id"), sorted_table(tmp_path / "killed", "event_id")
+    assert killed.num_rows == 20_000
+    assert killed.equals(steady)
+
+
+def test_training_survives_a_worker_killed_while_the_rows_are_placed(nanny_cluster, demo_root, tmp_path):
+    steady = run(demo_root, tmp_path / "steady", nanny_cluster, num_boost_round=30)
+    with killing("load", nanny_cluster):
+        killed = run(demo_root, tmp_path / "killed", nanny_cluster, num_boost_round=30)
+
+    assert killed.rows == steady.rows
+    # The fitted statistics are the fit pass's: the kill came after it.
+    assert (tmp_path / "killed" / "pipeline.json").read_text() == (tmp_path / "steady" / "pipeline.json").read_text()
+    assert abs(killed.metrics["valid"]["auc"] - steady.metrics["valid"]["auc"]) <= 0.005
+
+
+def test_prediction_survives_a_worker_killed_while_it_writes(nanny_cluster, demo_root, tmp_path):
+    bundle = run(demo_root, tmp_path / "model", nanny_cluster, num_boost_round=10).bundle_uri
+    events = str(demo_root / "events")
+    dpipe.predict(bundle, events, str(tmp_path / "steady"), scheduler=nanny_cluster, progress=True)
+    with killing("predict", nanny_cluster):
+        dpipe.predict(bundle, events, str(tmp_path / "killed"), scheduler=nanny_cluster, progress=True)
+
+    steady, killed = sorted_table(tmp_path / "steady", "event_id"), sorted_table(tmp_path / "killed", "event_id")
+    assert killed.num_rows == 20_000
+    assert killed.equals(steady)

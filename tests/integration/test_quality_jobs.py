@@ -15,6 +15,7 @@ import yaml
 
 import dpipe
 from dpipe.errors import DataError
+from dpipe.plan import plan
 from tests.conftest import job_dict
 
 DAYS = ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"]
@@ -216,20 +217,37 @@ def _type_changed(data: Path) -> Path:
     return bad
 
 
-def _csv_bad_row(data: Path) -> Path:
+def _as_csv(data: Path) -> Path:
+    """The copied days as CSV files; returns the second day's."""
     for day in DAYS[:3]:
         folder = data / f"date={day}"
         frame = pd.read_parquet(folder / "part-0.parquet")
         (folder / "part-0.parquet").unlink()
         frame.to_csv(folder / "part-0.csv", index=False)
-    bad = data / "date=2024-01-02" / "part-0.csv"
+    return data / "date=2024-01-02" / "part-0.csv"
+
+
+def _csv_bad_row(data: Path) -> Path:
+    bad = _as_csv(data)
     lines = bad.read_text().splitlines()
     lines.insert(len(lines) // 2, lines[-1] + ",surplus")  # one field too many
     bad.write_text("\n".join(lines) + "\n")
     return bad
 
 
-@pytest.mark.parametrize("damage", [_corrupt_parquet, _type_changed, _csv_bad_row], ids=["corrupt", "type", "csv"])
+def _csv_stray_quote(data: Path) -> Path:
+    bad = _as_csv(data)
+    lines = bad.read_text().splitlines()
+    lines.insert(len(lines) // 2, '"' + lines[-1])  # a quote that never closes
+    bad.write_text("\n".join(lines) + "\n")
+    return bad
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [_corrupt_parquet, _type_changed, _csv_bad_row, _csv_stray_quote],
+    ids=["corrupt", "type", "csv", "csv-stray-quote"],
+)
 def test_bad_file_fails_by_default_and_is_skipped_with_quarantine(damage, demo_root, client, tmp_path):
     data = copy_days(demo_root, tmp_path / "events")
     bad = damage(data)
@@ -319,3 +337,58 @@ def test_prediction_applies_the_quarantining_checks_as_the_spec_says(demo_root, 
     else:
         kept = flagged.loc[flagged["by"].isna(), "event_id"]
         assert sorted(scores["event_id"]) == sorted(kept) and "quarantined_by" not in scores
+
+
+# -- every kind of bad file at once -------------------------------------------------------------
+def _files(demo_root: Path, dest: Path, n: int = 8) -> list[Path]:
+    """The first demo day as ``n`` Parquet files ``part-0`` ... (in listing order), safe to damage."""
+    table = pq.read_table(demo_root / "events" / f"date={DAYS[0]}" / "part-0.parquet")
+    dest.mkdir(parents=True)
+    step = -(-table.num_rows // n)
+    paths = [dest / f"part-{i}.parquet" for i in range(n)]
+    for i, path in enumerate(paths):
+        pq.write_table(table.slice(i * step, step), path)
+    return paths
+
+
+#: name -> how the file is damaged (``None``: a valid file of zero rows, which is data, not damage).
+HOSTILE = {
+    "random bytes (the first file)": lambda p: p.write_bytes(bytes(range(256)) * 7),
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+    "wrong magic bytes": lambda p: p.write_bytes(b"PAR0" + p.read_bytes()[4:]),
+    "empty file": lambda p: p.write_bytes(b""),
+    "type changed": lambda p: pq.write_table(
+        (t := pq.read_table(p)).set_column(
+            t.schema.get_field_index("sessions"),
+            "sessions",
+            pa.array([f"n{v}" for v in t.column("sessions").to_pylist()]),
+        ),
+        p,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_a_bad_file_is_named_before_any_work(kind, demo_root, tmp_path):
+    paths = _files(demo_root, tmp_path / "events")
+    bad = paths[list(HOSTILE).index(kind)]
+    HOSTILE[kind](bad)
+    spec = job_dict(demo_root, tmp_path / "out", source={"uri": str(tmp_path / "events")})
+    with pytest.raises(DataError, match=rf"(?s)source: cannot read file '{bad}': .*Hint: .*bad_files: skip"):
+        plan(dpipe.job_from_dict(spec))
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_bad_file_is_skipped_and_counted_and_zero_rows_are_data(demo_root, client, tmp_path):
+    paths = _files(demo_root, tmp_path / "events")
+    for path, damage in zip(paths, HOSTILE.values()):
+        damage(path)
+    zero = paths[len(HOSTILE)]
+    pq.write_table(pq.read_table(zero).slice(0, 0), zero)
+    good = paths[len(HOSTILE) + 1 :]
+    spec = job_dict(demo_root, tmp_path / "out", source={"uri": str(tmp_path / "events")}, quarantine={})
+    result = run(spec, client)
+    skipped = {r["file"]: r["error"] for r in result.manifest["quality"]["bad_files"]}
+    assert sorted(skipped) == sorted(str(p) for p in paths[: len(HOSTILE)])
+    assert all(skipped.values())
+    assert result.rows["read"] == sum(pq.read_metadata(p).num_rows for p in good)

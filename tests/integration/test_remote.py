@@ -135,7 +135,7 @@ def test_cli_unreachable_scheduler_prints_one_error_line(demo_root, tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("dpipe: error:")]
     assert len(errors) == 1
     assert re.fullmatch(
-        rf"dpipe: error: cluster\.address: cannot reach the Dask scheduler at '{re.escape(address)}' \(\w+Error\)",
+        rf"dpipe: error: cluster\.address: cannot reach the Dask scheduler at '{re.escape(address)}' \(\w+Error(: [^)]*)?\)",
         errors[0],
     )
     assert "Hint: start it with `dask scheduler`" in proc.stderr

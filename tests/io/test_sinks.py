@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from dpipe.errors import StorageError
@@ -124,3 +126,63 @@ def test_parquet_sink_without_overwrite_fails_before_any_work(tmp_path):
     (tmp_path / "scores").mkdir()
     with pytest.raises(StorageError, match=r"(?s)output: '.*scores' already exists.*Hint: choose another location"):
         open_sink({"uri": str(tmp_path / "scores"), "overwrite": False})
+
+
+def test_two_commits_at_once_leave_one_whole_output(target):
+    """Each writer stages its own files; whatever the interleaving, the destination ends up as
+    exactly one writer's files, and no lock or staging folder is left."""
+    import threading
+
+    fs, root, options = target
+    uri = root if options is None else f"s3://{root}"
+    names = {"a": ["a1.bin", "a2.bin", "a3.bin"], "b": ["b1.bin", "b2.bin"]}
+    for attempt in range(4):
+        outs = {}
+        for who, files in names.items():
+            out = StagedOutput(f"{uri}/bundle", options, marker="manifest.json")
+            out.begin()
+            for name in files:
+                out.write_bytes(name, who.encode())
+            out.write_json("manifest.json", {"who": who})
+            outs[who] = out
+        barrier = threading.Barrier(2)
+        errors = []
+
+        def commit(out, barrier=barrier, errors=errors):
+            barrier.wait()
+            try:
+                out.commit()
+            except StorageError as exc:  # waiting too long is the only allowed failure
+                errors.append(exc)
+
+        threads = [threading.Thread(target=commit, args=(o,)) for o in outs.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == [], errors
+        fs.invalidate_cache()
+        found = _files(fs, f"{root}/bundle")
+        who = json.loads(fs.cat_file(f"{root}/bundle/manifest.json"))["who"]
+        assert found == sorted(["/manifest.json", *(f"/{n}" for n in names[who])]), (attempt, found)
+        assert {fs.cat_file(f"{root}/bundle{n}") for n in found if n.endswith(".bin")} == {who.encode()}
+        assert [p for p in fs.ls(root) if ".dpipe-" in p] == [], attempt
+
+
+def test_a_held_commit_lock_is_waited_for_then_named(target, monkeypatch):
+    from dpipe.io import sinks
+
+    fs, root, options = target
+    uri = root if options is None else f"s3://{root}"
+    monkeypatch.setattr(sinks, "COMMIT_WAIT", 1.0)
+    with StagedOutput(f"{uri}/bundle", options, marker="manifest.json") as out:
+        out.write_json("manifest.json", {"v": 1})
+        lock = f"{out.parent}/.bundle.dpipe-commit"
+        with (
+            sinks.commit_lock(out.fs, lock, "output.uri", uri),
+            pytest.raises(StorageError, match=r"another run is committing to .*bundle"),
+        ):
+            out.commit()
+        out.commit()  # the lock released: it goes through
+    fs.invalidate_cache()
+    assert _files(fs, f"{root}/bundle") == ["/manifest.json"]

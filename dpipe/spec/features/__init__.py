@@ -66,7 +66,7 @@ CUSTOM_TAG = "custom"
 
 def _op_tag(value) -> str | None:
     op = value.get("op") if isinstance(value, dict) else getattr(value, "op", None)
-    if op is None or op in OP_MODELS:
+    if op is None or (isinstance(op, str) and op in OP_MODELS):
         return op
     if isinstance(op, str) and ("." in op or ":" in op):
         return CUSTOM_TAG

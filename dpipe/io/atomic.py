@@ -1,4 +1,4 @@
-"""The two storage operations the registry's safety rests on, on any fsspec filesystem.
+"""The two storage operations the registry and committing outputs rest on, on any fsspec filesystem.
 
 - :func:`create_exclusive`: write a small file only if nothing is at its path, else
   ``FileExistsError``; a reader sees the whole content or no file. On a local disk the content is
@@ -25,7 +25,7 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, indent=2, sort_keys=False, default=str).encode()
 
 
-def create_exclusive(fs, path: str, data: bytes) -> None:
+def create_exclusive(fs, path: str, data: bytes, *, where: str = "registry") -> None:
     """Write ``data`` at ``path`` unless something is there already (then ``FileExistsError``)."""
     parent = posixpath.dirname(path)
     if is_local(fs):
@@ -39,8 +39,9 @@ def create_exclusive(fs, path: str, data: bytes) -> None:
     except (ValueError, NotImplementedError) as exc:
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         raise StorageError(
-            f"registry: the {protocol!r} filesystem cannot create a file only if it does not exist ({exc})",
-            hint="put the registry on a local or shared disk or on S3 (s3fs), whose writes can be made conditional",
+            f"{where}: the {protocol!r} filesystem cannot create a file only if it does not exist ({exc})",
+            hint=f"put the {where.split('.')[0]} on a local or shared disk or on S3 (s3fs), whose writes can be"
+            " made conditional",
         ) from exc
 
 

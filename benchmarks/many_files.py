@@ -1,0 +1,104 @@
+"""Many small files: planning (listing, footer reads) and a whole run over N files.
+
+    python -m benchmarks.many_files --files 10000 --repeat 3
+    python -m benchmarks.many_files --files 500 --repeat 1     # a smoke run
+
+N Parquet files of ``--rows-per-file`` rows each (the benchmark dataset's columns), in Hive
+month folders. Measured, on one LocalCluster:
+
+* **plan**: ``dpipe.plan.plan`` of the benchmark job: one listing, every footer read (in threads),
+  the unified schema; no cluster;
+* **run**: ``dpipe.run`` of the job (10 rounds), with each stage's seconds; placement computes
+  the partitions with one call per worker, not one per partition.
+
+Prints medians (min-max) with the load average; writes JSON under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def write_files(root: Path, files: int, rows_per_file: int) -> Path:
+    """``files`` Parquet files under ``root/events/month=MM/``."""
+    import pyarrow.parquet as pq
+
+    from benchmarks.data import make_month
+
+    events = root / "events"
+    table = make_month(files * rows_per_file, 1).drop_columns(["event_date"])
+    for i in range(files):
+        folder = events / f"month={1 + i % 12:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table.slice(i * rows_per_file, rows_per_file), folder / f"part-{i:05d}.parquet")
+    return events
+
+
+def main(argv=None) -> int:
+    from benchmarks.report import write_json
+    from benchmarks.suite import cluster
+    from benchmarks.workload import dpipe_job
+
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.many_files", description=__doc__.splitlines()[0])
+    ap.add_argument("--files", type=lambda t: int(float(t)), default=10_000)
+    ap.add_argument("--rows-per-file", type=int, default=100)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--layout", default="2x1")
+    ap.add_argument("--out", type=Path, default=RESULTS / "many-files.json", help="where the JSON goes")
+    args = ap.parse_args(argv)
+    import dpipe
+    from dpipe.plan import plan
+
+    report: dict = {"files": args.files, "rows_per_file": args.rows_per_file, "load_average": os.getloadavg()}
+    plans, runs, stages = [], [], []
+    with tempfile.TemporaryDirectory(prefix="dpipe-bench-files-") as tmp:
+        t0 = time.perf_counter()
+        events = write_files(Path(tmp), args.files, args.rows_per_file)
+        report["write_files_s"] = time.perf_counter() - t0
+        with cluster(args.layout) as client:
+            for r in range(args.repeat):
+                spec = dpipe_job(str(events), str(Path(tmp) / f"model-{r}"))
+                spec["train"]["num_boost_round"] = 10
+                spec["output"]["valid_predictions"] = False
+                spec["lineage"] = {"openlineage": {"transport": "none"}}
+                job = dpipe.job_from_dict(spec)
+                t0 = time.perf_counter()
+                planned = plan(job)
+                plans.append(time.perf_counter() - t0)
+                assert len(planned.source.files) == args.files
+                t0 = time.perf_counter()
+                result = dpipe.run(job, client, progress=False, force=True)
+                runs.append(time.perf_counter() - t0)
+                stages.append(dict(result.timings))
+                assert result.rows["read"] == args.files * args.rows_per_file
+                print(f"repeat {r}: plan {plans[-1]:.2f} s, run {runs[-1]:.2f} s {result.timings}", file=sys.stderr)
+
+    def spread(values):
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+    report.update(
+        plan_s=spread(plans),
+        run_s=spread(runs),
+        stages_s={k: spread([s[k] for s in stages]) for k in stages[0]},
+        load_average_after=os.getloadavg(),
+    )
+    print(f"\n{args.files:,} files x {args.rows_per_file} rows, {args.layout}; median (min-max) of {args.repeat}")
+    for name, s in [("plan (no cluster)", report["plan_s"]), ("dpipe run", report["run_s"])] + [
+        (f"  {k}", v) for k, v in report["stages_s"].items()
+    ]:
+        print(f"{name:<24}{s['median']:>10.2f} s ({s['min']:.2f}-{s['max']:.2f})")
+    print(f"load average before {report['load_average']}, after {report['load_average_after']}")
+    print(f"\nJSON: {write_json(report, args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
