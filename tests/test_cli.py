@@ -137,10 +137,11 @@ def test_verbose_never_prints_a_credential(tmp_path, capsys):
     assert "unknown format 'nope'" in chain and SECRET not in chain
 
 
-def test_xgboost_console_lines_are_debug_lines_of_the_dpipe_logger(spec_file):
+def test_xgboost_console_lines_are_debug_lines_of_the_dpipe_logger(spec_file, client):
     """XGBoost prints "Task ... got rank N" from every worker's training thread; dpipe routes them
-    to the `dpipe.xgboost` logger, so only `--verbose` shows them, as `[dpipe]` lines."""
-    overrides = ["--set", "cluster.n_workers=2", "--set", "cluster.threads_per_worker=1"]
+    to the `dpipe.xgboost` logger, so only `--verbose` shows them, as `[dpipe]` lines. (On the
+    session's two workers: starting a LocalCluster is not what is tested.)"""
+    overrides = ["--scheduler", client.scheduler.address]
 
     def run(*flags):
         argv = [sys.executable, "-m", "dpipe.cli", "run", str(spec_file), *overrides, *flags]

@@ -358,19 +358,21 @@ def test_cli_bad_input(demo_root, tmp_path, change, code, message):
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
-def test_cli_runtime_failure_exit_code_and_verbose_traceback(demo_root, tmp_path):
+def test_cli_runtime_failure_exit_code_and_verbose_traceback(demo_root, tmp_path, client):
     spec = job_dict(demo_root, tmp_path / "out", label={"expr": "sessions > 1000"})
     path = _write(tmp_path, spec)
-    done = cli("run", path, "--set", "cluster.n_workers=1")
+    # On the session's cluster: what is tested is the error, not starting a LocalCluster.
+    scheduler = ("--scheduler", client.scheduler.address)
+    done = cli("run", path, *scheduler)
     assert done.returncode == 1
     assert "dpipe: error: label: every training row has label 0.0" in done.stderr
     assert "Traceback" not in done.stderr
-    verbose = cli("run", path, "--set", "cluster.n_workers=1", "--verbose", "--quiet")
+    verbose = cli("run", path, *scheduler, "--verbose", "--quiet")
     assert verbose.returncode == 1 and "Traceback" in verbose.stderr
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
-def test_cli_predict_and_demo_data(tmp_path, trained):
+def test_cli_predict_and_demo_data(tmp_path, trained, client):
     _, result = trained
     made = cli("demo-data", tmp_path / "demo", "--rows", "3000", "--days", "2")
     assert made.returncode == 0 and "wrote 3000 rows in 2 files" in made.stdout
@@ -384,6 +386,8 @@ def test_cli_predict_and_demo_data(tmp_path, trained):
         "--id-columns",
         "event_id,date",
         "--quiet",
+        "--scheduler",
+        client.scheduler.address,
     )
     assert done.returncode == 0, done.stderr
     scores = pd.read_parquet(tmp_path / "scores")
