@@ -105,6 +105,7 @@ def restart(events: Path, work: Path, rounds: int, every: int) -> dict:
         result = dpipe.run(dpipe.job_from_dict(spec), scheduler=address, progress=False)
         return time.perf_counter() - t0, result
 
+    (work / "cluster").mkdir(parents=True, exist_ok=True)
     with dask_processes(work / "cluster", workers=2) as (address, _):
         steady_s, _ = run(work / "steady")
         with Client(address, set_as_default=False) as c:
@@ -150,6 +151,7 @@ def main(argv=None) -> int:
             job, p, placed = placed_rows(_job(events, Path(tmp) / "unused", args.rounds), client)
             train_once(client, job, p, placed, None, Path(tmp))  # untimed: first-use costs
             report["intervals"] = intervals(client, job, p, placed, args.repeat, Path(tmp))
+        write_json(report, args.out)  # kept if the restart part fails
         if args.kill:
             report["restart"] = restart(events, Path(tmp), args.rounds, 10)
     report["load_average_after"] = os.getloadavg()
