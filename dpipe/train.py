@@ -400,7 +400,8 @@ def _xgboost_message(exc: Exception) -> str:
     # XGBoost 2 writes ``[12:00:00] src/file.cc:27: ``, XGBoost 3 ``[file.cu:385|12:00:00]: ``.
     prefix = re.compile(r"^(?:-\s*)?(?:\[[\d:]+\] \S+:\d+:|\[[^\]]*\|[\d:]+\]:)\s*")
     texts = [prefix.sub("", line).strip() for line in lines]
-    return next((t for t in texts if t), lines[0])[:500]
+    # A failed collective (a peer gone) can come with its location and nothing else.
+    return next((t for t in texts if t), f"no message, at {lines[0].strip()}")[:500]
 
 
 def _finite(x) -> float | None:
