@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -76,16 +75,9 @@ def intervals(client, job, p, placed, repeat: int, folder: Path) -> dict:
     for _ in range(repeat):
         for every in INTERVALS:
             times[str(every)].append(train_once(client, job, p, placed, every, folder)["train_s"])
-    base = statistics.median(times["None"])
-    return {
-        e: {
-            "median_s": statistics.median(t),
-            "min_s": min(t),
-            "max_s": max(t),
-            "ratio_to_none": statistics.median(t) / base,
-        }
-        for e, t in times.items()
-    }
+    from benchmarks.report import against
+
+    return against(times, "None", "ratio_to_none")
 
 
 def restart(events: Path, work: Path, rounds: int, every: int) -> dict:

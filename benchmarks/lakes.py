@@ -85,16 +85,9 @@ def tables_vs_folder(root: Path, work: Path, client, repeat: int) -> dict:
     for _ in range(repeat):
         for name, source in sources.items():
             times[name].append(_timed(lambda source=source: _read_all(source, client)))
-    base = statistics.median(times["parquet folder"])
-    return {
-        name: {
-            "median_s": statistics.median(t),
-            "min_s": min(t),
-            "max_s": max(t),
-            "ratio_to_folder": statistics.median(t) / base,
-        }
-        for name, t in times.items()
-    }
+    from benchmarks.report import against
+
+    return against(times, "parquet folder", "ratio_to_folder")
 
 
 def postgres(rows: int, client, repeat: int) -> dict:

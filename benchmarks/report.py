@@ -105,3 +105,19 @@ def plot_scaling(report: dict, path: Path, out=print) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def against(times: dict[str, list[float]], base: str, ratio_key: str) -> dict[str, dict[str, float]]:
+    """Each entry's median, min and max seconds, and its median's ratio (``ratio_key``) to ``base``'s."""
+    import statistics
+
+    reference = statistics.median(times[base])
+    return {
+        name: {
+            "median_s": statistics.median(t),
+            "min_s": min(t),
+            "max_s": max(t),
+            ratio_key: statistics.median(t) / reference,
+        }
+        for name, t in times.items()
+    }

@@ -382,12 +382,17 @@ class Placed:
         (:func:`dpipe.placement.restore`), every side cut again where its rows lie."""
         assert self.rows is not None
         rows = restore(client, self.rows)
+        return cut_sides(client, rows, self.model_input, valid=self.valid is not None, test=self.test is not None)
 
-        def of(side_: int) -> dd.DataFrame:
-            return side(client, rows, Rows(((SIDE, "==", side_),)))
 
-        valid = None if self.valid is None else of(VALID)
-        return Placed(of(TRAIN), valid, self.model_input, None if self.test is None else of(TEST), rows)
+def cut_sides(client: Any, rows: PlacedRows, model_input: ModelInput, *, valid: bool, test: bool) -> Placed:
+    """The training side of placed rows, and the validation and test sides when asked, each cut
+    where its rows lie (:func:`dpipe.placement.side`)."""
+
+    def of(side_: int) -> dd.DataFrame:
+        return side(client, rows, Rows(((SIDE, "==", side_),)))
+
+    return Placed(of(TRAIN), of(VALID) if valid else None, model_input, of(TEST) if test else None, rows)
 
 
 def place(
@@ -417,13 +422,7 @@ def place(
     model_frame = transformed.map_partitions(select, meta=select(transformed._meta))
     sizes = list(fitted.rows_per_partition) if balanced else None
     rows = place_rows(client, model_frame, sizes)
-
-    def of(side_: int) -> dd.DataFrame:
-        return side(client, rows, Rows(((SIDE, "==", side_),)))
-
-    valid = None if splitter.folds else of(VALID)
-    test = of(TEST) if splitter.has_test else None
-    return Placed(of(TRAIN), valid, fitted.model_input, test, rows)
+    return cut_sides(client, rows, fitted.model_input, valid=not splitter.folds, test=splitter.has_test)
 
 
 # -- train -------------------------------------------------------------------------------------
