@@ -20,6 +20,7 @@ import pandas as pd
 from dpipe.collect import Collected, Collector, Compute
 from dpipe.errors import BundleError, StateError
 from dpipe.ops import Op, build_op, spec_dict
+from dpipe.ops.stats import can_fill, filled, missing
 from dpipe.spec import OP_MODELS
 from dpipe.spec.features import CustomOp
 from dpipe.versions import library_versions
@@ -109,36 +110,83 @@ class FeaturePipeline:
         return needed
 
     # -- planning ----------------------------------------------------------------------------
-    def plan(self, extra_inputs: Collection[str] = frozenset()) -> tuple[list[int], int]:
+    def plan(self, extra_inputs: Collection[str] = frozenset(), *, derive: bool = True) -> tuple[list[int], int]:
         """Phase of each stateful op (-1 for stateless ones), and the phase of the extras.
 
         A column's *ready* phase is the first phase in which its final value can be computed.
         Extras (e.g. row counts of the final rows) need every row filter and ``extra_inputs``.
+        With ``derive``, an op whose statistics follow from those of a fill before it (a scaler
+        after ``fill_missing``) is fitted in the fill's phase (:meth:`fit`).
         """
-        _, phases, extras_phase = self._schedule(extra_inputs)
-        return phases, extras_phase
+        schedule = self._schedule(extra_inputs, derive=derive)
+        return schedule.phases, schedule.extras_phase
 
-    def _schedule(self, extra_inputs: Collection[str]) -> tuple[list[int], list[int], int]:
-        """:meth:`plan`, plus the first phase in which each op's input (and rows) are final."""
+    def _schedule(self, extra_inputs: Collection[str], *, derive: bool = True) -> _Schedule:
         ready: dict[str, int] = {}
+        # The last op to write each column, and the last op to change the rows.
+        writer: dict[str, int] = {}
+        last_filter = -1
         rows_ready = 0
-        phases = []
-        needs = []
-        for op in self.ops:
-            needed = max([ready.get(c, 0) for c in op.input_columns()] + [rows_ready])
-            needs.append(needed)
+        schedule = _Schedule()
+        for j, op in enumerate(self.ops):
+            inputs = op.input_columns()
+            needed = max([ready.get(c, 0) for c in inputs] + [rows_ready])
+            schedule.needs.append(needed)
             if op.stateful and not op.fitted:
-                phases.append(needed)
+                i = self._fill_before(j, needed, ready, writer, last_filter, schedule) if derive else None
+                phase = needed if i is None else schedule.phases[i]
+                if i is not None:
+                    schedule.through[j] = i
+                schedule.phases.append(phase)
                 for c in op.output_columns():
-                    ready[c] = needed + 1
+                    ready[c] = phase + 1
             else:
-                phases.append(-1)
+                schedule.phases.append(-1)
                 for c in op.output_columns():
                     ready[c] = needed
                 if op.filters_rows:
                     rows_ready = needed
-        extras_phase = max([ready.get(c, 0) for c in extra_inputs] + [rows_ready])
-        return needs, phases, extras_phase
+            for c in op.output_columns():
+                writer[c] = j
+            if op.filters_rows:
+                last_filter = j
+        schedule.extras_phase = max([ready.get(c, 0) for c in extra_inputs] + [rows_ready])
+        return schedule
+
+    def _fill_before(
+        self,
+        j: int,
+        needed: int,
+        ready: Mapping[str, int],
+        writer: Mapping[str, int],
+        last_filter: int,
+        schedule: _Schedule,
+    ) -> int | None:
+        """The fill whose output alone keeps op ``j`` from being fitted earlier, when ``j``'s
+        statistics follow from those of the fill's input (:func:`dpipe.ops.stats.filled`): the
+        fill's position, else ``None``.
+
+        Nothing between the two may write ``j``'s input columns or change the rows, and ``j``'s
+        other inputs must be final where the fill reads its own.
+        """
+        op = self.ops[j]
+        if needed == 0 or not op.merges or not all(can_fill(m) for m in op.merges.values()):
+            return None
+        inputs = op.input_columns()
+        blocking = {writer.get(c) for c in inputs if ready.get(c, 0) == needed}
+        if len(blocking) != 1:
+            return None
+        (i,) = blocking
+        if i is None or i in schedule.through or last_filter > i:
+            return None
+        fill = self.ops[i]
+        if not (fill.stateful and not fill.fitted and fill.fills_missing):
+            return None
+        phase = schedule.phases[i]
+        others = [c for c in inputs if writer.get(c) != i]
+        if any(writer.get(c, -1) > i or ready.get(c, 0) > phase for c in others):
+            return None
+        return i
 
     # -- fitting -----------------------------------------------------------------------------
     def fit(
@@ -150,6 +198,7 @@ class FeaturePipeline:
         extra_inputs: Collection[str] = frozenset(),
         compute: Compute = dask.compute,
         partials: Mapping[str, Mapping[str, Any]] | None = None,
+        derive: bool = True,
     ) -> FitReport:
         """Learn every op's statistics in as few ``compute`` calls as the dependencies allow.
 
@@ -181,6 +230,13 @@ class FeaturePipeline:
             (:meth:`~dpipe.ops.Op.merge`), which is a fit over both sets of rows without reading
             the earlier ones. Only ops of the first phase can be merged so (later phases read
             outputs of fitted ops, which change); see :meth:`not_incremental`.
+        derive
+            Fit an op whose statistics follow from those of a fill before it (a scaler after
+            ``fill_missing``) in the fill's phase: its statistics are computed on the fill's
+            input, with the number of values the fill replaces, and adjusted by the fitted
+            constant (:func:`dpipe.ops.stats.filled`). The state equals a fit on the filled
+            values up to float rounding (and, past 2048 values, the quantile sketch's rank
+            error). ``False`` fits every op on its actual input, one phase later.
 
         Examples
         --------
@@ -188,7 +244,11 @@ class FeaturePipeline:
         >>> report.extras["rows"]["n"]
         """
         fit_rows = fit_rows or (lambda frame: frame)
-        needs, op_phases, extras_phase = self._schedule(set(extra_inputs))
+        schedule = self._schedule(set(extra_inputs), derive=derive)
+        needs, op_phases, extras_phase = schedule.needs, schedule.phases, schedule.extras_phase
+        through = {i: [j for j, f in schedule.through.items() if f == i] for i in set(schedule.through.values())}
+        # The frame each fill reads in its phase: its constants as that frame's dtypes store them.
+        fill_meta: dict[int, pd.DataFrame] = {}
         if partials:
             blocked = self.not_incremental()
             if blocked:
@@ -210,7 +270,14 @@ class FeaturePipeline:
                     # After a skipped filter, every op is skipped too (rows are not final).
                     continue
                 if op_phases[i] == phase:
-                    collector.register(op.where, op.fit(fit_rows(frame)))
+                    rows = fit_rows(frame)
+                    collector.register(op.where, op.fit(rows))
+                    for j in through.get(i, []):
+                        # Fitted on the fill's input: what the fill will replace is counted too.
+                        later = self.ops[j]
+                        filled_columns = sorted(later.input_columns() & op.output_columns())
+                        collector.register(later.where, {**later.fit(rows), _MISSING: missing(rows, filled_columns)})
+                        fill_meta[i] = frame._meta
                 if not op.fitted:
                     continue
                 if needs[i] == phase:
@@ -232,6 +299,9 @@ class FeaturePipeline:
                     steps[op.where] = {"op": op.name, **op.check(results[rows_consumer(op)])}
                 if op_phases[i] == phase:
                     computed = dict(results.of(op.where))
+                    if i in schedule.through:
+                        fill = schedule.through[i]
+                        computed = _through_fill(op, self.ops[fill], fill_meta[fill], computed)
                     if partials and op.where in partials:
                         computed = op.merge([partials[op.where], computed])
                     op.finalize(computed)
@@ -247,7 +317,8 @@ class FeaturePipeline:
         ops that cannot merge or read other datums' rows, and stateful ops fitted after another
         (their input is the output of an op whose state the new rows change, so statistics saved
         from earlier rows would be stale)."""
-        _, phases, _ = self._schedule(set(extra_inputs))
+        # Statistics derived through a fill depend on its constant, which new rows change.
+        phases = self._schedule(set(extra_inputs), derive=False).phases
         problems = []
         for op, phase in zip(self.ops, phases):
             why = op.not_incremental()
@@ -329,6 +400,41 @@ class FeaturePipeline:
     @classmethod
     def from_json(cls, text: str) -> FeaturePipeline:
         return cls.from_dict(json.loads(text))
+
+
+def _through_fill(op: Op, fill: Op, meta: pd.DataFrame, computed: dict[str, Any]) -> dict[str, Any]:
+    """``op``'s statistics of the fill's input (and its missing counts) made into those of the
+    filled values, with the fill's fitted constants."""
+    counts = computed.pop(_MISSING)
+    values = fill.fills(meta)
+    fills = {c: (values[c], float(counts[c])) for c in counts.index if c in values}
+    out = {}
+    for key, stat in computed.items():
+        merge = op.merges.get(key.split(":", 1)[0])
+        adjusted = None if merge is None else filled(merge, key, stat, fills)
+        if adjusted is None:
+            raise StateError(
+                f"{op.where} ({op.name}): its statistic {key!r} has no merge that a fill's constant can adjust",
+                hint="declare the statistic in the op's `merges`, or fit with derive=False",
+            )
+        out[key] = adjusted
+    return out
+
+
+@dataclass
+class _Schedule:
+    """The fit plan: for each op, the first phase in which its input (and rows) are final
+    (``needs``) and its fit phase (``phases``, -1 when stateless); the ops fitted through the
+    fill before them (``through``: op position -> the fill's); the phase of the extras."""
+
+    needs: list[int] = field(default_factory=list)
+    phases: list[int] = field(default_factory=list)
+    through: dict[int, int] = field(default_factory=dict)
+    extras_phase: int = 0
+
+
+#: The key under which an op fitted through a fill also counts the values the fill replaces.
+_MISSING = "__dpipe_missing"
 
 
 def rows_consumer(op: Op) -> str:

@@ -78,21 +78,40 @@ def data() -> pd.DataFrame:
 
 MIXED = (
     {"op": "fill_missing", "columns": ["a", "b"], "strategy": "median"},  # 0: phase 0
-    {"op": "standard_scale", "columns": ["a"]},  # 1: reads 0's output -> phase 1
+    # 1: reads 0's output; fitted through the fill -> phase 0 (phase 1 without `derive`)
+    {"op": "standard_scale", "columns": ["a"]},
     {"op": "categorical", "columns": ["c"]},  # 2: independent -> phase 0
     {"op": "derive", "name": "d", "expr": "a * 2"},  # stateless; d final once 1 is fitted
     {"op": "filter", "expr": "d > 0.5"},  # rows final once 1 is fitted
-    {"op": "standard_scale", "columns": ["e"]},  # 5: its rows need 1's state -> phase 2
+    {"op": "standard_scale", "columns": ["e"]},  # 5: its rows need 1's state -> phase 1 (2)
 )
+
+
+def states_close(got: list, expected: list) -> bool:
+    """Fitted states equal up to float rounding (a fit through a fill adds in another order)."""
+
+    def close(a, b):
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
+        if isinstance(a, list) and isinstance(b, list):
+            return len(a) == len(b) and all(close(x, y) for x, y in zip(a, b))
+        if isinstance(a, float) and isinstance(b, float):
+            return a == pytest.approx(b, rel=1e-12, abs=1e-12)
+        return a == b
+
+    return close(got, expected)
 
 
 # -- planning ------------------------------------------------------------------------------------
 def test_plan_of_a_mixed_pipeline():
     pipe = pipeline(*MIXED)
-    assert pipe.plan() == ([0, 1, 0, -1, -1, 2], 2)
-    # Extras wait for the rows (phase 2) and for the columns they read.
-    assert pipe.plan({"c"}) == ([0, 1, 0, -1, -1, 2], 2)
-    assert pipe.plan({"e"}) == ([0, 1, 0, -1, -1, 2], 3)
+    assert pipe.plan() == ([0, 0, 0, -1, -1, 1], 1)
+    # Extras wait for the rows (phase 1) and for the columns they read.
+    assert pipe.plan({"c"}) == ([0, 0, 0, -1, -1, 1], 1)
+    assert pipe.plan({"e"}) == ([0, 0, 0, -1, -1, 1], 2)
+    # Every op on its actual input: the scaler waits for the fill.
+    assert pipe.plan(derive=False) == ([0, 1, 0, -1, -1, 2], 2)
+    assert pipe.plan({"e"}, derive=False) == ([0, 1, 0, -1, -1, 2], 3)
 
 
 def test_plan_of_independent_and_chained_ops():
@@ -112,7 +131,8 @@ def test_plan_of_independent_and_chained_ops():
         {"op": "fill_missing", "columns": ["g"], "strategy": "mean"},
         {"op": "standard_scale", "columns": ["g"]},
     )
-    assert chained.plan() == ([0, -1, 1, 2], 0)
+    assert chained.plan() == ([0, -1, 1, 1], 0)
+    assert chained.plan(derive=False) == ([0, -1, 1, 2], 0)
     # Overwriting a column with a stateless value makes it final again at once.
     overwritten = pipeline(
         {"op": "standard_scale", "columns": ["a"]},
@@ -153,9 +173,9 @@ def test_fitted_ops_are_not_planned_again(data):
                 {"op": "standard_scale", "columns": ["a"]},
                 {"op": "categorical", "columns": ["c"]},
             ),
-            2,
+            1,
         ),
-        (MIXED, 3),
+        (MIXED, 2),
     ],
     ids=["independent", "dependent", "mixed"],
 )
@@ -171,7 +191,7 @@ def test_fit_computes_once_per_phase_and_matches_fitting_op_by_op(data, entries,
     assert graphs.runs == n_phases
     assert len(report.phases) == n_phases
     reference = fit_one_at_a_time(pipeline(*entries), ddf)
-    assert [op.get_state() for op in pipe.ops] == [op.get_state() for op in reference.ops]
+    assert states_close([op.get_state() for op in pipe.ops], [op.get_state() for op in reference.ops])
 
 
 def test_fit_with_the_default_compute_runs_one_graph_per_phase(data):
@@ -179,8 +199,8 @@ def test_fit_with_the_default_compute_runs_one_graph_per_phase(data):
     pipe = pipeline(*MIXED)
     with dask.config.set(scheduler="sync"), CountGraphs() as graphs:
         report = pipe.fit(ddf)
-    assert graphs.runs == 3
-    assert report.phases == [["features[0]", "features[2]"], ["features[1]"], ["features[5]"]]
+    assert graphs.runs == 2
+    assert report.phases == [["features[0]", "features[1]", "features[2]"], ["features[5]"]]
 
 
 def test_mixed_pipeline_state_matches_pandas(data):
@@ -213,7 +233,7 @@ def test_fit_rows_select_statistics_rows_and_extras_share_a_phase(data):
         compute=counter,
     )
 
-    assert counter.calls == 3
+    assert counter.calls == 2
     train = data[data["split"] == "train"]
     assert pipe.ops[0].values_ == {"a": train["a"].median(), "b": train["b"].median()}
     a = data["a"].fillna(train["a"].median())

@@ -134,7 +134,7 @@ class Op:
                 + f"check `{self.where}` and the columns of `source`",
             )
         if numeric:
-            bad = {c: str(meta[c].dtype) for c in columns if not _is_numeric(meta[c])}
+            bad = {c: str(meta[c].dtype) for c in columns if not is_numeric(meta[c])}
             if bad:
                 raise ColumnError(
                     f"{self.where} ({self.name}): needs numeric columns, got {bad}",
@@ -199,6 +199,21 @@ class Op:
             merged[key] = merger([p[key] for p in parts])
         return merged
 
+    # -- fitted together with what follows --------------------------------------------------
+    @property
+    def fills_missing(self) -> bool:
+        """Whether this (stateful) op does nothing but replace the missing values of each of its
+        columns by one learned constant. The statistics a later op learns from those columns
+        then follow from the columns before it (:func:`dpipe.ops.stats.filled`), so the
+        pipeline fits both in one pass; :meth:`fills` gives the constants once fitted."""
+        return False
+
+    def fills(self, meta: pd.DataFrame) -> dict[str, float]:
+        """The fitted constants of a :attr:`fills_missing` op as float64, exactly as its
+        ``transform`` stores them in columns of ``meta``'s dtypes (a float32 column holds the
+        float32 value); a column left missing (no value seen at fit time) is absent."""
+        raise NotImplementedError(f"{self.where} ({self.name}) does not only fill missing values")
+
     # -- other tables ------------------------------------------------------------------------
     def sources(self) -> dict[str, Any]:
         """Source specs of the tables this op reads, by name (none by default)."""
@@ -243,7 +258,7 @@ def count_rows(df):
     return df.map_partitions(len, meta=("rows", "int64")).sum()
 
 
-def _is_numeric(s: pd.Series) -> bool:
+def is_numeric(s: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype)
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 
 from dpipe.columns import INTERNAL
 from dpipe.errors import ColumnError, DataError
-from dpipe.ops.base import STRING, Op, is_temporal, plain, to_builtin, value_dtype
+from dpipe.ops.base import STRING, Op, is_numeric, is_temporal, plain, to_builtin, value_dtype
 from dpipe.ops.stats import (
     merge_moments,
     merge_sketch,
@@ -100,6 +100,21 @@ class FillMissing(Op):
             self.values_ = {c: _mode(stats[f"counts:{c}"]) for c in self.spec.columns}
         else:
             self.values_ = {c: sketch_quantile(stats[f"sketch:{c}"], 0.5) for c in self.spec.columns}
+
+    @property
+    def fills_missing(self) -> bool:
+        return self.stateful
+
+    def fills(self, meta: pd.DataFrame) -> dict[str, float]:
+        # One missing value per column through `transform`: the constant as the column stores it.
+        columns = [c for c in self.spec.columns if is_numeric(meta[c])]
+        probe = self.transform(meta[columns].reindex(range(1)))
+        out = {}
+        for c in columns:
+            value = probe[c].iloc[0]
+            if pd.notna(value):
+                out[c] = float(value)
+        return out
 
     def transform(self, pdf: pd.DataFrame) -> pd.DataFrame:
         if self.spec.strategy == "forward":

@@ -200,3 +200,75 @@ def _plain_index(index: pd.Index) -> pd.Index:
     if isinstance(index.dtype, pd.CategoricalDtype):
         return pd.Index(index.astype(index.dtype.categories.dtype), name=index.name)
     return index
+
+
+# -- statistics of filled values, from those of the values before the fill ---------------------
+# A fill replaces each missing value of a column by one constant. What a scaler then learns from
+# the filled column follows from what it would learn from the column before the fill, the number
+# of missing values and the constant, so a scaler after a fill needs no pass of its own
+# (:meth:`dpipe.pipeline.FeaturePipeline.fit` fits both in one).
+def missing(df, columns: list[str]):
+    """Lazy number of missing values of each column (a Series indexed by column)."""
+    return df[list(columns)].isna().sum()
+
+
+def _filled_moments(stat: pd.DataFrame, fills: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    # Chan et al.'s update with a group of `count` values equal to the constant (its m2 is 0).
+    out = stat.copy()
+    for column, (value, count) in fills.items():
+        if column in out.index and count > 0:
+            parts = pd.DataFrame(
+                {
+                    "n": [out.loc[column, "n"], count],
+                    "mean": [out.loc[column, "mean"], value],
+                    "m2": [out.loc[column, "m2"], 0.0],
+                },
+                index=[column, column],
+            )
+            out.loc[column] = _merge_moments(parts).loc[column]
+    return out
+
+
+def _filled_min_max(stat: pd.DataFrame, fills: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    out = stat.copy()
+    for column, (value, count) in fills.items():
+        if column in out.index and count > 0:
+            out.loc[column, "min"] = np.fmin(out.loc[column, "min"], value)
+            out.loc[column, "max"] = np.fmax(out.loc[column, "max"], value)
+    return out
+
+
+def _filled_sketch(stat: pd.DataFrame, value: float, count: float) -> pd.DataFrame:
+    if count <= 0:
+        return stat
+    total = stat["weight"].sum() + count
+    if total <= SKETCH_SIZE:
+        # Still exact: the constant as that many unit-weight values, as a sketch of the filled
+        # column would hold them.
+        extra = pd.DataFrame({"value": np.full(int(count), value), "weight": np.ones(int(count))})
+    else:
+        extra = pd.DataFrame({"value": [value], "weight": [float(count)]})
+    return _merge_sketch(pd.concat([stat, extra], ignore_index=True))
+
+
+def filled(merge: Any, key: str, stat: Any, fills: dict[str, tuple[float, float]]) -> Any:
+    """A computed statistic of columns before a fill made into the same statistic of the filled
+    columns; ``fills`` maps a filled column to (the constant as the column stores it, the number
+    of values filled). ``merge`` is the statistic's merge function (an op's ``merges``), which
+    names its kind; ``key`` is its name (``sketch:income``). Returns ``None`` for a kind it cannot
+    adjust."""
+    if merge is merge_moments:
+        return _filled_moments(stat, fills)
+    if merge is merge_min_max:
+        return _filled_min_max(stat, fills)
+    if merge is merge_sketch:
+        column = key.split(":", 1)[1] if ":" in key else None
+        if column not in fills:
+            return stat
+        return _filled_sketch(stat, *fills[column])
+    return None
+
+
+def can_fill(merge: Any) -> bool:
+    """Whether :func:`filled` adjusts statistics merged by ``merge``."""
+    return merge is merge_moments or merge is merge_min_max or merge is merge_sketch
