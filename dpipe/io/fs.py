@@ -105,6 +105,11 @@ def storage_errors(where: str, uri: str) -> Iterator[None]:
             hint="check the endpoint (storage_options.client_kwargs.endpoint_url or AWS_ENDPOINT_URL) and network",
         ) from exc
     except OSError as exc:
+        if exc.errno == errno.EBUSY:  # s3fs: SlowDown / ServiceUnavailable after botocore's retries
+            raise StorageError(
+                f"{where}: the storage throttled the requests for {uri!r} after its retries ({_short(exc)})",
+                hint="run fewer jobs against it at once, or raise `storage_options.config_kwargs.retries`",
+            ) from exc
         if exc.errno == errno.ENOSPC:
             raise StorageError(
                 f"{where}: no space left on the storage of {uri!r} ({_short(exc)})",

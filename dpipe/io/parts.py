@@ -9,6 +9,7 @@ read exactly once). :class:`FragmentTask` is what a worker gets (picklable, toke
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -185,7 +186,9 @@ def storage_failure(uri: str, exc: BaseException) -> StorageError | None:
             hint="give the credentials in `storage_options` or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
             " where dpipe runs (they travel to the workers), or on the workers",
         )
-    if code in _THROTTLED or any(t in text for t in _THROTTLED[:4]):
+    # s3fs turns SlowDown and ServiceUnavailable into OSError(EBUSY) once botocore's retries ran out.
+    busy = isinstance(exc, OSError) and exc.errno == errno.EBUSY
+    if busy or code in _THROTTLED or any(t in text for t in _THROTTLED[:4]):
         return StorageError(
             f"source: the storage throttled {who} reading {uri!r} after its retries ({code or name})",
             hint="read with fewer workers or threads at once, or raise `storage_options.config_kwargs.retries`",

@@ -257,3 +257,43 @@ def test_bad_credentials_are_a_storage_error_without_the_secret(s3_server_with_a
     assert done.stderr.count("dpipe: error: source.uri: access to 's3://some-bucket/events' was denied") == 1
     assert "not-the-secret-123" not in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+# -- throttling ------------------------------------------------------------------------------
+def test_throttled_reads_are_retried_with_backoff(s3_events, client):
+    from tests.throttling import throttling_proxy
+
+    s3, events = s3_events
+    with throttling_proxy(s3["endpoint"], throttle=2) as (endpoint, throttle):
+        options = {**s3["storage_options"], "client_kwargs": {"endpoint_url": endpoint}}
+        s3fs.S3FileSystem.clear_instance_cache()
+        rows = client.compute(read(events, storage_options=options).frame.map_partitions(len).sum()).result()
+    assert rows == 20_000
+    # Every object read was refused twice (503 SlowDown) before it was served.
+    assert len(throttle.refused) >= len(s3["fs"].find(f"{s3['bucket']}/events"))
+    assert set(throttle.refused.values()) == {2}
+
+
+def test_throttled_past_the_retries_is_a_storage_error_naming_it(s3_events, client):
+    from tests.throttling import throttling_proxy
+
+    s3, events = s3_events
+    with throttling_proxy(s3["endpoint"], throttle=None) as (endpoint, throttle):
+        options = {
+            **s3["storage_options"],
+            "client_kwargs": {"endpoint_url": endpoint},
+            "config_kwargs": {"retries": {"max_attempts": 2}},
+        }
+        s3fs.S3FileSystem.clear_instance_cache()
+        # Planning on the client.
+        with pytest.raises(dpipe.StorageError, match=r"source.uri: the storage throttled the requests for 's3://"):
+            read(events, storage_options=options)
+        # Reading on a worker, once planned.
+        throttle.throttle = 0
+        frame = read(events, storage_options=options).frame
+        throttle.throttle = None
+        with pytest.raises(
+            dpipe.StorageError, match=r"the storage throttled worker .* reading 's3://.*after its"
+        ) as info:
+            client.compute(frame.map_partitions(len).sum()).result()
+    assert "Hint: read with fewer workers or threads at once" in str(info.value)
