@@ -80,9 +80,11 @@ def intervals(client, job, p, placed, repeat: int, folder: Path) -> dict:
     return against(times, "None", "ratio_to_none")
 
 
-def restart(events: Path, work: Path, rounds: int, every: int) -> dict:
-    """An uninterrupted run and one whose worker is SIGKILLed after the first checkpoint."""
+def restart(events: Path, work: Path, rounds: int, every: int, repeat: int) -> dict:
+    """Uninterrupted runs and runs whose worker is SIGKILLed after the first checkpoint, in pairs
+    whose order alternates, after an untimed run that pays the workers' first imports."""
     import signal
+    import statistics
     import threading
 
     from distributed import Client
@@ -97,29 +99,44 @@ def restart(events: Path, work: Path, rounds: int, every: int) -> dict:
         result = dpipe.run(dpipe.job_from_dict(spec), scheduler=address, progress=False)
         return time.perf_counter() - t0, result
 
-    (work / "cluster").mkdir(parents=True, exist_ok=True)
-    with dask_processes(work / "cluster", workers=2) as (address, _):
-        steady_s, _ = run(work / "steady")
-        with Client(address, set_as_default=False) as c:
-            victim = sorted(c.run(os.getpid).items())[-1][1]
-        out = work / "killed"
-
+    def killing(out: Path, victim: int) -> None:
         def kill_after_first_checkpoint():
             while not any(out.parent.glob(f".{out.name}.dpipe-staging-*/checkpoints/*/checkpoint-*.json")):
                 time.sleep(0.01)
             os.kill(victim, signal.SIGKILL)
 
         threading.Thread(target=kill_after_first_checkpoint, daemon=True).start()
-        killed_s, result = run(out)
-    restarts = result.manifest["training"]["restarts"]
-    return {
-        "steady_s": steady_s,
-        "killed_s": killed_s,
-        "lost_s": killed_s - steady_s,
-        "ratio": killed_s / steady_s,
-        "restarts": restarts,
-        "valid_auc": result.metrics["valid"].get("auc"),
-    }
+
+    (work / "cluster").mkdir(parents=True, exist_ok=True)
+    pairs = []
+    with dask_processes(work / "cluster", workers=2) as (address, _), Client(address, set_as_default=False) as c:
+        run(work / "warm-up")
+        for i in range(repeat):
+            order = ("steady", "killed") if i % 2 == 0 else ("killed", "steady")
+            got: dict = {}
+            for kind in order:
+                c.wait_for_workers(2, timeout=120)  # the nanny's replacement after a kill
+                out = work / f"{kind}-{i}"
+                if kind == "killed":
+                    killing(out, sorted(c.run(os.getpid).items())[-1][1])
+                got[kind] = run(out)
+            (steady_s, _), (killed_s, result) = got["steady"], got["killed"]
+            pairs.append(
+                {
+                    "order": list(order),
+                    "steady_s": steady_s,
+                    "killed_s": killed_s,
+                    "lost_s": killed_s - steady_s,
+                    "ratio": killed_s / steady_s,
+                    "restarts": result.manifest["training"]["restarts"],
+                    "valid_auc": result.metrics["valid"].get("auc"),
+                }
+            )
+    summary = {}
+    for key in ("steady_s", "killed_s", "lost_s", "ratio"):
+        values = [p[key] for p in pairs]
+        summary[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return {"pairs": pairs, **summary}
 
 
 def main(argv=None) -> int:
@@ -133,31 +150,39 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--layout", default="2x1")
     ap.add_argument("--kill", action="store_true", help="also time a run that loses a worker (a real cluster)")
+    ap.add_argument("--kill-only", action="store_true", help="only the runs that lose a worker (no intervals)")
     ap.add_argument("--data-dir", type=Path, default=RESULTS / "data", help="where generated data is cached")
     ap.add_argument("--out", type=Path, default=RESULTS / "checkpoint.json", help="where the JSON goes")
     args = ap.parse_args(argv)
     report: dict = {"rows": args.rows, "rounds": args.rounds, "repeat": args.repeat, "load_average": os.getloadavg()}
     events = dataset(args.data_dir, args.rows)
     with tempfile.TemporaryDirectory(prefix="dpipe-bench-checkpoint-") as tmp:
-        with cluster(args.layout) as client:
-            job, p, placed = placed_rows(_job(events, Path(tmp) / "unused", args.rounds), client)
-            train_once(client, job, p, placed, None, Path(tmp))  # untimed: first-use costs
-            report["intervals"] = intervals(client, job, p, placed, args.repeat, Path(tmp))
-        write_json(report, args.out)  # kept if the restart part fails
-        if args.kill:
-            report["restart"] = restart(events, Path(tmp), args.rounds, 10)
+        if not args.kill_only:
+            with cluster(args.layout) as client:
+                job, p, placed = placed_rows(_job(events, Path(tmp) / "unused", args.rounds), client)
+                train_once(client, job, p, placed, None, Path(tmp))  # untimed: first-use costs
+                report["intervals"] = intervals(client, job, p, placed, args.repeat, Path(tmp))
+            write_json(report, args.out)  # kept if the restart part fails
+        if args.kill or args.kill_only:
+            report["restart"] = restart(events, Path(tmp), args.rounds, 10, args.repeat)
     report["load_average_after"] = os.getloadavg()
     print(f"\n{args.rows:,} rows, {args.rounds} rounds, {args.layout}; median (min-max) of {args.repeat}")
     print(f"{'checkpoint_every':<18}{'train s':>24}{'ratio to none':>16}")
-    for every, r in report["intervals"].items():
+    for every, r in report.get("intervals", {}).items():
         spread = f"{r['median_s']:.2f} ({r['min_s']:.2f}-{r['max_s']:.2f})"
         print(f"{every:<18}{spread:>24}{r['ratio_to_none']:>16.3f}")
     if "restart" in report:
         r = report["restart"]
-        print(
-            f"\nrestart: uninterrupted {r['steady_s']:.1f} s, one worker killed {r['killed_s']:.1f} s"
-            f" (ratio {r['ratio']:.2f}); restarts {r['restarts']}"
-        )
+        print(f"\nrestart (pairs in alternating order, median (min-max) of {len(r['pairs'])}):")
+        for key, what in (
+            ("steady_s", "uninterrupted s"),
+            ("killed_s", "one worker killed s"),
+            ("lost_s", "lost s"),
+            ("ratio", "killed / uninterrupted"),
+        ):
+            print(f"  {what:<24}{r[key]['median']:>8.2f} ({r[key]['min']:.2f}-{r[key]['max']:.2f})")
+        for pair in r["pairs"]:
+            print(f"  {' then '.join(pair['order'])}: restarts {pair['restarts']}")
     print(f"load average before {report['load_average']}, after {report['load_average_after']}")
     print(f"\nJSON: {write_json(report, args.out)}")
     return 0
