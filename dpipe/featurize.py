@@ -24,6 +24,7 @@ from dpipe.bundle import Bundle
 from dpipe.errors import ColumnError, SpecError
 from dpipe.incremental import Decision, check_job, decide
 from dpipe.io import BadFileLog, Datum, Increment, StagedOutput, open_sink, open_source
+from dpipe.keep import keep
 from dpipe.manifest import cluster_info, features_manifest
 from dpipe.openlineage import run_events
 from dpipe.ops.base import count_rows
@@ -118,9 +119,13 @@ def run_features(
         with _cluster.connect(job.cluster, client=client, address=scheduler, log=reporter.log) as client, sink, staged:
             compute = reporter.compute(client)
             gate = QualityGate(list(job.checks), job.quarantine, source.files)
-            pre = gate.prepass(source.frame, compute)
-            checked = gate.apply(source.frame, pre, quarantine_to=side)
-            lazy = {"quality": checked.lazy, "input": {"rows_read": count_rows(source.frame)}}
+            # More than one pass (a pre-pass, a fit, then the write): read once, keep the rows.
+            passes = 1 + int(gate.needs_prepass) + int(not pipeline.fitted)
+            kept = keep(client, source, job.cluster.persist, reporter.log) if passes > 1 else None
+            read = source.frame if kept is None else kept
+            pre = gate.prepass(read, compute)
+            checked = gate.apply(read, pre, quarantine_to=side)
+            lazy = {"quality": checked.lazy, "input": {"rows_read": count_rows(read)}}
             steps: dict[str, Any] = {}
             phases: list[list[str]] = []
             values: dict[str, Any] = {}

@@ -55,20 +55,28 @@ _COMPARE = {"==": np.equal, "!=": np.not_equal, "<=": np.less_equal}
 
 @dataclass(frozen=True)
 class PlacedRows:
-    """Partitions computed into worker memory (futures), where each lies, and the workers; with
-    each partition's graph (``parts``) and size, to compute again those a lost worker held."""
+    """Pieces computed into worker memory (futures), where each lies, and the workers; with the
+    graphs of each piece's partitions (``parts``: small partitions are combined into one piece)
+    and its rows, to compute again those a lost worker held."""
 
     futures: list[Any]
     where: list[str]
     workers: list[str]
     meta: pd.DataFrame
-    parts: list[Any] | None = None
+    parts: list[list[Any]] | None = None
     sizes: list[int] | None = None
 
 
-def place_rows(client, df: dd.DataFrame, rows_per_partition: list[int] | None = None) -> PlacedRows:
-    """Compute ``df`` into worker memory, a fair share on every worker (see :func:`spread_partitions`)."""
-    futures, where, workers, parts, sizes = _place_parts(client, df, rows_per_partition)
+def place_rows(
+    client, df: dd.DataFrame, rows_per_partition: list[int] | None = None, *, rebuild: dd.DataFrame | None = None
+) -> PlacedRows:
+    """Compute ``df`` into worker memory, a fair share on every worker (see :func:`spread_partitions`).
+
+    ``rebuild`` is the same rows from another graph, partition for partition, to compute again
+    those a lost worker held: ``df`` computed from rows kept in memory (:mod:`dpipe.keep`), which
+    are released once placed, and ``rebuild`` from the storage.
+    """
+    futures, where, workers, parts, sizes = _place_parts(client, df, rows_per_partition, rebuild)
     return PlacedRows(futures, where, workers, df._meta, parts, sizes)
 
 
@@ -152,7 +160,7 @@ def _rows(pdf: pd.DataFrame, start: int, stop: int) -> pd.DataFrame:
 
 def _place(client, df: dd.DataFrame, rows_per_partition: list[int] | None):
     """The futures of ``df``'s partitions, the worker each was computed on, and all workers."""
-    futures, where, workers, _, _ = _place_parts(client, df, rows_per_partition)
+    futures, where, workers, _, _ = _place_parts(client, df, rows_per_partition, None)
     return futures, where, workers
 
 
@@ -171,10 +179,13 @@ def live_workers(client) -> list[str]:
     return workers
 
 
-def _place_parts(client, df: dd.DataFrame, rows_per_partition: list[int] | None):
+def _place_parts(client, df: dd.DataFrame, rows_per_partition: list[int] | None, rebuild: dd.DataFrame | None):
     workers = live_workers(client)
+    if rebuild is not None and rebuild.npartitions != df.npartitions:
+        raise ValueError(f"`rebuild` has {rebuild.npartitions} partitions, `df` {df.npartitions}")
     if df.npartitions < len(workers):
         df = df.repartition(npartitions=len(workers))
+        rebuild = None if rebuild is None else rebuild.repartition(npartitions=len(workers))
         rows_per_partition = None
     sizes = list(rows_per_partition or [1] * df.npartitions)
     load = {w: 0 for w in workers}
@@ -183,19 +194,72 @@ def _place_parts(client, df: dd.DataFrame, rows_per_partition: list[int] | None)
         target = min(workers, key=lambda w: (load[w], workers.index(w)))
         assignment[i] = target
         load[target] += max(sizes[i], 1)
-    parts = df.to_delayed(optimize_graph=True)
+    first = df.to_delayed(optimize_graph=True)
+    parts = first if rebuild is None else rebuild.to_delayed(optimize_graph=True)
     where = [assignment[i] for i in range(len(parts))]
+    bundles = [[i] for i in range(len(parts))]
+    if rows_per_partition is not None:
+        bundles = _bundles(where, sizes, _piece_rows(df._meta))
+        first = _combined(first, bundles)
+        where = [where[b[0]] for b in bundles]
+        sizes = [sum(sizes[i] for i in b) for b in bundles]
+    # What a lost piece is computed again from: its partitions' graphs.
+    parts = [[parts[i] for i in b] for b in bundles]
     # One round trip per worker, not per partition (10,000 files are 10,000 partitions).
     futures: list[Any] = [None] * len(parts)
     for w in workers:
         mine = [i for i, target in enumerate(where) if target == w]
         if mine:
-            computed = client.compute([parts[i] for i in mine], workers=[w], allow_other_workers=False)
+            computed = client.compute([first[i] for i in mine], workers=[w], allow_other_workers=False)
             for i, f in zip(mine, computed):
                 futures[i] = f
     _wait_placed(client, futures, where, parts, sizes)
     # A worker lost while placing was replaced by those that took its partitions.
     return futures, where, sorted(set(live_workers(client)) | set(where)), parts, sizes
+
+
+#: Bytes of one placed piece, when small partitions are combined: with many small files each
+#: worker holds a few pieces rather than one per file, so what follows the placement (the sides'
+#: cuts, XGBoost's matrices, the assessment) pays its per-partition costs a few times.
+PIECE_BYTES = 64 * 2**20
+
+
+def _piece_rows(meta: pd.DataFrame) -> int:
+    """Rows in :data:`PIECE_BYTES`, from the columns' dtypes (text and objects counted as 32 bytes)."""
+    width = sum(dtype.itemsize if isinstance(dtype, np.dtype) and dtype.kind != "O" else 32 for dtype in meta.dtypes)
+    return max(PIECE_BYTES // max(width, 1), 1)
+
+
+def _bundles(where: list[str], sizes: list[int], rows: int) -> list[list[int]]:
+    """Partitions grouped into pieces of at most ``rows`` rows, each of one worker's partitions (in
+    order); a larger partition is a piece of its own."""
+    bundles: list[list[int]] = []
+    open_: dict[str, tuple[list[int], int]] = {}
+    for i, w in enumerate(where):
+        bundle, n = open_.get(w, ([], 0))
+        if bundle and n + sizes[i] > rows:
+            bundles.append(bundle)
+            bundle, n = [], 0
+        open_[w] = ([*bundle, i], n + sizes[i])
+    bundles += [bundle for bundle, _ in open_.values() if bundle]
+    return sorted(bundles)
+
+
+def _combined(parts: list[Any], bundles: list[list[int]]) -> list[Any]:
+    return [parts[b[0]] if len(b) == 1 else _concat_delayed([parts[i] for i in b]) for b in bundles]
+
+
+def _concat_delayed(parts: list[Any]) -> Any:
+    import dask
+
+    return dask.delayed(_concat, pure=False)(*parts)
+
+
+def _concat(*frames: pd.DataFrame) -> pd.DataFrame:
+    out = pd.concat(frames)
+    # Categoricals of other categories in two frames would become objects: keep the first's dtypes.
+    changed = {c: frames[0][c].dtype for c in out.columns if out[c].dtype != frames[0][c].dtype}
+    return out.astype(changed) if changed else out
 
 
 def _wait_placed(client, futures: list[Any], where: list[str], parts: list[Any], sizes: list[int]) -> None:
@@ -235,6 +299,7 @@ def _again(client, futures, where, parts, sizes, lost: set[int], workers: list[s
         # Under new keys: the scheduler keeps the old ones pinned to the dead worker, where they
         # would wait forever.
         futures[i].release()
-        futures[i] = client.compute(
-            clone(parts[i], seed=uuid.uuid4().hex), workers=[where[i]], allow_other_workers=False
-        )
+        seed = uuid.uuid4().hex
+        members = [clone(part, seed=seed) for part in parts[i]]
+        piece = members[0] if len(members) == 1 else _concat_delayed(members)
+        futures[i] = client.compute(piece, workers=[where[i]], allow_other_workers=False)

@@ -27,6 +27,7 @@ from dpipe.errors import ColumnError
 from dpipe.incremental import bundle_state, check_job, decide
 from dpipe.io import StagedOutput, open_increment, open_sink, open_source
 from dpipe.io.fs import full_uri, resolve
+from dpipe.keep import keep, release
 from dpipe.manifest import cluster_info, run_manifest, source_lineage
 from dpipe.openlineage import run_events
 from dpipe.plan import Plan, plan, require, table_opener
@@ -181,29 +182,42 @@ def run(
         with _cluster.connect(job.cluster, client=client, address=scheduler, log=reporter.log) as client, out:
             compute = reporter.compute(client)
             gate = stages.quality_gate(p)
+            # Read once: every pass until the placement reads the rows kept in memory.
+            kept = keep(client, p.source, job.cluster.persist, reporter.log)
             checks = (
                 reporter.stage("checks", "finding duplicated keys to quarantine")
                 if gate.needs_prepass
                 else nullcontext()
             )
             with checks:
-                pre = stages.prepass(p, gate, compute)
+                pre = stages.prepass(p, gate, compute, frame=kept)
             if p.labeler.splitter.needs_range:
                 with reporter.stage("split", f"measuring the time range of {job.split.column!r}"):
-                    p = stages.resolve_split(p, compute)
+                    p = stages.resolve_split(p, compute, frame=kept)
             what = (
                 "merging saved statistics with the new datums'"
                 if increment is not None
                 else "learning feature statistics"
             )
             with reporter.stage("fit", f"{what} ({len(job.features)} ops)"):
-                fitted = stages.fit(p, gate, pre, compute, quarantine_to=out, log=reporter.log, partials=partials)
+                fitted = stages.fit(
+                    p, gate, pre, compute, quarantine_to=out, frame=kept, log=reporter.log, partials=partials
+                )
             _log_fit(reporter, fitted)
             retrain = Retrain.of(job, decision, p, fitted)
             with reporter.stage("load", f"transforming and placing {retrain.what} on every worker"):
                 placed = stages.place(
-                    client, retrain.plan, retrain.fitted, retrain.gate or gate, pre, balanced=retrain.gate is None
+                    client,
+                    retrain.plan,
+                    retrain.fitted,
+                    retrain.gate or gate,
+                    pre,
+                    frame=kept if retrain.plan.source is p.source else None,
+                    balanced=retrain.gate is None,
                 )
+            # Placed: the kept rows are released (training holds the transformed ones).
+            release(kept)
+            del kept
             config = TrainConfig.from_spec(job.train).replace(xgb_model=retrain.booster)
             tuned = None
             if job.tune is not None:

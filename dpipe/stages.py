@@ -56,9 +56,10 @@ def quality_gate(plan: Plan) -> QualityGate:
     return QualityGate(list(plan.job.checks), plan.job.quarantine, plan.source.files)
 
 
-def prepass(plan: Plan, gate: QualityGate, compute: Compute) -> Prepass:
-    """The keys of quarantining ``unique`` checks: one pass over the key columns, when needed."""
-    return gate.prepass(plan.source.frame, compute)
+def prepass(plan: Plan, gate: QualityGate, compute: Compute, *, frame: dd.DataFrame | None = None) -> Prepass:
+    """The keys of quarantining ``unique`` checks: one pass over the key columns, when needed.
+    ``frame``: the source's rows kept in memory (:mod:`dpipe.keep`), else they are read."""
+    return gate.prepass(plan.source.frame if frame is None else frame, compute)
 
 
 # -- the rows before the feature ops -----------------------------------------------------------
@@ -92,13 +93,14 @@ def prepare(plan: Plan, frame: dd.DataFrame, gate: QualityGate, pre: Prepass, *,
 
 
 # -- the split's time range -------------------------------------------------------------------
-def resolve_split(plan: Plan, compute: Compute) -> Plan:
+def resolve_split(plan: Plan, compute: Compute, *, frame: dd.DataFrame | None = None) -> Plan:
     """The plan with its split's fractions of the time range turned into timestamps (one pass
-    over the time column; nothing to do for other splits)."""
+    over the time column of ``frame``, default the source's; nothing to do for other splits)."""
     splitter = plan.labeler.splitter
     if not splitter.needs_range:
         return plan
-    (values,) = compute(split.range_measures(splitter, plan.source.frame[[splitter.column]]))
+    rows = plan.source.frame if frame is None else frame
+    (values,) = compute(split.range_measures(splitter, rows[[splitter.column]]))
     labeler = dataclasses.replace(plan.labeler, splitter=split.resolve(splitter, values))
     return dataclasses.replace(plan, labeler=labeler)
 
@@ -410,18 +412,26 @@ def place(
 
     The fit pass's row counts per partition balance the workers; with ``balanced=False`` (other
     rows than the fit's: an incremental run training on all datums) partitions are spread by number.
+    ``frame`` (rows kept in memory, :mod:`dpipe.keep`) is what is transformed; a partition a lost
+    worker held is computed again from the source's frame.
     """
-    frame = plan.source.frame if frame is None else frame
+    source = plan.source.frame
+    frame = source if frame is None else frame
     _check_files(gate, frame)
     prepared = prepare(plan, frame, gate, pre)
     splitter = plan.labeler.splitter
     keep = [*plan.job.id_columns, LABEL, SIDE, *([CV_FOLD] if splitter.folds else [])]
     keep += [c for c in _slices(plan, fitted) if c not in keep]
     select = fitted.model_input.with_passthrough(keep)
-    transformed = fitted.pipeline.transform(prepared.frame)
-    model_frame = transformed.map_partitions(select, meta=select(transformed._meta))
+
+    def model_rows(rows: dd.DataFrame) -> dd.DataFrame:
+        transformed = fitted.pipeline.transform(rows)
+        return transformed.map_partitions(select, meta=select(transformed._meta))
+
+    model_frame = model_rows(prepared.frame)
+    rebuild = None if frame is source else model_rows(prepare(plan, source, gate, pre).frame)
     sizes = list(fitted.rows_per_partition) if balanced else None
-    rows = place_rows(client, model_frame, sizes)
+    rows = place_rows(client, model_frame, sizes, rebuild=rebuild)
     return cut_sides(client, rows, fitted.model_input, valid=not splitter.folds, test=splitter.has_test)
 
 

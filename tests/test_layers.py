@@ -43,6 +43,16 @@ FORBIDDEN = {
     "dpipe.drift": ("dpipe.io", "dpipe.pipeline", "dpipe.quality", "dpipe.plan", *_RUNNERS),
     # Restarting training: checkpoints on any store (dpipe.io.fs), placement and training; no plan.
     "dpipe.resume": ("dpipe.ops", "dpipe.pipeline", "dpipe.quality", "dpipe.plan", *_RUNNERS),
+    # Keeping the rows read: a decision over an opened source and the cluster; no ops, no plan.
+    "dpipe.keep": (
+        "dpipe.ops",
+        "dpipe.pipeline",
+        "dpipe.quality",
+        "dpipe.train",
+        "dpipe.placement",
+        "dpipe.plan",
+        *_RUNNERS,
+    ),
     "dpipe.resumable": ("dpipe.ops", "dpipe.pipeline", "dpipe.quality", "dpipe.plan", "dpipe.placement", *_RUNNERS),
 }
 

@@ -5,7 +5,7 @@ import pytest
 
 from dpipe.columns import SIDE, TRAIN, VALID
 from dpipe.errors import DataError, TrainingError
-from dpipe.placement import spread_partitions, spread_train_valid
+from dpipe.placement import place_rows, spread_partitions, spread_train_valid
 from dpipe.spec import TrainSpec
 from dpipe.split import Splitter
 from dpipe.train import (
@@ -41,11 +41,25 @@ def test_placement_balances_rows_largest_first(client):
     pdf = pd.DataFrame({"x": np.arange(float(sum(sizes)))})
     bounds = np.cumsum([0, *sizes])
     frame = dd.from_map(lambda i: pdf.iloc[bounds[i] : bounds[i + 1]], range(len(sizes)), meta=pdf.iloc[:0])
-    before = client.has_what()
-    placed = spread_partitions(client, frame, sizes)
-    load = {w: sum(sizes[k[1]] for k in keys) for w, keys in _placed_keys(client, before).items()}
-    assert sorted(load.values()) == [700, 700]  # 700 alone; 300 + 4 x 100 together
-    assert client.compute(placed["x"].count()).result() == sum(sizes)
+    placed = place_rows(client, frame, sizes)
+    rows = client.gather(client.map(len, placed.futures))
+    load: dict[str, list[int]] = {}
+    for w, n in zip(placed.where, rows):
+        load.setdefault(w, []).append(n)
+    # 700 alone; 300 + 4 x 100 on the other worker, combined into one piece (small partitions).
+    assert sorted(load.values()) == [[700], [700]]
+    assert placed.sizes == rows
+    got = pd.concat(client.gather(placed.futures))["x"].sort_values().to_numpy()
+    np.testing.assert_array_equal(got, pdf["x"].to_numpy())
+
+
+def test_small_partitions_are_combined_into_pieces_of_one_worker():
+    from dpipe.placement import _bundles
+
+    where = ["a", "b", "a", "a", "b", "a", "a"]
+    sizes = [10, 10, 50, 10, 10, 10, 200]
+    # At most 60 rows a piece; the 200-row partition is a piece of its own.
+    assert _bundles(where, sizes, 60) == [[0, 2], [1, 4], [3, 5], [6]]
 
 
 def test_labeler_split_is_a_pure_function_of_the_key():

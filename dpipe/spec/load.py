@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from dpipe.errors import SpecError
 from dpipe.spec.base import redact
 from dpipe.spec.features import CUSTOM_TAG, OP_MODELS, OP_NAMES
-from dpipe.spec.models import RESILIENCE, AnyJob, FeaturesJobSpec, JobSpec
+from dpipe.spec.models import NOT_COMPUTED, AnyJob, FeaturesJobSpec, JobSpec
 from dpipe.spec.quality import CHECK_MODELS, CHECK_NAMES
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -277,8 +277,10 @@ def redacted(job: Any) -> dict:
 def spec_digest(job: Any, leave_out: Collection[str] = ("lineage", "monitor", "registry")) -> str:
     """A sha256 of the redacted spec without the sections ``leave_out``: by default those that
     change nothing a job computes (where events go, how its model is watched and registered);
-    never the ``train`` settings of how training survives faults (:data:`RESILIENCE`)."""
+    never the settings of how it runs (:data:`~dpipe.spec.models.NOT_COMPUTED`: how training
+    survives faults, whether the rows read stay in memory)."""
     spec = {k: v for k, v in redacted(job).items() if k not in leave_out}
-    if isinstance(spec.get("train"), dict):
-        spec["train"] = {k: v for k, v in spec["train"].items() if k not in RESILIENCE}
+    for section, keys in NOT_COMPUTED.items():
+        if isinstance(spec.get(section), dict):
+            spec[section] = {k: v for k, v in spec[section].items() if k not in keys}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()

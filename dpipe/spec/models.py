@@ -173,6 +173,9 @@ CHECKPOINT_EVERY = 10
 
 #: The ``train`` settings that change how training survives faults, not what it computes.
 RESILIENCE = ("checkpoint_every", "max_restarts", "restart_wait", "collective_timeout")
+#: Settings of each section that change how a job runs, not what it computes: left out of the
+#: spec's digest, so changing one does not make an unchanged job run again.
+NOT_COMPUTED = {"train": RESILIENCE, "cluster": ("persist",)}
 
 
 class TrainSpec(Strict):
@@ -261,6 +264,10 @@ class ClusterSpec(Strict):
     memory_limit: str | int | None = None
     processes: bool = True
     dashboard_address: str | None = ":0"
+    #: Keep the rows a job reads in worker memory for its passes after the first (quality
+    #: pre-pass, fit phases, the load): ``auto`` when their estimated size is within a quarter of
+    #: the workers' memory limit (:mod:`dpipe.keep`), ``always`` or ``never``.
+    persist: Literal["auto", "always", "never"] = "auto"
 
     @model_validator(mode="after")
     def _address_or_local(self):
