@@ -43,7 +43,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=_count, default=2_000_000, help="rows of the compared run (accepts 2e6)")
     p.add_argument("--repeat", type=int, default=3, help="timed runs of each system (alternating)")
     p.add_argument("--layout", default="2x1", help="workers x threads of the LocalCluster, e.g. 2x1 or 1x2")
-    p.add_argument("--systems", type=_names, default=["dpipe", "handwritten", "pandas", "floor"])
+    p.add_argument("--systems", type=_names, default=None, help="default: every system the workload has")
+    p.add_argument(
+        "--workload",
+        choices=["default", "full"],
+        default="default",
+        help="default: median fills of 10 columns, scaling of 4; full: a filter, derived and date columns,"
+        " the mean fill and scaling of all 32 numeric columns, ordinal codes (no floor)",
+    )
     p.add_argument("--rounds", type=int, default=None, help="boosting rounds (default 100; --quick: 10)")
     p.add_argument("--seed", type=int, default=0, help="data generator seed")
     p.add_argument(
@@ -90,9 +97,17 @@ def main(argv=None) -> int:
     from benchmarks import report, suite
     from benchmarks.systems import SYSTEMS
 
-    unknown = [s for s in args.systems if s not in SYSTEMS]
+    offered = [s for s in SYSTEMS if args.workload == "default" or s != "floor"]
+    if args.systems is None:
+        args.systems = offered
+    unknown = [s for s in args.systems if s not in offered]
     if unknown:
-        print(f"--systems: unknown system(s) {unknown}; choose from {SYSTEMS}", file=sys.stderr)
+        print(
+            f"--systems: {unknown} not offered for workload {args.workload!r}; choose from {offered}", file=sys.stderr
+        )
+        return 2
+    if args.workload != "default" and (args.scaling or args.larger_than_memory):
+        print("--workload: the sweep and the larger-than-memory run use the default workload", file=sys.stderr)
         return 2
     for layout in [args.layout, *args.layouts]:
         try:
@@ -156,9 +171,11 @@ def main(argv=None) -> int:
             count=not args.no_count,
             profile_dir=RESULTS / "profiles" if args.profile else None,
             log=log,
+            workload=args.workload,
         )
         report.print_compare(result)
-        path = report.write_json(result, args.json or RESULTS / f"compare-rows{rows}.json")
+        name = f"compare-rows{rows}" + ("" if args.workload == "default" else f"-{args.workload}")
+        path = report.write_json(result, args.json or RESULTS / f"{name}.json")
         print(f"JSON: {path}")
     return 0
 

@@ -14,7 +14,7 @@ import pandas as pd
 from benchmarks import systems as _systems
 from benchmarks.data import dataset, dataset_bytes
 from benchmarks.measure import MemorySampler, bytes_read, counting_uri, dask_roles
-from benchmarks.workload import COLUMNS, ROUNDS, auc
+from benchmarks.workload import COLUMNS, ROUNDS, auc, columns_read
 
 
 def parse_layout(text: str) -> tuple[int, int]:
@@ -77,6 +77,7 @@ def run_once(
     rounds: int,
     storage_options: dict | None = None,
     profile: Path | None = None,
+    workload: str = "default",
 ) -> dict:
     """One timed run of ``system`` with its peak memory; ``out`` is removed afterwards."""
     if system in _systems.DASK_SYSTEMS:
@@ -89,29 +90,29 @@ def run_once(
         since = time.time()
         with MemorySampler(dask_roles()) as mem, report:
             start = time.perf_counter()
-            result = fn(client, uri, out, storage_options, rounds=rounds)
+            result = fn(client, uri, out, storage_options, rounds=rounds, workload=workload)
             total = time.perf_counter() - start
         memory = mem.result()
         result["task_seconds"] = task_seconds(client.get_task_stream(start=since))
     else:
-        result, memory = _systems.run_local(system, uri, out, storage_options, rounds=rounds)
+        result, memory = _systems.run_local(system, uri, out, storage_options, rounds=rounds, workload=workload)
         total = sum(result["stages"].values())  # measured inside the process, after its imports
     result["prediction_auc"] = prediction_auc(result.pop("predictions"))
     shutil.rmtree(out, ignore_errors=True)
     return {"total_s": total, **result, "memory": memory}
 
 
-def count_bytes(system: str, client, root: Path, work: Path) -> dict:
+def count_bytes(system: str, client, root: Path, work: Path, workload: str = "default") -> dict:
     """An untimed run on ``countingfile://`` with one boosting round (training reads no input)."""
     counter = Path(tempfile.mkdtemp(prefix=f"count-{system}-", dir=work))
     options = {"counter_dir": str(counter)}
     out = work / f"count-{system}-out"
     if system == "dpipe_fit_only":
-        _systems.run_dpipe_features(client, counting_uri(root), out, options, write=False)
+        _systems.run_dpipe_features(client, counting_uri(root), out, options, write=False, workload=workload)
     elif system in _systems.DASK_SYSTEMS:
-        _systems.DASK_SYSTEMS[system](client, counting_uri(root), out, options, rounds=1)
+        _systems.DASK_SYSTEMS[system](client, counting_uri(root), out, options, rounds=1, workload=workload)
     else:
-        _systems.run_local(system, counting_uri(root), out, options, rounds=1)
+        _systems.run_local(system, counting_uri(root), out, options, rounds=1, workload=workload)
     shutil.rmtree(out, ignore_errors=True)
     return bytes_read(counter)
 
@@ -179,20 +180,22 @@ def compare(
     count: bool = True,
     profile_dir: Path | None = None,
     log=print,
+    workload: str = "default",
 ) -> dict:
-    """Every system on the same data and cluster, alternating, ``repeat`` times each."""
+    """Every system on the same data and cluster, alternating, ``repeat`` times each, on the
+    ``default`` or the ``full`` workload (:mod:`benchmarks.workload`)."""
     root = dataset(cache, rows, seed=seed, log=log)
     warm = dataset(cache, 20_000, seed=seed, log=log) if warmup else None
     work = Path(tempfile.mkdtemp(prefix="dpipe-bench-"))
     runs: dict[str, list[dict]] = {s: [] for s in systems}
     read_passes: dict = {}
-    data_bytes, projected = dataset_bytes(root), dataset_bytes(root, COLUMNS)
+    data_bytes, projected = dataset_bytes(root), dataset_bytes(root, columns_read(workload))
     try:
         with cluster(layout) as client:
             if warm is not None:  # imports and first-use costs on the workers, untimed
                 for s in systems:
                     if s in _systems.DASK_SYSTEMS:
-                        run_once(s, client, str(warm), work / "warm", rounds=2)
+                        run_once(s, client, str(warm), work / "warm", rounds=2, workload=workload)
             for i in range(repeat):
                 # Alternate, so drift on a shared machine hits every system, and rotate who goes
                 # first: the first run after the warm-up is often the slowest.
@@ -203,13 +206,15 @@ def compare(
                         if profile_dir and i == 0 and s in _systems.DASK_SYSTEMS
                         else None
                     )
-                    r = run_once(s, client, str(root), work / f"{s}-{i}", rounds=rounds, profile=profile)
+                    r = run_once(
+                        s, client, str(root), work / f"{s}-{i}", rounds=rounds, profile=profile, workload=workload
+                    )
                     log(f"  {r['total_s']:.2f} s, AUC {r['auc']:.4f}, peak {r['memory']['peak_total_mib']:.0f} MiB")
                     runs[s].append(r)
             if count:
                 for s in [*systems, *(["dpipe_fit_only"] if "dpipe" in systems else [])]:
                     log(f"counting bytes read: {s}")
-                    n = count_bytes(s, client, root, work)
+                    n = count_bytes(s, client, root, work, workload)
                     read_passes[s] = {
                         **n,
                         "per_dataset_byte": n["bytes"] / data_bytes,
@@ -221,6 +226,7 @@ def compare(
     workers, threads = parse_layout(layout)
     return {
         "mode": "compare",
+        "workload": workload,
         "rows": rows,
         "repeat": repeat,
         "rounds": rounds,

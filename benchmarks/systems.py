@@ -26,6 +26,9 @@ from benchmarks.workload import (
     FEATURES,
     FILL_MEDIAN,
     FLOATS,
+    FULL_COLUMNS,
+    FULL_FEATURES,
+    FULL_NUMERIC,
     ID,
     LABEL,
     PARAMS,
@@ -33,13 +36,19 @@ from benchmarks.workload import (
     SCALE,
     cores,
     dpipe_job,
+    full_rows,
+    full_scales,
+    full_transform,
+    ordinal_codes,
     valid_mask,
     vocabulary,
 )
 
 
 # -- 1. dpipe ---------------------------------------------------------------------------------
-def run_dpipe(client, uri: str, out: Path, storage_options: dict | None = None, *, rounds: int = ROUNDS) -> dict:
+def run_dpipe(
+    client, uri: str, out: Path, storage_options: dict | None = None, *, rounds: int = ROUNDS, workload: str = "default"
+) -> dict:
     """``dpipe.run`` on the job spec. Its stages map to the table's as follows: ``plan`` (schema
     and footers) and ``fit`` (the one fit pass, which reads the data) -> ``read+fit``; ``load``
     (second read, transform, placement on the workers) -> ``read+transform``; ``train``
@@ -47,7 +56,7 @@ def run_dpipe(client, uri: str, out: Path, storage_options: dict | None = None, 
     validation rows, write them and the model bundle) -> ``predict``."""
     import dpipe
 
-    job = dpipe_job(uri, str(out), storage_options)
+    job = dpipe_job(uri, str(out), storage_options, workload)
     job["train"]["num_boost_round"] = rounds
     result = dpipe.run(dpipe.job_from_dict(job), client=client, progress=False)
     t = result.timings
@@ -65,14 +74,18 @@ def _valid_series(s: pd.Series) -> pd.Series:
     return pd.Series(valid_mask(s.to_numpy()), index=s.index)
 
 
-def _predict_part(pdf: pd.DataFrame, booster) -> pd.DataFrame:
-    pred = booster.inplace_predict(pdf[FEATURES]) if len(pdf) else np.empty(0, "float32")
+def _predict_part(pdf: pd.DataFrame, booster, features: list[str] = FEATURES) -> pd.DataFrame:
+    pred = booster.inplace_predict(pdf[features]) if len(pdf) else np.empty(0, "float32")
     return pd.DataFrame({ID: pdf[ID].to_numpy(), LABEL: pdf[LABEL].to_numpy(), "prediction": pred.astype("float32")})
 
 
-def run_handwritten(client, uri: str, out: Path, storage_options: dict | None = None, *, rounds: int = ROUNDS) -> dict:
+def run_handwritten(
+    client, uri: str, out: Path, storage_options: dict | None = None, *, rounds: int = ROUNDS, workload: str = "default"
+) -> dict:
     """What an expert writes directly: projected ``dd.read_parquet``, every statistic in one
     ``dask.compute``, ``persist`` of the transformed frame, ``DaskQuantileDMatrix``."""
+    if workload == "full":
+        return _handwritten_full(client, uri, out, storage_options, rounds=rounds)
     import dask
     import dask.dataframe as dd
     import xgboost as xgb
@@ -128,9 +141,63 @@ def run_handwritten(client, uri: str, out: Path, storage_options: dict | None = 
     return {"stages": st.seconds, "auc": float(result["history"]["valid"]["auc"][-1]), "predictions": str(out)}
 
 
+def _handwritten_full(client, uri: str, out: Path, storage_options: dict | None, *, rounds: int) -> dict:
+    """The full workload by hand: the stateless columns per partition, every statistic in one
+    ``dask.compute`` (the std of mean-filled values from the raw variance and counts), persist."""
+    import dask
+    import dask.dataframe as dd
+    import xgboost as xgb
+    import xgboost.dask  # noqa: F401
+    from distributed import wait
+
+    st = Stages()
+    with st("read+fit"):
+        raw = dd.read_parquet(uri, columns=FULL_COLUMNS, storage_options=storage_options)
+        df = raw.map_partitions(full_rows)
+        df = df.assign(is_valid=df[ID].map_partitions(_valid_series, meta=(None, "bool")))
+        train = df[~df["is_valid"]]
+        numeric = train[FULL_NUMERIC].astype("float64")
+        means, count, var, rows, *counts = dask.compute(
+            numeric.mean(),
+            numeric.count(),
+            numeric.var(ddof=0),
+            train.map_partitions(len).sum(),
+            *[train[c].value_counts(split_out=1) for c in CATEGORICAL],
+        )
+    means = {c: float(means[c]) for c in FULL_NUMERIC}
+    scales = full_scales(var, count, int(rows))
+    codes = {c: ordinal_codes(vc) for c, vc in zip(CATEGORICAL, counts)}
+    with st("read+transform"):
+        frame = df.map_partitions(full_transform, means, scales, codes).persist()
+        wait(frame)
+    with st("matrix+train"):
+        is_valid = frame["is_valid"]
+        dtrain = xgb.dask.DaskQuantileDMatrix(client, frame[~is_valid][FULL_FEATURES], frame[~is_valid][LABEL])
+        dvalid = xgb.dask.DaskQuantileDMatrix(
+            client, frame[is_valid][FULL_FEATURES], frame[is_valid][LABEL], ref=dtrain
+        )
+        result = xgb.dask.train(
+            client, PARAMS, dtrain, num_boost_round=rounds, evals=[(dvalid, "valid")], verbose_eval=False
+        )
+    booster = result["booster"]
+    with st("predict"):
+        meta = pd.DataFrame(
+            {ID: pd.Series(dtype="int64"), LABEL: pd.Series(dtype="int8"), "prediction": pd.Series(dtype="float32")}
+        )
+        preds = frame[is_valid].map_partitions(
+            _predict_part, dask.delayed(booster, pure=True), FULL_FEATURES, meta=meta, align_dataframes=False
+        )
+        preds.to_parquet(str(out), write_index=False, write_metadata_file=False)
+    return {"stages": st.seconds, "auc": float(result["history"]["valid"]["auc"][-1]), "predictions": str(out)}
+
+
 # -- 3. single-process pandas + xgboost.train -------------------------------------------------
-def run_pandas(uri: str, out: Path, storage_options: dict | None = None, *, rounds: int = ROUNDS) -> dict:
+def run_pandas(
+    uri: str, out: Path, storage_options: dict | None = None, *, rounds: int = ROUNDS, workload: str = "default"
+) -> dict:
     """pandas in one process, XGBoost with every core."""
+    if workload == "full":
+        return _pandas_full(uri, out, storage_options, rounds=rounds)
     import xgboost as xgb
 
     st = Stages()
@@ -173,8 +240,51 @@ def run_pandas(uri: str, out: Path, storage_options: dict | None = None, *, roun
     return {"stages": st.seconds, "auc": float(history["valid"]["auc"][-1]), "predictions": str(out)}
 
 
+def _pandas_full(uri: str, out: Path, storage_options: dict | None, *, rounds: int) -> dict:
+    """The full workload in one pandas process."""
+    import xgboost as xgb
+
+    st = Stages()
+    with st("read"):
+        pdf = pd.read_parquet(uri, columns=FULL_COLUMNS, storage_options=storage_options)
+    with st("fit"):
+        pdf = full_rows(pdf)
+        valid = valid_mask(pdf[ID].to_numpy())
+        train = pdf.loc[~valid]
+        numeric = train[FULL_NUMERIC].astype("float64")
+        means = numeric.mean().to_dict()
+        scales = full_scales(numeric.var(ddof=0), numeric.count(), len(train))
+        codes = {c: ordinal_codes(train[c].value_counts()) for c in CATEGORICAL}
+        del train, numeric
+    with st("transform"):
+        pdf = full_transform(pdf, means, scales, codes)
+    with st("matrix"):
+        X, y = pdf[FULL_FEATURES], pdf[LABEL]
+        dtrain = xgb.QuantileDMatrix(X[~valid], y[~valid], nthread=cores())
+        dvalid = xgb.QuantileDMatrix(X[valid], y[valid], ref=dtrain, nthread=cores())
+    history: dict = {}
+    with st("train"):
+        booster = xgb.train(
+            {**PARAMS, "nthread": cores()},
+            dtrain,
+            rounds,
+            evals=[(dvalid, "valid")],
+            evals_result=history,
+            verbose_eval=False,
+        )
+    with st("predict"):
+        pred = booster.inplace_predict(X[valid])
+        out.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({ID: pdf[ID][valid], LABEL: y[valid], "prediction": pred}).to_parquet(
+            out / "part-0.parquet", index=False
+        )
+    return {"stages": st.seconds, "auc": float(history["valid"]["auc"][-1]), "predictions": str(out)}
+
+
 # -- 4. the floor: a pyarrow scan, numpy, native xgboost.train on an in-memory matrix -----------
-def run_floor(uri: str, out: Path, storage_options: dict | None = None, *, rounds: int = ROUNDS) -> dict:
+def run_floor(
+    uri: str, out: Path, storage_options: dict | None = None, *, rounds: int = ROUNDS, workload: str = "default"
+) -> dict:
     """The least work that can produce the same model: an Arrow scan of the columns, numpy
     statistics and fills written straight into one float32 matrix (categories as codes), and
     ``xgboost.train`` on it. ``read`` is the scan floor; ``train`` is native training on an
@@ -186,6 +296,9 @@ def run_floor(uri: str, out: Path, storage_options: dict | None = None, *, round
     import xgboost as xgb
 
     from benchmarks.measure import CountingFileSystem
+
+    if workload != "default":
+        raise ValueError(f"the floor implements the default workload only, not {workload!r}")
 
     fs, path = (
         (CountingFileSystem(**storage_options), CountingFileSystem._strip_protocol(uri))
@@ -262,6 +375,7 @@ def run_dpipe_features(
     *,
     write: bool = True,
     timeout: float | None = None,
+    workload: str = "default",
 ) -> dict:
     """Read, fit, transform and write Parquet with dpipe's building blocks (``dpipe.io.read``,
     ``FeaturePipeline.fit/transform``, ``dpipe.io.write_parquet`` into a ``StagedOutput``): dpipe
@@ -279,10 +393,11 @@ def run_dpipe_features(
         wait(futures, timeout=timeout)
         return tuple(client.gather(futures))
 
-    job = dpipe.job_from_dict(dpipe_job(uri, str(out), storage_options))
+    spec = dpipe_job(uri, str(out), storage_options, workload)
+    job = dpipe.job_from_dict(spec)
     st = Stages()
     with st("read+fit"):
-        src = read(uri, columns=COLUMNS, storage_options=storage_options)
+        src = read(uri, columns=spec["source"]["columns"], storage_options=storage_options)
         pipe = FeaturePipeline.from_specs(job.features)
         pipe.fit(src.frame, compute=compute)
     if write:
@@ -297,12 +412,12 @@ LOCAL_SYSTEMS = {"pandas": run_pandas, "floor": run_floor}
 SYSTEMS = [*DASK_SYSTEMS, *LOCAL_SYSTEMS]
 
 
-def _child(conn, system: str, uri: str, out: Path, storage_options: dict | None, rounds: int) -> None:
+def _child(conn, system: str, uri: str, out: Path, storage_options: dict | None, rounds: int, workload: str) -> None:
     try:
         import pyarrow.dataset  # noqa: F401  (imports are not part of the measured work)
         import xgboost  # noqa: F401
 
-        conn.send(("ok", LOCAL_SYSTEMS[system](uri, out, storage_options, rounds=rounds)))
+        conn.send(("ok", LOCAL_SYSTEMS[system](uri, out, storage_options, rounds=rounds, workload=workload)))
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises
         conn.send(("error", traceback.format_exc()))
     finally:
@@ -310,7 +425,13 @@ def _child(conn, system: str, uri: str, out: Path, storage_options: dict | None,
 
 
 def run_local(
-    system: str, uri: str, out: Path, storage_options: dict | None = None, *, rounds: int = ROUNDS
+    system: str,
+    uri: str,
+    out: Path,
+    storage_options: dict | None = None,
+    *,
+    rounds: int = ROUNDS,
+    workload: str = "default",
 ) -> tuple[dict, dict]:
     """Run a single-process system in a fresh process; returns its result and its peak RSS.
 
@@ -319,7 +440,7 @@ def run_local(
     """
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, system, uri, out, storage_options, rounds), daemon=True)
+    proc = ctx.Process(target=_child, args=(child, system, uri, out, storage_options, rounds, workload), daemon=True)
     proc.start()
     child.close()
     with MemorySampler(process_roles(proc.pid)) as mem:

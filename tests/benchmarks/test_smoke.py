@@ -114,3 +114,58 @@ def test_incremental_quick_run_compares_every_mode_to_the_full_run(tmp_path):
     assert all(_number(summary[name]["ratio_to_full"]) for name in [*modes, "features incremental"])
     assert summary["features incremental"]["rows_read"] == 2000  # month 12 of 24k rows
     assert summary["train incremental (continue)"]["rows_read"] == 2000
+
+
+def test_the_full_workload_by_hand_is_dpipes(tmp_path):
+    """The hand-written systems' full workload (filter, derived and date columns, mean fill and
+    scaling of every numeric column, ordinal codes) transforms the rows as dpipe's spec does."""
+    import dask
+    import dask.dataframe as dd
+
+    import dpipe
+    from benchmarks.data import dataset
+    from benchmarks.workload import (
+        CATEGORICAL,
+        FULL_COLUMNS,
+        FULL_FEATURES,
+        FULL_NUMERIC,
+        ID,
+        dpipe_job,
+        full_rows,
+        full_scales,
+        full_transform,
+        ordinal_codes,
+        valid_mask,
+    )
+    from dpipe.io import read
+    from dpipe.pipeline import FeaturePipeline
+
+    root = dataset(tmp_path / "data", 3_000, seed=2, log=lambda m: None)
+    raw = read(str(root), columns=FULL_COLUMNS).frame.compute(scheduler="sync").reset_index(drop=True)
+    # By hand, as the pandas system does it.
+    rows = full_rows(raw)
+    train = rows.loc[~valid_mask(rows[ID].to_numpy())]
+    numeric = train[FULL_NUMERIC].astype("float64")
+    scales = full_scales(numeric.var(ddof=0), numeric.count(), len(train))
+    codes = {c: ordinal_codes(train[c].value_counts()) for c in CATEGORICAL}
+    by_hand = full_transform(rows, numeric.mean().to_dict(), scales, codes)
+    # dpipe's ops from the benchmark's spec, fitted on the same training rows.
+    job = dpipe.job_from_dict(dpipe_job(str(root), str(tmp_path / "out"), workload="full"))
+    pipe = FeaturePipeline.from_specs(job.features)
+    frame = dd.from_pandas(raw.assign(is_valid=valid_mask(raw[ID].to_numpy())), npartitions=3)
+    report = pipe.fit(frame, fit_rows=lambda f: f[~f["is_valid"]], compute=partial_sync(dask))
+    assert len(report.phases) == 1  # the scaler is fitted through the fill
+    got = pipe.transform(frame).compute(scheduler="sync")
+    assert list(got.index) == list(by_hand.index)
+    for c in FULL_FEATURES:
+        np.testing.assert_allclose(
+            got[c].to_numpy(dtype="float64", na_value=np.nan),
+            by_hand[c].to_numpy(dtype="float64", na_value=np.nan),
+            rtol=1e-5,
+            atol=1e-5,
+            err_msg=c,
+        )
+
+
+def partial_sync(dask):
+    return lambda *collections: dask.compute(*collections, scheduler="sync")
