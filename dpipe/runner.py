@@ -212,7 +212,7 @@ def run(
                     retrain.fitted,
                     retrain.gate or gate,
                     pre,
-                    frame=kept if retrain.plan.source is p.source else None,
+                    kept=kept if retrain.plan.source is p.source else None,
                     balanced=retrain.gate is None,
                 )
             # Placed: the kept rows are released (training holds the transformed ones).

@@ -405,6 +405,7 @@ def place(
     pre: Prepass,
     *,
     frame: dd.DataFrame | None = None,
+    kept: dd.DataFrame | None = None,
     balanced: bool = True,
 ) -> Placed:
     """Transform every column of the rows to train on and place them on the workers, each
@@ -412,11 +413,12 @@ def place(
 
     The fit pass's row counts per partition balance the workers; with ``balanced=False`` (other
     rows than the fit's: an incremental run training on all datums) partitions are spread by number.
-    ``frame`` (rows kept in memory, :mod:`dpipe.keep`) is what is transformed; a partition a lost
-    worker held is computed again from the source's frame.
+    ``frame`` replaces the source's rows, as for :func:`fit`. ``kept`` is the source's rows kept
+    in memory (:mod:`dpipe.keep`): transformed from memory, while a piece a lost worker held is
+    computed again from the source's frame.
     """
-    source = plan.source.frame
-    frame = source if frame is None else frame
+    source = plan.source.frame if frame is None else frame
+    frame = source if kept is None else kept
     _check_files(gate, frame)
     prepared = prepare(plan, frame, gate, pre)
     splitter = plan.labeler.splitter
@@ -429,7 +431,7 @@ def place(
         return transformed.map_partitions(select, meta=select(transformed._meta))
 
     model_frame = model_rows(prepared.frame)
-    rebuild = None if frame is source else model_rows(prepare(plan, source, gate, pre).frame)
+    rebuild = None if kept is None else model_rows(prepare(plan, source, gate, pre).frame)
     sizes = list(fitted.rows_per_partition) if balanced else None
     rows = place_rows(client, model_frame, sizes, rebuild=rebuild)
     return cut_sides(client, rows, fitted.model_input, valid=not splitter.folds, test=splitter.has_test)

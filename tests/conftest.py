@@ -209,6 +209,7 @@ def dask_processes(
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()  # reaped, or its Popen warns when collected (in whichever test runs then)
 
 
 @pytest.fixture(scope="session")

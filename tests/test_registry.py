@@ -341,6 +341,7 @@ def _race(registry: str, options: dict, bundle: str, rounds: int) -> list[list[d
         for p in procs:
             if p.poll() is None:
                 p.kill()
+                p.wait()
     assert [p.returncode for p in procs] == [0, 0]
     return results
 
