@@ -221,23 +221,7 @@ def run_pandas(
         X, y = pdf[FEATURES], pdf[LABEL]
         dtrain = xgb.QuantileDMatrix(X[~valid], y[~valid], enable_categorical=True, nthread=cores())
         dvalid = xgb.QuantileDMatrix(X[valid], y[valid], ref=dtrain, enable_categorical=True, nthread=cores())
-    history: dict = {}
-    with st("train"):
-        booster = xgb.train(
-            {**PARAMS, "nthread": cores()},
-            dtrain,
-            rounds,
-            evals=[(dvalid, "valid")],
-            evals_result=history,
-            verbose_eval=False,
-        )
-    with st("predict"):
-        pred = booster.inplace_predict(X[valid])
-        out.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame({ID: pdf[ID][valid], LABEL: y[valid], "prediction": pred}).to_parquet(
-            out / "part-0.parquet", index=False
-        )
-    return {"stages": st.seconds, "auc": float(history["valid"]["auc"][-1]), "predictions": str(out)}
+    return _train_and_predict(st, dtrain, dvalid, X[valid], pdf[ID][valid], y[valid], out, rounds)
 
 
 def _pandas_full(uri: str, out: Path, storage_options: dict | None, *, rounds: int) -> dict:
@@ -262,6 +246,13 @@ def _pandas_full(uri: str, out: Path, storage_options: dict | None, *, rounds: i
         X, y = pdf[FULL_FEATURES], pdf[LABEL]
         dtrain = xgb.QuantileDMatrix(X[~valid], y[~valid], nthread=cores())
         dvalid = xgb.QuantileDMatrix(X[valid], y[valid], ref=dtrain, nthread=cores())
+    return _train_and_predict(st, dtrain, dvalid, X[valid], pdf[ID][valid], y[valid], out, rounds)
+
+
+def _train_and_predict(st: Stages, dtrain, dvalid, X_valid, ids, y_valid, out: Path, rounds: int) -> dict:
+    """``xgboost.train`` with every core, then the validation rows' predictions as Parquet."""
+    import xgboost as xgb
+
     history: dict = {}
     with st("train"):
         booster = xgb.train(
@@ -273,11 +264,9 @@ def _pandas_full(uri: str, out: Path, storage_options: dict | None, *, rounds: i
             verbose_eval=False,
         )
     with st("predict"):
-        pred = booster.inplace_predict(X[valid])
+        pred = booster.inplace_predict(X_valid)
         out.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame({ID: pdf[ID][valid], LABEL: y[valid], "prediction": pred}).to_parquet(
-            out / "part-0.parquet", index=False
-        )
+        pd.DataFrame({ID: ids, LABEL: y_valid, "prediction": pred}).to_parquet(out / "part-0.parquet", index=False)
     return {"stages": st.seconds, "auc": float(history["valid"]["auc"][-1]), "predictions": str(out)}
 
 
