@@ -79,6 +79,19 @@ def _predict_part(pdf: pd.DataFrame, booster, features: list[str] = FEATURES) ->
     return pd.DataFrame({ID: pdf[ID].to_numpy(), LABEL: pdf[LABEL].to_numpy(), "prediction": pred.astype("float32")})
 
 
+def _write_predictions(valid, booster, features: list[str], out: Path) -> None:
+    """``row_id, label, prediction`` of the validation rows, as Parquet under ``out``."""
+    import dask
+
+    meta = pd.DataFrame(
+        {ID: pd.Series(dtype="int64"), LABEL: pd.Series(dtype="int8"), "prediction": pd.Series(dtype="float32")}
+    )
+    preds = valid.map_partitions(
+        _predict_part, dask.delayed(booster, pure=True), features, meta=meta, align_dataframes=False
+    )
+    preds.to_parquet(str(out), write_index=False, write_metadata_file=False)
+
+
 def run_handwritten(
     client, uri: str, out: Path, storage_options: dict | None = None, *, rounds: int = ROUNDS, workload: str = "default"
 ) -> dict:
@@ -131,13 +144,7 @@ def run_handwritten(
         )
     booster = result["booster"]
     with st("predict"):
-        meta = pd.DataFrame(
-            {ID: pd.Series(dtype="int64"), LABEL: pd.Series(dtype="int8"), "prediction": pd.Series(dtype="float32")}
-        )
-        preds = frame[is_valid].map_partitions(
-            _predict_part, dask.delayed(booster, pure=True), meta=meta, align_dataframes=False
-        )
-        preds.to_parquet(str(out), write_index=False, write_metadata_file=False)
+        _write_predictions(frame[is_valid], booster, FEATURES, out)
     return {"stages": st.seconds, "auc": float(result["history"]["valid"]["auc"][-1]), "predictions": str(out)}
 
 
@@ -181,13 +188,7 @@ def _handwritten_full(client, uri: str, out: Path, storage_options: dict | None,
         )
     booster = result["booster"]
     with st("predict"):
-        meta = pd.DataFrame(
-            {ID: pd.Series(dtype="int64"), LABEL: pd.Series(dtype="int8"), "prediction": pd.Series(dtype="float32")}
-        )
-        preds = frame[is_valid].map_partitions(
-            _predict_part, dask.delayed(booster, pure=True), FULL_FEATURES, meta=meta, align_dataframes=False
-        )
-        preds.to_parquet(str(out), write_index=False, write_metadata_file=False)
+        _write_predictions(frame[is_valid], booster, FULL_FEATURES, out)
     return {"stages": st.seconds, "auc": float(result["history"]["valid"]["auc"][-1]), "predictions": str(out)}
 
 
