@@ -14,6 +14,7 @@ from typing import Any
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
+from pandas.api.types import union_categoricals
 
 from dpipe.columns import SIDE, TRAIN, VALID
 from dpipe.errors import TrainingError
@@ -257,9 +258,14 @@ def _concat_delayed(parts: list[Any]) -> Any:
 
 def _concat(*frames: pd.DataFrame) -> pd.DataFrame:
     out = pd.concat(frames)
-    # Categoricals of other categories in two frames would become objects: keep the first's dtypes.
-    changed = {c: frames[0][c].dtype for c in out.columns if out[c].dtype != frames[0][c].dtype}
-    return out.astype(changed) if changed else out
+    # Categoricals with other categories in other frames come out as objects: the union of the
+    # categories keeps them categorical without losing a value.
+    for c in out.columns:
+        first = frames[0][c].dtype
+        if isinstance(first, pd.CategoricalDtype) and out[c].dtype != first:
+            union = union_categoricals([f[c] for f in frames], ignore_order=True).categories
+            out[c] = out[c].astype(pd.CategoricalDtype(union, ordered=first.ordered))
+    return out
 
 
 def _wait_placed(client, futures: list[Any], where: list[str], parts: list[Any], sizes: list[int]) -> None:

@@ -53,6 +53,18 @@ def test_placement_balances_rows_largest_first(client):
     np.testing.assert_array_equal(got, pdf["x"].to_numpy())
 
 
+def test_a_piece_of_partitions_with_other_categories_loses_no_value():
+    from dpipe.placement import _concat
+
+    a = pd.DataFrame({"c": pd.Categorical(["x", "y"]), "n": [1, 2]})
+    b = pd.DataFrame({"c": pd.Categorical(["z", None]), "n": [3, 4]})
+    out = _concat(a, b)
+    assert isinstance(out["c"].dtype, pd.CategoricalDtype)
+    assert out["c"].tolist()[:3] == ["x", "y", "z"] and pd.isna(out["c"].iloc[3])
+    same = _concat(a, a)
+    assert same["c"].dtype == a["c"].dtype
+
+
 def test_small_partitions_are_combined_into_pieces_of_one_worker():
     from dpipe.placement import _bundles
 
