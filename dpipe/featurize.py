@@ -125,15 +125,17 @@ def run_features(
             read = source.frame if kept is None else kept
             pre = gate.prepass(read, compute)
             checked = gate.apply(read, pre, quarantine_to=side)
+            # Past the checks no row needs its file: small files' partitions become pieces.
+            rows = source.combined(checked.frame)
             lazy = {"quality": checked.lazy, "input": {"rows_read": count_rows(read)}}
             steps: dict[str, Any] = {}
             phases: list[list[str]] = []
             values: dict[str, Any] = {}
             if not pipeline.fitted:
                 with reporter.stage("fit", f"learning feature statistics ({len(pipeline.ops)} ops)"):
-                    report = pipeline.fit(checked.frame, extras=lambda f: lazy, compute=compute)
+                    report = pipeline.fit(rows, extras=lambda f: lazy, compute=compute)
                 values, steps, phases = dict(report.extras), dict(report.steps), list(report.phases)
-            frame = _select(pipeline.transform(checked.frame), job)
+            frame = _select(pipeline.transform(rows), job)
             _check_sink(sink, frame._meta)
             with reporter.stage("write", f"{job.output.format} output to {job.output.uri}"):
                 write_compute = compute if values else _with_extras(compute, lazy, values)

@@ -500,7 +500,7 @@ def predict(
             output = {"uri": output, "storage_options": storage_options or {}, "overwrite": overwrite}
         sink = open_sink(output)
         checks = PredictionChecks.of(trained_spec, list(src.frame.columns))
-        preds = _scored(b, src.frame, ids, checks)
+        preds = _scored(b, src.combined(), ids, checks)
         check = getattr(sink, "check", None)
         if callable(check):
             check(preds._meta)

@@ -76,9 +76,10 @@ def prepare(plan: Plan, frame: dd.DataFrame, gate: QualityGate, pre: Prepass, *,
     """Source rows -> rows to train on: checks, the label's table, then the label and split flag."""
     checked = gate.apply(frame, pre, quarantine_to=quarantine_to)
     lazy: dict[str, Mapping[str, Any]] = {"quality": checked.lazy}
-    joined = checked.frame
+    # Past the checks no row needs its file: small files' partitions become pieces.
+    joined = plan.source.combined(checked.frame)
     if plan.label_join is not None:
-        joined, measured = plan.label_join.apply_measured(checked.frame)
+        joined, measured = plan.label_join.apply_measured(joined)
         lazy["label.join"] = measured
     labeled = joined.map_partitions(plan.labeler, meta=plan.labeler(joined._meta))
     counts: dict[str, Any] = {"rows_read": count_rows(frame), "rows_labeled": count_rows(labeled)}

@@ -63,6 +63,10 @@ class OpenedSource:
     versioned: bool = True
     #: The datum id of each partition (``()``: a partition's ``files`` label up to its ``#``).
     partition_datums: tuple[str, ...] = ()
+    #: Bytes on storage of each partition (``()``: not known), and the size up to which
+    #: consecutive small partitions are combined past the checks (``None``: never; :meth:`combined`).
+    partition_sizes: tuple[int, ...] = ()
+    combine_to: int | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -77,6 +81,15 @@ class OpenedSource:
     def lineage(self) -> dict[str, Any]:
         """What exactly was read, JSON-able: the connector's record and every datum."""
         return {**self.record, "datums": [d.to_dict() for d in self.datums]}
+
+    def combined(self, frame: Any = None) -> Any:
+        """``frame`` (default :attr:`frame`; partition ``i`` read from ``files[i]``) with its small
+        partitions concatenated into pieces of up to :attr:`combine_to` bytes on storage
+        (:func:`dpipe.io.combine.combine`). Use it once nothing needs a partition's file any more:
+        past the quality checks, which tag the rows they set aside with their file."""
+        from dpipe.io.combine import combine
+
+        return combine(self.frame if frame is None else frame, self.partition_sizes, self.combine_to)
 
     def datum_of_partitions(self) -> tuple[str, ...]:
         """The datum id of every partition of ``frame``, in order."""
@@ -95,6 +108,7 @@ class OpenedSource:
             files=[self.files[i] for i in keep],
             datums=tuple(d for d in self.datums if d.id in wanted),
             partition_datums=tuple(parts[i] for i in keep),
+            partition_sizes=tuple(self.partition_sizes[i] for i in keep) if self.partition_sizes else (),
         )
 
 

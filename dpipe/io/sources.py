@@ -8,7 +8,9 @@ later files have is read, types widen, and a column whose types do not agree nam
 that disagrees. Every file becomes one Dask partition, or several when it is larger than the
 spec's ``partition_size`` (runs of row groups; byte ranges of whole lines), read by a worker with
 column projection and the row filter pushed into pyarrow, so row groups whose statistics exclude
-the filter are skipped. A file that fails to read is named in the error.
+the filter are skipped. A file that fails to read is named in the error. Past the quality checks,
+small files' partitions are combined into pieces of up to ``partition_size``
+(:meth:`OpenedSource.combined`).
 
 ``read`` and ``BadFileLog`` stay importable from here (older code imports them so); ``Source`` is
 now the connector protocol, and an opened source is a :class:`~dpipe.io.OpenedSource`.
@@ -135,6 +137,7 @@ class FileSource:
                 else [(uris[fragment.path], None)]
             )
         ]
+        sizes = [_part_bytes(infos[t.fragment.path], t.part, listing.datums_by_path[t.fragment.path].size) for t in tasks]
         # `read_fragment` takes `columns=`, so Dask pushes projections (`frame[["a", "b"]]`) into it.
         frame = dd.from_map(
             read_fragment,
@@ -152,6 +155,8 @@ class FileSource:
             datums=listing.datums(fragment.path for fragment in fragments),
             record=listing.record(),
             partition_columns=list(partition.names),
+            partition_sizes=() if None in sizes else tuple(n for n in sizes if n is not None),
+            combine_to=target,
         )
         if diff is None:
             return opened
@@ -256,6 +261,15 @@ class FileSource:
                     hint=f"fix `{where}.{key}`",
                 )
         return list(self.spec.columns) if self.spec.columns else available
+
+
+def _part_bytes(info: FileSchema, part: Part | None, size: int | None) -> int | None:
+    """Bytes on storage of one partition: the file's ``size``, or its part's share of it."""
+    if isinstance(part, RowGroups):
+        return sum(info.row_group_bytes[i] for i in part.ids)
+    if isinstance(part, ByteBlock):
+        return part.end - part.start
+    return size if size is not None else info.size
 
 
 class ParquetSource(FileSource):

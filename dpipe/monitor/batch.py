@@ -105,7 +105,8 @@ def plan_batch(b: Bundle, profile: dict, spec: Any, labels: bool | None, storage
         src = open_source(spec, where="source", columns=columns)
     raw = {c: _RAW + c for c in b.model_input.categorical if c in needed}
     prepare = _Prepare(tuple(raw.items()), column, expr, use_labels)
-    frame = src.frame.map_partitions(prepare, meta=prepare(src.frame._meta))
+    rows = src.combined()
+    frame = rows.map_partitions(prepare, meta=prepare(rows._meta))
     meta = b.pipeline.describe(frame._meta)
     _check_types(b, meta, spec.uri)
     # A `select` op keeps only its columns (and dpipe's internal ones): no raw copy, no unseen rate.
