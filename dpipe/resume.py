@@ -187,10 +187,10 @@ def train_surviving(
             return booster, metrics, placed, restarts
         except Exception as exc:  # noqa: BLE001 - judged by whether a worker is gone
             failed = time.perf_counter()
-            gone = _gone(client, workers, exc)
+            gone = gone_workers(client, workers, exc)
             if not gone:
                 raise
-            error = _one_line(exc)
+            error = one_line(exc)
         if len(restarts) >= resilience.max_restarts:
             raise TrainingError(
                 f"train: lost worker(s) {gone} during training ({error}); gave up after"
@@ -198,7 +198,7 @@ def train_surviving(
                 hint="check the workers' logs for why they die (memory limit, preemption), or raise"
                 " `train.max_restarts`",
             )
-        now = _wait_for(client, len(workers), resilience.wait)
+        now = wait_for_workers(client, len(workers), resilience.wait)
         placed = again(placed)
         last = checkpoints.latest() if checkpoints is not None else None
         booster, progress = last if last is not None else (config.xgb_model, None)
@@ -233,7 +233,7 @@ def _current(client: Any) -> list[str]:
     return sorted(client.scheduler_info(n_workers=-1)["workers"])
 
 
-def _gone(client: Any, before: list[str], exc: BaseException) -> list[str]:
+def gone_workers(client: Any, before: list[str], exc: BaseException) -> list[str]:
     """The workers of ``before`` no longer in the cluster; waits a little for the scheduler to
     notice when ``exc`` reads like a lost peer (its words or its kind)."""
     from dpipe.errors import DpipeError
@@ -252,7 +252,7 @@ def _gone(client: Any, before: list[str], exc: BaseException) -> list[str]:
         time.sleep(0.25)
 
 
-def _wait_for(client: Any, n: int, timeout: float) -> list[str]:
+def wait_for_workers(client: Any, n: int, timeout: float) -> list[str]:
     """Up to ``timeout`` seconds for ``n`` workers; then the workers there are (at least one)."""
     from dpipe.placement import live_workers
 
@@ -262,6 +262,6 @@ def _wait_for(client: Any, n: int, timeout: float) -> list[str]:
     return live_workers(client)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = " ".join(str(getattr(exc, "message", exc)).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text[:300]}"

@@ -223,9 +223,12 @@ def run(
             if job.tune is not None:
                 from dpipe.tune import tune_job
 
+                # A lost worker: the matrices are built again and the interrupted trial runs again.
+                resilience = Resilience.from_spec(job.train, None, log=reporter.log)
                 with reporter.stage("tune", f"up to {job.tune.n_trials} trials on the placed rows"):
-                    tuned = tune_job(client, placed, config, job, log=reporter.log)
+                    tuned = tune_job(client, placed, config, job, log=reporter.log, resilience=resilience)
                 trained = tuned.trained
+                placed = trained.placed or placed
             else:
                 rounds = f"up to {job.train.num_boost_round} rounds{retrain.rounds}"
                 resilience = Resilience.from_spec(

@@ -137,7 +137,9 @@ class FileSource:
                 else [(uris[fragment.path], None)]
             )
         ]
-        sizes = [_part_bytes(infos[t.fragment.path], t.part, listing.datums_by_path[t.fragment.path].size) for t in tasks]
+        sizes = [
+            _part_bytes(infos[t.fragment.path], t.part, listing.datums_by_path[t.fragment.path].size) for t in tasks
+        ]
         # `read_fragment` takes `columns=`, so Dask pushes projections (`frame[["a", "b"]]`) into it.
         frame = dd.from_map(
             read_fragment,

@@ -193,6 +193,9 @@ class FileSourceSpec(BaseSourceSpec):
     an uncompressed CSV or JSON-lines file by byte ranges cut at line ends. Partition labels
     (``OpenedSource.files``) then name the part: ``<uri>#rg=0-3`` (row groups 0 to 3) or
     ``<uri>#bytes=0-268435456``. CSV values must not contain line breaks in a file that is split.
+    Smaller files are combined: past the quality checks (which name each set-aside row's file),
+    consecutive partitions are concatenated into pieces of up to ``partition_size`` bytes on
+    storage, at least 32 of them (:mod:`dpipe.io.combine`); ``null`` neither splits nor combines.
     """
 
     model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True, validate_by_alias=True)

@@ -61,18 +61,22 @@ class Resident:
     token: str
     workers: tuple[str, ...]
     max_bin: int
+    #: Seconds a collective may wait for a peer (``train.collective_timeout``; ``None``: for ever).
+    timeout: int | None = None
 
     @classmethod
-    def build(cls, client: Any, matrices: Any) -> Resident:
+    def build(cls, client: Any, matrices: Any, *, timeout: int | None = None) -> Resident:
         """Materialise ``matrices`` (:class:`dpipe.train.Matrices` with a validation side) on
-        their workers: one collective that sketches every partition once."""
+        their workers: one collective that sketches every partition once. ``timeout``: the
+        seconds a collective waits for a peer, for starting the group and for each operation (a
+        peer lost before it joined is otherwise waited for without end)."""
         from xgboost import dask as xgb_dask
 
         from dpipe.xgboost_logs import route_xgboost_logs
 
         dtrain, dvalid = matrices.train, matrices.valid
         workers = tuple(sorted(xgb_dask._get_workers_from_data(dtrain, [(dvalid, "valid")])))
-        resident = cls(client, uuid.uuid4().hex, workers, matrices.max_bin)
+        resident = cls(client, uuid.uuid4().hex, workers, matrices.max_bin, timeout)
         with client.as_current():
             route_xgboost_logs(client)
         resident._collective(
@@ -105,12 +109,17 @@ class Resident:
         return booster
 
     def drop(self, key: str) -> None:
-        """Free trial ``key``'s booster on the workers."""
-        self.client.run(_drop, self.token, key, workers=list(self.workers))
+        """Free trial ``key``'s booster on the workers (those still there)."""
+        self.client.run(_drop, self.token, key, workers=self.live())
 
     def close(self) -> None:
-        """Free the matrices and every booster on the workers."""
-        self.client.run(_release, self.token, workers=list(self.workers))
+        """Free the matrices and every booster on the workers (those still there)."""
+        self.client.run(_release, self.token, workers=self.live())
+
+    def live(self) -> list[str]:
+        """The workers holding the matrices that are still in the cluster."""
+        there = self.client.scheduler_info(n_workers=-1)["workers"]
+        return [w for w in self.workers if w in there]
 
     def _collective(self, func: Any, args_for: Any) -> Any:
         """``func(collective_args, *args_for(worker))`` on every worker at once; the first
@@ -119,9 +128,20 @@ class Resident:
         from xgboost import dask as xgb_dask
 
         client = self.client
+        gone = sorted(set(self.workers) - set(self.live()))
+        if gone:
+            # A task bound to a worker that left would wait for it forever.
+            raise TrainingError(
+                f"tune: worker(s) {gone} holding the tuning's matrices left the cluster",
+                hint="the tuning builds its matrices again on the workers there are (`train.max_restarts`)",
+            )
         # Two trainings on one worker would each wait for the other's ranks: one at a time.
         with distributed.MultiLock(list(self.workers), client=client):
-            coll = client.sync(xgb_dask._get_rabit_args, client, len(self.workers))
+            from xgboost.collective import Config
+
+            timeout = self.timeout
+            config = None if timeout is None else Config(timeout=timeout, tracker_timeout=timeout)
+            coll = client.sync(xgb_dask._get_rabit_args, client, len(self.workers), coll_cfg=config)
             futures = [
                 client.submit(func, addr, coll, *args_for(addr), workers=[addr], allow_other_workers=False, pure=False)
                 for addr in self.workers
@@ -130,6 +150,9 @@ class Resident:
                 results = client.gather(futures)
             except Exception as exc:
                 import xgboost as xgb
+
+                # A lost worker's task would wait for it forever (it may run nowhere else).
+                client.cancel(futures)
 
                 if isinstance(exc, xgb.core.XGBoostError):
                     from dpipe.train import training_error

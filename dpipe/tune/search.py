@@ -12,6 +12,7 @@ from dpipe import stages
 from dpipe import train as _train
 from dpipe.columns import LABEL
 from dpipe.errors import SpecError, TrainingError
+from dpipe.resume import Resilience, gone_workers, one_line, wait_for_workers
 from dpipe.spec.base import redact_url
 from dpipe.spec.tune import ALIASES, Dimension, TuneSpec, default_storage
 from dpipe.tune.growth import Growth
@@ -66,12 +67,37 @@ class TuneResult:
 
 
 def tune_job(
-    client: Any, placed: stages.Placed, base: _train.TrainConfig, job: Any, *, log: Log = _quiet
+    client: Any,
+    placed: stages.Placed,
+    base: _train.TrainConfig,
+    job: Any,
+    *,
+    log: Log = _quiet,
+    resilience: Resilience | None = None,
 ) -> TuneResult:
     """:func:`tune` with the study and storage a job's ``tune:`` section names (or their defaults)."""
     spec: TuneSpec = job.tune
     storage = spec.storage or default_storage(job.name, job.output.uri)
-    return tune(client, placed, base, spec, study_name=spec.study or default_study(job), storage=storage, log=log)
+    study_name = spec.study or default_study(job)
+    return tune(client, placed, base, spec, study_name=study_name, storage=storage, log=log, resilience=resilience)
+
+
+class WorkersLost(Exception):
+    """Workers holding the matrices left during a trial: raised past Optuna's ``catch`` (the trial
+    is recorded as failed, marked ``lost_worker``, and runs again after the restart)."""
+
+    def __init__(self, gone: list[str], error: str, params: Mapping[str, Any] | None):
+        super().__init__(f"lost worker(s) {gone}: {error}")
+        self.gone, self.error, self.params = gone, error, params
+
+
+def _finished(study: Any) -> int:
+    """Trials that count towards ``n_trials``: finished, and not cut short by a lost worker."""
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if STATES[t.state.name] in ("complete", "pruned", "failed") and "lost_worker" not in t.user_attrs
+    )
 
 
 # -- tuning -----------------------------------------------------------------------------------
@@ -84,6 +110,7 @@ def tune(
     study_name: str,
     storage: str,
     log: Log = _quiet,
+    resilience: Resilience | None = None,
 ) -> TuneResult:
     """Search ``spec.space`` over ``base.params`` on placed data; return the best trial and its model.
 
@@ -102,6 +129,11 @@ def tune(
     study_name, storage
         The Optuna study, and where it is kept (an SQLite path or an SQLAlchemy URL). An existing
         study is resumed: its finished trials count towards ``spec.n_trials``.
+    resilience
+        When a worker holding the matrices is lost (``max_restarts`` times at most): wait for the
+        workers (``wait``), place the lost rows again, build the matrices again and run the
+        interrupted trial again (from its first round: its booster was on the workers). The
+        finished trials stand. ``None``: a lost worker fails the tuning.
 
     Examples
     --------
@@ -135,38 +167,75 @@ def tune(
     direction = spec.direction_for(metric)
     url = storage_url(storage)
     study = open_study(optuna, spec, study_name, url, direction)
-    finished = [t for t in study.get_trials(deepcopy=False) if STATES[t.state.name] in ("complete", "pruned", "failed")]
-    remaining = spec.n_trials - len(finished)
-    log(f"tune: study {study_name!r} in {redact_url(url)}: {len(finished)} trial(s) done, {max(remaining, 0)} to run")
+    done = _finished(study)
+    log(f"tune: study {study_name!r} in {redact_url(url)}: {done} trial(s) done, {max(spec.n_trials - done, 0)} to run")
 
-    t0 = time.perf_counter()
-    f = placed.features
-    matrices = _train.quantile_matrices(
-        client,
-        placed.train[f],
-        placed.train[LABEL],
-        placed.valid[f],
-        placed.valid[LABEL],
-        max_bin=int(base.params.get("max_bin", 256)),
-    )
-    resident = Resident.build(client, matrices)  # the one sketch of the placed rows
-    matrices_s = time.perf_counter() - t0
-    try:
-        trials = _Trials(resident, base, spec, metric, log)
-        t0 = time.perf_counter()
-        if remaining > 0:
-            study.optimize(
-                trials.objective,
-                n_trials=remaining,
-                timeout=spec.timeout,
-                n_jobs=spec.parallel,
-                catch=(TrainingError,),
-                gc_after_trial=False,
+    matrices_s = trials_s = 0.0
+    restarts: list[dict[str, Any]] = []
+    trials: _Trials | None = None  # kept across restarts, with the best model of this session
+    while True:
+        workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+        attempt_started = time.perf_counter()
+        try:
+            t0 = time.perf_counter()
+            resident = _resident(client, placed, base)  # the one sketch of the placed rows
+            matrices_s += time.perf_counter() - t0
+            try:
+                if trials is None:
+                    trials = _Trials(resident, base, spec, metric, log)
+                trials.resident = resident
+                t0 = time.perf_counter()
+                remaining = spec.n_trials - _finished(study)
+                left = None if spec.timeout is None else spec.timeout - trials_s
+                if remaining > 0 and (left is None or left > 0):
+                    study.optimize(
+                        trials.objective,
+                        n_trials=remaining,
+                        timeout=left,
+                        n_jobs=spec.parallel,
+                        catch=(TrainingError,),
+                        gc_after_trial=False,
+                    )
+                trials_s += time.perf_counter() - t0
+                best, kept = _best(study, trials, study_name, log)
+            finally:
+                resident.close()
+            break
+        except Exception as exc:  # noqa: BLE001 - judged by whether a worker is gone
+            failed = time.perf_counter()
+            lost = exc if isinstance(exc, WorkersLost) else None
+            gone = lost.gone if lost is not None else gone_workers(client, workers, exc)
+            if resilience is None or not gone:
+                raise
+            error = lost.error if lost is not None else one_line(exc)
+        if len(restarts) >= resilience.max_restarts:
+            raise TrainingError(
+                f"tune: lost worker(s) {gone} during the tuning ({error}); gave up after {len(restarts)}"
+                f" restart(s) (train.max_restarts: {resilience.max_restarts})",
+                hint="check the workers' logs for why they die (memory limit, preemption), or raise"
+                " `train.max_restarts`; the finished trials are kept in the study",
             )
-        trials_s = time.perf_counter() - t0
-        best, kept = _best(study, trials, study_name, log)
-    finally:
-        resident.close()
+        now = wait_for_workers(client, len(workers), resilience.wait)
+        placed = placed.again(client)
+        if lost is not None and lost.params is not None:
+            study.enqueue_trial(dict(lost.params), skip_if_exists=False)
+        record = {
+            "model": "tune",
+            "restart": len(restarts) + 1,
+            "lost_workers": gone,
+            "error": error,
+            "failed_after_s": round(failed - attempt_started, 3),
+            "trials_done": _finished(study),
+            "workers": len(now),
+            "recovery_s": round(time.perf_counter() - failed, 3),
+        }
+        restarts.append(record)
+        resilience.log(
+            f"tune: lost {len(gone)} worker(s) ({', '.join(gone)}): {error}; restart {record['restart']} of at most"
+            f" {resilience.max_restarts} on {len(now)} worker(s): the matrices are built again,"
+            f" {record['trials_done']} trial(s) stand"
+            + (", the interrupted trial runs again" if lost is not None and lost.params is not None else "")
+        )
     booster, trained_metrics, params = kept
     return TuneResult(
         study=study_name,
@@ -178,10 +247,25 @@ def tune(
         best_params=dict(best.params),
         params=params,
         trials=trials_table(study),
-        trained=stages.Trained(booster, trained_metrics),
+        trained=stages.Trained(booster, trained_metrics, restarts=tuple(restarts), placed=placed if restarts else None),
         timings={"matrices": matrices_s, "trials": trials_s, "total": time.perf_counter() - started},
         retrained=trials.best_kept(best.number) is None,
     )
+
+
+def _resident(client: Any, placed: stages.Placed, base: _train.TrainConfig) -> Resident:
+    """The placed rows' quantile matrices, built once on the workers that hold them."""
+    assert placed.valid is not None
+    f = placed.features
+    matrices = _train.quantile_matrices(
+        client,
+        placed.train[f],
+        placed.train[LABEL],
+        placed.valid[f],
+        placed.valid[LABEL],
+        max_bin=int(base.params.get("max_bin", 256)),
+    )
+    return Resident.build(client, matrices, timeout=base.collective_timeout)
 
 
 def _best(study: Any, trials: _Trials, study_name: str, log: Log) -> tuple[Any, tuple[Any, dict, dict]]:
@@ -259,13 +343,23 @@ class _Trials:
             metrics = growth.metrics()
             value = _value(metrics["valid"].get(self.metric))
             self._keep(trial.number, value, growth, params)
-        except TrainingError as exc:
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
             self._record(trial, growth, started)
+            gone = gone_workers(self.resident.client, list(self.resident.workers), exc)
+            if gone:
+                # Not the trial's fault: it runs again once the matrices are built again.
+                trial.set_user_attr("lost_worker", one_line(exc))
+                raise WorkersLost(gone, one_line(exc), trial.params) from exc
+            if not isinstance(exc, TrainingError):
+                raise
             trial.set_user_attr("error", exc.message)
             self.log(f"tune: trial {trial.number} failed: {exc.message} {trial.params}")
             raise
         finally:
-            growth.drop()
+            if self.resident.live():
+                growth.drop()
         self._record(trial, growth, started)
         self.log(f"tune: trial {trial.number}: {self.metric}={value:.6g} ({growth.rounds} rounds) {trial.params}")
         return value

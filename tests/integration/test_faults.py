@@ -192,3 +192,63 @@ def test_prediction_survives_a_worker_killed_while_it_writes(nanny_cluster, demo
     steady, killed = sorted_table(tmp_path / "steady", "event_id"), sorted_table(tmp_path / "killed", "event_id")
     assert killed.num_rows == 20_000
     assert killed.equals(steady)
+
+
+# -- tuning: a worker killed between trials and during one -------------------------------------
+def tune_job(demo_root: Path, out: Path, **train) -> dict:
+    # A peer killed before it joined a trial's collective is waited for up to collective_timeout.
+    spec = job_dict(demo_root, out, train={**TRAIN, "num_boost_round": 40, "collective_timeout": 15, **train})
+    spec["tune"] = {
+        "space": {"eta": {"low": 0.05, "high": 0.3, "log": True}, "max_depth": {"low": 2, "high": 5}},
+        "n_trials": 4,
+        "pruning": False,
+        "storage": str(out.parent / f"{out.name}.db"),
+    }
+    return spec
+
+
+@pytest.mark.parametrize("when", ["tune: trial 0", "tune: trial 1"], ids=["after-trial-0", "in-trial-1"])
+def test_tuning_goes_on_after_a_killed_worker(when, nanny_cluster, demo_root, tmp_path):
+    import optuna
+
+    out = tmp_path / "tuned"
+    handler = KillOnStage(when, sorted(worker_pids(nanny_cluster).items())[-1][1])
+    if when == "tune: trial 1":
+        # Killed while trial 1 trains: its first segment's log line never comes, so kill on the
+        # line before it (trial 0's result) after trial 1 has started boosting.
+        handler = KillOnStage("tune: trial 0", handler.pid)
+        emit = handler.emit
+
+        def later(record, emit=emit):
+            if record.getMessage().startswith("tune: trial 0: "):
+                threading.Timer(0.5, emit, args=(record,)).start()
+
+        handler.emit = later  # type: ignore[method-assign]
+    logger = logging.getLogger("dpipe")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        result = dpipe.run(dpipe.job_from_dict(tune_job(demo_root, out)), scheduler=nanny_cluster, progress=False)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        from distributed import Client
+
+        with Client(nanny_cluster, set_as_default=False, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+    assert handler.killed
+
+    restarts = manifest(out)["training"]["restarts"]
+    assert len(restarts) == 1 and restarts[0]["model"] == "tune", restarts
+    assert restarts[0]["trials_done"] >= 1 and len(restarts[0]["lost_workers"]) == 1
+    # Every trial ran: n_trials finished ones, besides any cut short by the lost worker (run again).
+    study = optuna.load_study(study_name=manifest(out)["tuning"]["study"], storage=f"sqlite:///{out}.db")
+    counted = [t for t in study.trials if "lost_worker" not in t.user_attrs]
+    assert len(counted) == 4 and all(t.state.name == "COMPLETE" for t in counted)
+    cut = [t for t in study.trials if "lost_worker" in t.user_attrs]
+    for t in cut:  # the interrupted trial ran again with the same parameters
+        assert any(c.params == t.params for c in counted)
+    assert result.metrics["valid"]["auc"] > 0.6
+    # The best model is this run's own trial, whichever side of the restart it ran on.
+    assert abs(result.metrics["valid"]["auc"] - study.best_value) < 1e-9

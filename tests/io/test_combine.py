@@ -61,9 +61,7 @@ def test_combined_rows_are_the_same_rows_in_order_and_projections_reach_the_read
     assert combined.npartitions == 4
     seen.clear()
     with dask.config.set(scheduler="sync"):
-        pd.testing.assert_frame_equal(
-            combined.compute().reset_index(drop=True), frame.compute().reset_index(drop=True)
-        )
+        pd.testing.assert_frame_equal(combined.compute().reset_index(drop=True), frame.compute().reset_index(drop=True))
         assert combined[combined.i >= 30]["x"].sum().compute() == sum(range(30, 40)) * 3
     assert ["x", "i"] in seen or ["i", "x"] in seen, seen  # `y` never read by the filtered sum
     # Nothing to combine, or sizes that are not the frame's: the frame itself.
