@@ -16,6 +16,7 @@ worker that writes them and the client that reads them only need to reach that s
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import re
 import time
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 from dpipe.io.fs import resolve, storage_errors
 
 _NAME = re.compile(r"^checkpoint-(\d+)\.json$")
+_logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -107,10 +109,15 @@ class Checkpoints:
 #: An error that may be a lost peer rather than the job's own fault (XGBoost's collective says so
 #: in words: a closed socket, a peer that hung up, a timed-out operation).
 _COMMUNICATION = re.compile(
-    r"socket|connect|peer|closed|broken pipe|timed? ?out|recv|send|communicat|worker|cancel", re.IGNORECASE
+    r"socket|connect|peer|closed|broken pipe|timed? ?out|recv|send|communicat|worker|cancel|comm\.cc|coll(?:ective|_)",
+    re.IGNORECASE,
 )
 #: Seconds to wait for the scheduler to notice a lost worker after training failed.
 NOTICE_S = 10.0
+#: A worker whose last heartbeat is older than this when a collective failed is hung (stopped,
+#: swapping, stuck in a system call): it is taken out of the cluster like a lost one. Heartbeats
+#: come every 0.5-5 s and go on while a task holds the GIL only in short gaps.
+SILENT_S = 10.0
 
 
 def _quiet(message: str) -> None:
@@ -235,7 +242,10 @@ def _current(client: Any) -> list[str]:
 
 def gone_workers(client: Any, before: list[str], exc: BaseException) -> list[str]:
     """The workers of ``before`` no longer in the cluster; waits a little for the scheduler to
-    notice when ``exc`` reads like a lost peer (its words or its kind)."""
+    notice when ``exc`` reads like a lost peer (its words or its kind). When none is gone but
+    some have been silent for :data:`SILENT_S` (a hung worker: a collective timed out waiting
+    for it), those are removed from the cluster and returned: their tasks and data are lost, as a
+    dead worker's would be, and a restart goes on without them."""
     from dpipe.errors import DpipeError
 
     # A dpipe error (XGBoost's, wrapped) is judged by its own words and its cause's.
@@ -247,9 +257,36 @@ def gone_workers(client: Any, before: list[str], exc: BaseException) -> list[str
             gone = sorted(set(before) - set(_current(client)))
         except Exception:  # noqa: BLE001 - the scheduler itself is gone: not a worker's loss
             return []
-        if gone or time.monotonic() >= deadline:
+        if gone:
             return gone
+        if suspicious:
+            hung = sorted(set(before) & set(client.run_on_scheduler(_silent, SILENT_S)))
+            if hung:
+                _logger.warning(
+                    "worker(s) %s silent for more than %.0f s after a failed collective: taken out of the"
+                    " cluster as hung",
+                    ", ".join(hung),
+                    SILENT_S,
+                )
+                client.run_on_scheduler(_remove, hung)
+                return hung
+        if time.monotonic() >= deadline:
+            return []
         time.sleep(0.25)
+
+
+def _silent(seconds: float, dask_scheduler: Any = None) -> list[str]:
+    """(On the scheduler.) The workers whose last heartbeat is older than ``seconds``."""
+    now = time.time()
+    assert dask_scheduler is not None
+    return [addr for addr, ws in dask_scheduler.workers.items() if now - ws.last_seen > seconds]
+
+
+async def _remove(addresses: list[str], dask_scheduler: Any = None) -> None:
+    """(On the scheduler.) Take hung workers out: their tasks go elsewhere, their data is lost."""
+    assert dask_scheduler is not None
+    for addr in addresses:
+        await dask_scheduler.remove_worker(addr, stimulus_id=f"dpipe-hung-{time.time()}", close=True)
 
 
 def wait_for_workers(client: Any, n: int, timeout: float) -> list[str]:

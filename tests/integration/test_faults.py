@@ -33,18 +33,18 @@ TRAIN = {
 
 
 class KillWhen(threading.Thread):
-    """SIGKILL process ``pid`` as soon as ``ready()`` holds (polled every 10 ms)."""
+    """SIGKILL process ``pid`` (or send it ``sig``) as soon as ``ready()`` holds (polled every 10 ms)."""
 
-    def __init__(self, ready, pid: int, timeout: float = 180.0):
+    def __init__(self, ready, pid: int, timeout: float = 180.0, sig: int = signal.SIGKILL):
         super().__init__(daemon=True)
-        self.ready, self.pid, self.timeout = ready, pid, timeout
+        self.ready, self.pid, self.timeout, self.sig = ready, pid, timeout, sig
         self.killed_at: float | None = None
 
     def run(self) -> None:
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if self.ready():
-                os.kill(self.pid, signal.SIGKILL)
+                os.kill(self.pid, self.sig)
                 self.killed_at = time.monotonic()
                 return
             time.sleep(0.01)
@@ -102,6 +102,29 @@ def test_training_goes_on_after_a_killed_worker(nanny, demo_root, tmp_path):
     # The bundle has no checkpoints: they lived in the staging folder only.
     assert not (out / "checkpoints").exists()
     print(f"restart: {restart}; killed run {elapsed:.1f}s, steady run {steady_s:.1f}s")
+
+
+def test_training_goes_on_without_a_hung_worker(demo_root, tmp_path):
+    """A worker stopped (SIGSTOP) mid-training: alive to the scheduler, silent to its peers. The
+    collective times out, the silent worker is taken out, and training goes on without it."""
+    with dask_processes(tmp_path, workers=2, nanny=False) as (address, _):
+        out = tmp_path / "hung"
+        victim = sorted(worker_pids(address).items())[-1]
+        stopper = KillWhen(checkpointed(out), victim[1], sig=signal.SIGSTOP)
+        stopper.start()
+        try:
+            result = run(demo_root, out, address, restart_wait=2, collective_timeout=10)
+        finally:
+            stopper.join(1)
+            os.kill(victim[1], signal.SIGKILL)  # a stopped process acts on nothing else
+
+    assert stopper.killed_at is not None, "the worker was never stopped"
+    (restart,) = manifest(out)["training"]["restarts"]
+    assert restart["lost_workers"] == [victim[0]] and restart["workers"] == 1
+    assert result.metrics["rounds_trained"] == TRAIN["num_boost_round"]
+    for values in result.metrics["history"]["valid"].values():
+        assert len(values) == TRAIN["num_boost_round"]
+    print(f"restart after a hung worker: {restart}")
 
 
 # -- ETL: a worker killed as a stage starts ----------------------------------------------------
