@@ -121,8 +121,10 @@ def run_features(
             gate = QualityGate(list(job.checks), job.quarantine, source.files)
             # More than one pass (a pre-pass, a fit, then the write): read once, keep the rows.
             passes = 1 + int(gate.needs_prepass) + int(not pipeline.fitted)
-            kept = keep(client, source, job.cluster.persist, reporter.log) if passes > 1 else None
-            read = source.frame if kept is None else kept
+            # Small files become pieces before the checks when these tag no row with its file.
+            rows = source.frame if gate.names_files else source.combined()
+            kept = keep(client, source, job.cluster.persist, reporter.log, frame=rows) if passes > 1 else None
+            read = rows if kept is None else kept
             pre = gate.prepass(read, compute)
             checked = gate.apply(read, pre, quarantine_to=side)
             # Past the checks no row needs its file: small files' partitions become pieces.

@@ -79,14 +79,17 @@ def workers_memory(client: Any) -> int | None:
     return None if not limits or 0 in limits else int(sum(limits))
 
 
-def keep(client: Any, source: OpenedSource, how: str, log: Callable[[str], None]) -> dd.DataFrame | None:
-    """The source's frame persisted on the workers when :func:`decide` says so, else ``None``."""
+def keep(
+    client: Any, source: OpenedSource, how: str, log: Callable[[str], None], *, frame: dd.DataFrame | None = None
+) -> dd.DataFrame | None:
+    """The source's frame (or ``frame``, the same rows in other partitions: pieces) persisted on
+    the workers when :func:`decide` says so, else ``None``."""
     decision = decide(how, source, workers_memory(client))
     if not decision.keep:
         log(f"rows read for each pass: {decision.reason}")
         return None
     log(f"rows read once and kept in worker memory until placed: {decision.reason}")
-    return client.persist(source.frame)
+    return client.persist(source.frame if frame is None else frame)
 
 
 def release(frame: dd.DataFrame | None) -> None:

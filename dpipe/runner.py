@@ -183,7 +183,7 @@ def run(
             compute = reporter.compute(client)
             gate = stages.quality_gate(p)
             # Read once: every pass until the placement reads the rows kept in memory.
-            kept = keep(client, p.source, job.cluster.persist, reporter.log)
+            kept = keep(client, p.source, job.cluster.persist, reporter.log, frame=stages.source_rows(p, gate))
             checks = (
                 reporter.stage("checks", "finding duplicated keys to quarantine")
                 if gate.needs_prepass

@@ -56,6 +56,12 @@ def quality_gate(plan: Plan) -> QualityGate:
     return QualityGate(list(plan.job.checks), plan.job.quarantine, plan.source.files)
 
 
+def source_rows(plan: Plan, gate: QualityGate) -> dd.DataFrame:
+    """The source's rows as the checks take them: a partition per file when the checks tag rows
+    with their file, else small files already combined into pieces (:meth:`OpenedSource.combined`)."""
+    return plan.source.frame if gate.names_files else plan.source.combined()
+
+
 def prepass(plan: Plan, gate: QualityGate, compute: Compute, *, frame: dd.DataFrame | None = None) -> Prepass:
     """The keys of quarantining ``unique`` checks: one pass over the key columns, when needed.
     ``frame``: the source's rows kept in memory (:mod:`dpipe.keep`), else they are read."""
@@ -73,10 +79,15 @@ class Prepared:
 
 
 def prepare(plan: Plan, frame: dd.DataFrame, gate: QualityGate, pre: Prepass, *, quarantine_to: Any = None) -> Prepared:
-    """Source rows -> rows to train on: checks, the label's table, then the label and split flag."""
+    """Source rows -> rows to train on: checks, the label's table, then the label and split flag.
+
+    Small files' partitions become pieces (:meth:`OpenedSource.combined`) once no row needs its
+    file: before the checks when they tag none, else past them (``frame`` may be pieces already:
+    :func:`source_rows`)."""
+    if not gate.names_files:
+        frame = plan.source.combined(frame)
     checked = gate.apply(frame, pre, quarantine_to=quarantine_to)
     lazy: dict[str, Mapping[str, Any]] = {"quality": checked.lazy}
-    # Past the checks no row needs its file: small files' partitions become pieces.
     joined = plan.source.combined(checked.frame)
     if plan.label_join is not None:
         joined, measured = plan.label_join.apply_measured(joined)
@@ -194,7 +205,7 @@ def fit(
 
 def _check_files(gate: QualityGate, frame: dd.DataFrame) -> None:
     """Quarantined rows and samples are tagged with ``gate.files[partition]``: they must match."""
-    if len(gate.files) != frame.npartitions:
+    if gate.names_files and len(gate.files) != frame.npartitions:
         raise StateError(
             f"the quality gate names {len(gate.files)} file(s) for a frame of {frame.npartitions} partition(s)",
             hint="build the gate for these rows: QualityGate(job.checks, job.quarantine, files_of_the_frame)",

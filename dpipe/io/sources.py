@@ -22,6 +22,7 @@ import dataclasses
 from collections.abc import Collection, Sequence
 from typing import Any, ClassVar
 
+import dask
 import dask.dataframe as dd
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -141,13 +142,16 @@ class FileSource:
             _part_bytes(infos[t.fragment.path], t.part, listing.datums_by_path[t.fragment.path].size) for t in tasks
         ]
         # `read_fragment` takes `columns=`, so Dask pushes projections (`frame[["a", "b"]]`) into it.
-        frame = dd.from_map(
-            read_fragment,
-            tasks,
-            meta=empty_frame(schema, selected),
-            label=f"dpipe-read-{spec.format}",
-            enforce_metadata=False,
-        )
+        # Its strings are Arrow strings already: no conversion layer (a task per file where the
+        # read has several consumers, as it has in a job's fit pass).
+        with dask.config.set({"dataframe.convert-string": False}):
+            frame = dd.from_map(
+                read_fragment,
+                tasks,
+                meta=empty_frame(schema, selected),
+                label=f"dpipe-read-{spec.format}",
+                enforce_metadata=False,
+            )
         opened = OpenedSource(
             uri=uri,
             format=spec.format,

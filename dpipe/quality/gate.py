@@ -133,6 +133,13 @@ class QualityGate:
         return tuple(c for c in self.checks if c.per_row)  # type: ignore[misc]
 
     @property
+    def names_files(self) -> bool:
+        """Whether rows are tagged with the file of their partition (``files``): quarantined rows
+        and failing checks' samples are, so only a gate with row checks needs a frame whose
+        partition ``i`` is ``files[i]``."""
+        return bool(self.row_checks)
+
+    @property
     def quarantines(self) -> bool:
         return any(c.action == "quarantine" for c in self.checks)
 
