@@ -23,6 +23,7 @@ from dpipe import cluster as _cluster
 from dpipe import quality as _quality
 from dpipe import stages
 from dpipe.bundle import Bundle
+from dpipe.device import require_gpus
 from dpipe.errors import ColumnError
 from dpipe.incremental import bundle_state, check_job, decide
 from dpipe.io import StagedOutput, open_increment, open_sink, open_source
@@ -181,6 +182,10 @@ def run(
         events.start([p.source, *p.tables.values()], [bundle])
         with _cluster.connect(job.cluster, client=client, address=scheduler, log=reporter.log) as client, out:
             compute = reporter.compute(client)
+            if job.train.device == "cuda":
+                # Checked before anything is read: XGBoost would train on the CPU without a word.
+                gpus = require_gpus(client)
+                reporter.log(f"train.device: cuda, {sum(gpus.values())} GPU(s) on {len(gpus)} worker(s)")
             gate = stages.quality_gate(p)
             # Read once: every pass until the placement reads the rows kept in memory.
             kept = keep(client, p.source, job.cluster.persist, reporter.log, frame=stages.source_rows(p, gate))
@@ -245,6 +250,9 @@ def run(
             if placed.test is not None:
                 trained = dataclasses.replace(trained, metrics={**trained.metrics, "test": dict(assessed.test)})
             _log_training(reporter, trained)
+            if job.train.device != "cpu":
+                # The saved model predicts wherever it is loaded (a GPU-less scorer included).
+                trained.booster.set_param({"device": "cpu"})
             with reporter.stage("write", f"model bundle to {job.output.uri}"):
                 manifest = {
                     **_manifest(p, fitted, reporter, cluster_info(client), started),

@@ -199,6 +199,8 @@ DEFAULT_METRICS = {"binary": ["logloss", "auc"], "reg": ["rmse"], "multi": ["mlo
 
 def xgb_params(train_spec) -> dict:
     params = {"tree_method": "hist", "objective": train_spec.objective, **train_spec.params}
+    if getattr(train_spec, "device", "cpu") != "cpu":
+        params["device"] = train_spec.device
     metrics = train_spec.eval_metric or DEFAULT_METRICS.get(train_spec.objective.split(":")[0], [])
     if metrics:
         params["eval_metric"] = list(metrics)

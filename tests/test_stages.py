@@ -88,8 +88,21 @@ def test_fit_is_one_computation_per_phase_and_leaves_the_plan_unfitted(planned, 
 def test_fit_takes_other_input_rows(planned, client):
     """What an incremental run does: the same plan fitted on some of the rows."""
     first_two = planned.source.frame.partitions[:2]
+    # A gate that tags rows with their file must be given the files of the frame's partitions.
+    checks = dpipe.job_from_dict(
+        {
+            **planned.job.model_dump(by_alias=True),
+            "checks": [{"check": "not_null", "columns": ["age"], "action": "fail"}],
+        }
+    ).checks
     with pytest.raises(StateError, match=r"the quality gate names 4 file\(s\) for a frame of 2 partition\(s\)"):
-        stages.fit(planned, stages.quality_gate(planned), NO_PREPASS, CountingCompute(client), frame=first_two)
+        stages.fit(
+            planned,
+            QualityGate(checks, None, planned.source.files),
+            NO_PREPASS,
+            CountingCompute(client),
+            frame=first_two,
+        )
     gate = QualityGate(list(planned.job.checks), planned.job.quarantine, planned.source.files[:2])
     pre = stages.prepass(planned, gate, CountingCompute(client))
     fitted = stages.fit(planned, gate, pre, CountingCompute(client), frame=first_two)

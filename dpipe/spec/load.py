@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from dpipe.errors import SpecError
 from dpipe.spec.base import redact
 from dpipe.spec.features import CUSTOM_TAG, OP_MODELS, OP_NAMES
-from dpipe.spec.models import NOT_COMPUTED, AnyJob, FeaturesJobSpec, JobSpec
+from dpipe.spec.models import LATER_DEFAULTS, NOT_COMPUTED, AnyJob, FeaturesJobSpec, JobSpec
 from dpipe.spec.quality import CHECK_MODELS, CHECK_NAMES
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -283,4 +283,7 @@ def spec_digest(job: Any, leave_out: Collection[str] = ("lineage", "monitor", "r
     for section, keys in NOT_COMPUTED.items():
         if isinstance(spec.get(section), dict):
             spec[section] = {k: v for k, v in spec[section].items() if k not in keys}
+    for section, defaults in LATER_DEFAULTS.items():
+        if isinstance(spec.get(section), dict):
+            spec[section] = {k: v for k, v in spec[section].items() if defaults.get(k, object()) != v}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()

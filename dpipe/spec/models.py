@@ -176,6 +176,9 @@ RESILIENCE = ("checkpoint_every", "max_restarts", "restart_wait", "collective_ti
 #: Settings of each section that change how a job runs, not what it computes: left out of the
 #: spec's digest, so changing one does not make an unchanged job run again.
 NOT_COMPUTED = {"train": RESILIENCE, "cluster": ("persist",)}
+#: Settings added after specs were first digested, left out of the digest at their default so
+#: that adding them changed no existing job's digest.
+LATER_DEFAULTS = {"train": {"device": "cpu"}}
 
 
 class TrainSpec(Strict):
@@ -206,11 +209,14 @@ class TrainSpec(Strict):
     #: Seconds one of XGBoost's collective operations may wait for the other workers before the
     #: training call fails (a worker that hangs rather than dies; XGBoost's own default is longer).
     collective_timeout: int = Field(default=600, ge=1)
+    #: Where XGBoost trains: ``cuda`` checks every worker for a GPU and XGBoost's CUDA build
+    #: before the job reads anything (:mod:`dpipe.device`); the saved model predicts on any device.
+    device: Literal["cpu", "cuda"] = "cpu"
 
     @field_validator("params")
     @classmethod
     def _no_duplicated_settings(cls, params):
-        for key in ("objective", "eval_metric", "num_boost_round", "n_estimators"):
+        for key in ("objective", "eval_metric", "num_boost_round", "n_estimators", "device"):
             if key in params:
                 raise ValueError(f"set `train.{key}` instead of `train.params.{key}`")
         return params
