@@ -65,7 +65,7 @@ def source_rows(plan: Plan, gate: QualityGate) -> dd.DataFrame:
 def prepass(plan: Plan, gate: QualityGate, compute: Compute, *, frame: dd.DataFrame | None = None) -> Prepass:
     """The keys of quarantining ``unique`` checks: one pass over the key columns, when needed.
     ``frame``: the source's rows kept in memory (:mod:`dpipe.keep`), else they are read."""
-    return gate.prepass(plan.source.frame if frame is None else frame, compute)
+    return gate.prepass(source_rows(plan, gate) if frame is None else frame, compute)
 
 
 # -- the rows before the feature ops -----------------------------------------------------------
@@ -155,13 +155,13 @@ def fit(
     """Learn every statistic, with the checks, row counts, label distribution and the label
     join's measurements computed in the same pass (one ``compute`` per fit phase).
 
-    ``frame`` replaces the source's rows (default: ``plan.source.frame``); the fit pass reads only
+    ``frame`` replaces the source's rows (default: the source's, :func:`source_rows`); the fit pass reads only
     :attr:`Plan.fit_columns` of it. ``gate`` names the file of each of its partitions (build it
     with ``QualityGate(checks, quarantine, files)`` for other rows), and :func:`place` must be
     given the same frame. ``partials`` are saved statistics of earlier rows to merge into this
     fit's (an incremental run: :meth:`dpipe.pipeline.FeaturePipeline.fit`).
     """
-    raw = plan.source.frame if frame is None else frame
+    raw = source_rows(plan, gate) if frame is None else frame
     _check_files(gate, raw)
     if plan.fit_columns is not None:
         raw = raw[plan.fit_columns]
@@ -429,7 +429,7 @@ def place(
     in memory (:mod:`dpipe.keep`): transformed from memory, while a piece a lost worker held is
     computed again from the source's frame.
     """
-    source = plan.source.frame if frame is None else frame
+    source = source_rows(plan, gate) if frame is None else frame
     frame = source if kept is None else kept
     _check_files(gate, frame)
     prepared = prepare(plan, frame, gate, pre)

@@ -67,6 +67,10 @@ class OpenedSource:
     #: consecutive small partitions are combined past the checks (``None``: never; :meth:`combined`).
     partition_sizes: tuple[int, ...] = ()
     combine_to: int | None = None
+    #: The frame read as pieces by the connector itself, given where each piece starts (then the
+    #: partition count): one task reads a piece's partitions (``None``: pieces are concatenated
+    #: from the partitions' tasks).
+    read_pieces: Callable[[list[int]], Any] | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -86,9 +90,15 @@ class OpenedSource:
         """``frame`` (default :attr:`frame`; partition ``i`` read from ``files[i]``) with its small
         partitions concatenated into pieces of up to :attr:`combine_to` bytes on storage
         (:func:`dpipe.io.combine.combine`). Use it once nothing needs a partition's file any more:
-        past the quality checks, which tag the rows they set aside with their file."""
-        from dpipe.io.combine import combine
+        past the quality checks, which tag the rows they set aside with their file. The source's
+        own frame is read as pieces where the connector can (:attr:`read_pieces`: a task per
+        piece, not per file)."""
+        from dpipe.io.combine import boundaries, combine
 
+        if frame is None and self.read_pieces is not None and self.combine_to is not None and self.partition_sizes:
+            starts = boundaries(self.partition_sizes, self.combine_to)
+            if len(starts) - 1 < len(self.partition_sizes):
+                return self.read_pieces(starts)
         return combine(self.frame if frame is None else frame, self.partition_sizes, self.combine_to)
 
     def datum_of_partitions(self) -> tuple[str, ...]:
@@ -109,6 +119,7 @@ class OpenedSource:
             datums=tuple(d for d in self.datums if d.id in wanted),
             partition_datums=tuple(parts[i] for i in keep),
             partition_sizes=tuple(self.partition_sizes[i] for i in keep) if self.partition_sizes else (),
+            read_pieces=None,
         )
 
 

@@ -123,6 +123,23 @@ class FragmentTask:
         )
 
 
+@dataclass(frozen=True)
+class FragmentGroup:
+    """Consecutive partitions read by one task, one after the other (small files: a piece)."""
+
+    tasks: tuple[FragmentTask, ...]
+
+    def __dask_tokenize__(self):
+        return tuple(t.__dask_tokenize__() for t in self.tasks)
+
+
+def read_fragments(group: FragmentGroup, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a group's partitions (runs on a worker) into one frame, each as :func:`read_fragment`
+    reads it (a bad file skipped and recorded as there)."""
+    frames = [read_fragment(task, columns) for task in group.tasks]
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
 def read_fragment(task: FragmentTask, columns: list[str] | None = None) -> pd.DataFrame:
     """Read one partition (runs on a worker); partition columns come from the file's directory.
 

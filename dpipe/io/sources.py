@@ -33,7 +33,17 @@ from dpipe.io.connector import BadFileLog, Datum, Increment, OpenedSource, Sourc
 from dpipe.io.filters import filter_columns, filter_expression, partition_filters
 from dpipe.io.fs import resolve, storage_errors
 from dpipe.io.listing import Listing, list_files
-from dpipe.io.parts import BAD_FILE_HINT, ByteBlock, FragmentTask, Part, RowGroups, arrow_filesystem, read_fragment
+from dpipe.io.parts import (
+    BAD_FILE_HINT,
+    ByteBlock,
+    FragmentGroup,
+    FragmentTask,
+    Part,
+    RowGroups,
+    arrow_filesystem,
+    read_fragment,
+    read_fragments,
+)
 from dpipe.io.registry import read
 from dpipe.io.schema import FileSchema, column_types, inspect_files, parquet_schema, text_schema, unify
 from dpipe.spec.source import CSVSourceSpec, FileSourceSpec, JSONSourceSpec, ParquetSourceSpec
@@ -141,17 +151,13 @@ class FileSource:
         sizes = [
             _part_bytes(infos[t.fragment.path], t.part, listing.datums_by_path[t.fragment.path].size) for t in tasks
         ]
-        # `read_fragment` takes `columns=`, so Dask pushes projections (`frame[["a", "b"]]`) into it.
-        # Its strings are Arrow strings already: no conversion layer (a task per file where the
-        # read has several consumers, as it has in a job's fit pass).
-        with dask.config.set({"dataframe.convert-string": False}):
-            frame = dd.from_map(
-                read_fragment,
-                tasks,
-                meta=empty_frame(schema, selected),
-                label=f"dpipe-read-{spec.format}",
-                enforce_metadata=False,
-            )
+        meta = empty_frame(schema, selected)
+        frame = _from_map(read_fragment, tasks, meta, f"dpipe-read-{spec.format}")
+
+        def read_pieces(starts: list[int]) -> dd.DataFrame:
+            groups = [FragmentGroup(tuple(tasks[a:b])) for a, b in zip(starts, starts[1:])]
+            return _from_map(read_fragments, groups, meta, f"dpipe-read-{spec.format}-pieces")
+
         opened = OpenedSource(
             uri=uri,
             format=spec.format,
@@ -163,6 +169,7 @@ class FileSource:
             partition_columns=list(partition.names),
             partition_sizes=() if None in sizes else tuple(n for n in sizes if n is not None),
             combine_to=target,
+            read_pieces=read_pieces,
         )
         if diff is None:
             return opened
@@ -267,6 +274,14 @@ class FileSource:
                     hint=f"fix `{where}.{key}`",
                 )
         return list(self.spec.columns) if self.spec.columns else available
+
+
+def _from_map(read: Any, parts: list, meta: Any, label: str) -> dd.DataFrame:
+    # `read` takes `columns=`, so Dask pushes projections (`frame[["a", "b"]]`) into it. Its
+    # strings are Arrow strings already: no conversion layer (a task per partition where the
+    # read has several consumers, as it has in a job's fit pass).
+    with dask.config.set({"dataframe.convert-string": False}):
+        return dd.from_map(read, parts, meta=meta, label=label, enforce_metadata=False)
 
 
 def _part_bytes(info: FileSchema, part: Part | None, size: int | None) -> int | None:

@@ -19,11 +19,31 @@ True
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from dpipe.registry.gate import Decision
 from dpipe.registry.refs import REGISTRY_VARIABLE, ModelRef, is_model_uri, parse_model_uri, registry_uri
-from dpipe.registry.store import AliasMove, Registry, Version
+
+if TYPE_CHECKING:
+    from dpipe.registry.gate import Decision
+    from dpipe.registry.store import AliasMove, Registry, Version
+
+#: Imported when first used: the CLI builds the `registry` commands' parsers from this package,
+#: and the store and the gate import the bundle, XGBoost and Dask.
+_LAZY = {
+    "Decision": "dpipe.registry.gate",
+    "AliasMove": "dpipe.registry.store",
+    "Registry": "dpipe.registry.store",
+    "Version": "dpipe.registry.store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
 
 
 def resolve_model_uri(
@@ -43,6 +63,8 @@ def resolve_model_uri(
     """
     if not is_model_uri(uri):
         return uri
+    from dpipe.registry.store import Registry
+
     if not isinstance(registry, Registry):
         registry = Registry(registry_uri(registry, where=f"model URI {uri!r}"), storage_options)
     return registry.resolve(uri)

@@ -20,8 +20,30 @@ See ``docs/report.md``.
 
 from __future__ import annotations
 
-from dpipe.report.html import page
-from dpipe.report.view import BundleView, load_view, view_of
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dpipe.report.html import page
+    from dpipe.report.view import BundleView, load_view, view_of
+
+#: Imported when first used: `dpipe --help` and `dpipe validate` build the `report` command's
+#: parser from this package, and the page's modules import the bundle, XGBoost and Dask.
+_LAZY = {
+    "page": "dpipe.report.html",
+    "BundleView": "dpipe.report.view",
+    "load_view": "dpipe.report.view",
+    "view_of": "dpipe.report.view",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["REPORT", "BundleView", "load_view", "page", "render_report", "view_of", "write_report"]
 
@@ -42,6 +64,9 @@ def render_report(
     its metrics in a second column with the difference. ``compare_storage_options`` default to
     ``storage_options``.
     """
+    from dpipe.report.html import page
+    from dpipe.report.view import load_view
+
     views = [load_view(bundle_uri, storage_options)]
     if compare is not None:
         options = storage_options if compare_storage_options is None else compare_storage_options

@@ -157,3 +157,43 @@ def test_a_features_job_writes_pieces_not_a_file_per_input_file(many_files, tmp_
     assert len(list(pieces.rglob("*.parquet"))) == 40
     frames = [pd.read_parquet(p).sort_values("event_id").reset_index(drop=True) for p in (one_each, pieces)]
     pd.testing.assert_frame_equal(frames[0], frames[1])
+
+
+def test_the_source_reads_its_pieces_one_task_each(many_files):
+    job = _job(many_files, Path("/nonexistent"))
+    source = plan_job(job).source
+    pieces = source.combined()
+    assert pieces.npartitions == 40
+    # One task reads a piece's two files (plus Dask's own layer of none): no task per file.
+    assert len(pieces.optimize().__dask_graph__()) == 40
+    with dask.config.set(scheduler="sync"):
+        whole = source.frame.compute().reset_index(drop=True)
+        pd.testing.assert_frame_equal(pieces.compute().reset_index(drop=True), whole)
+        pd.testing.assert_frame_equal(
+            pieces[["event_id", "age"]].compute().reset_index(drop=True), whole[["event_id", "age"]]
+        )
+
+
+def test_a_damaged_file_among_pieces_is_skipped_and_named(many_files, tmp_path, client):
+    import shutil
+
+    data = tmp_path / "events"
+    shutil.copytree(many_files, data)
+    bad = data / "date=2024-01-02" / "part-041.parquet"
+    size = bad.stat().st_size
+    # A valid footer, damaged pages: found when the worker reads it, inside its piece's task.
+    raw = bytearray(bad.read_bytes())
+    raw[4 : size // 2] = b"\x07" * (size // 2 - 4)
+    bad.write_bytes(bytes(raw))
+    spec = {
+        "name": "damaged",
+        "kind": "features",
+        "source": {"uri": str(data)},
+        "features": [{"op": "standard_scale", "columns": ["income"]}],
+        "quarantine": {"bad_files": "skip", "uri": str(tmp_path / "quarantine")},
+        "output": {"uri": str(tmp_path / "out")},
+    }
+    result = dpipe.run(dpipe.job_from_dict(spec), client=client, progress=False)
+    assert result.rows["read"] == 79 * 250
+    assert [r["file"] for r in result.manifest["quality"]["bad_files"]] == [str(bad)]
+    assert len(pd.read_parquet(tmp_path / "out")) == 79 * 250
