@@ -150,6 +150,19 @@ class Resilience:
             log,
         )
 
+    def may_restart(self, done: int, gone: list[str], error: str, what: str, hint: str = "") -> None:
+        """Raise :class:`TrainingError` (``what`` formatted with ``gone``) when ``done`` restarts
+        are already ``max_restarts``."""
+        from dpipe.errors import TrainingError
+
+        if done >= self.max_restarts:
+            raise TrainingError(
+                f"{what.format(gone=gone)} ({error}); gave up after {done} restart(s)"
+                f" (train.max_restarts: {self.max_restarts})",
+                hint="check the workers' logs for why they die (memory limit, preemption), or raise"
+                f" `train.max_restarts`{hint}",
+            )
+
     def checkpoints(self, name: str) -> Checkpoints | None:
         if self.checkpoint_uri is None:
             return None
@@ -177,7 +190,6 @@ def train_surviving(
     the remaining rounds from the last checkpoint, with its early-stopping state and history.
     Any other error is raised as it is. Returns ``(booster, metrics, placed, restarts)``.
     """
-    from dpipe.errors import TrainingError
     from dpipe.train import train_booster
 
     if resilience is None:
@@ -198,13 +210,7 @@ def train_surviving(
             if not gone:
                 raise
             error = one_line(exc)
-        if len(restarts) >= resilience.max_restarts:
-            raise TrainingError(
-                f"train: lost worker(s) {gone} during training ({error}); gave up after"
-                f" {len(restarts)} restart(s) (train.max_restarts: {resilience.max_restarts})",
-                hint="check the workers' logs for why they die (memory limit, preemption), or raise"
-                " `train.max_restarts`",
-            )
+        resilience.may_restart(len(restarts), gone, error, "train: lost worker(s) {gone} during training")
         now = wait_for_workers(client, len(workers), resilience.wait)
         placed = again(placed)
         last = checkpoints.latest() if checkpoints is not None else None

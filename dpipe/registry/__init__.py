@@ -19,9 +19,9 @@ True
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from dpipe.lazy import lazy_names
 from dpipe.registry.refs import REGISTRY_VARIABLE, ModelRef, is_model_uri, parse_model_uri, registry_uri
 
 if TYPE_CHECKING:
@@ -38,12 +38,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _LAZY)
 
 
 def resolve_model_uri(

@@ -20,8 +20,9 @@ See ``docs/report.md``.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from dpipe.lazy import lazy_names
 
 if TYPE_CHECKING:
     from dpipe.report.html import page
@@ -37,12 +38,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _LAZY)
 
 
 __all__ = ["REPORT", "BundleView", "load_view", "page", "render_report", "view_of", "write_report"]

@@ -128,11 +128,13 @@ class Resident:
         from xgboost import dask as xgb_dask
 
         client = self.client
-        gone = sorted(set(self.workers) - set(self.live()))
+        live = self.live()
+        gone = sorted(set(self.workers) - set(live))
         if gone:
             # A task bound to a worker that left would wait for it forever.
             raise TrainingError(
-                f"tune: worker(s) {gone} holding the tuning's matrices left the cluster",
+                f"tune: worker(s) {gone} holding the tuning's matrices left the cluster (of {list(self.workers)},"
+                f" {live} are there)",
                 hint="the tuning builds its matrices again on the workers there are (`train.max_restarts`)",
             )
         # Two trainings on one worker would each wait for the other's ranks: one at a time.

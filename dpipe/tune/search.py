@@ -208,13 +208,13 @@ def tune(
             if resilience is None or not gone:
                 raise
             error = lost.error if lost is not None else one_line(exc)
-        if len(restarts) >= resilience.max_restarts:
-            raise TrainingError(
-                f"tune: lost worker(s) {gone} during the tuning ({error}); gave up after {len(restarts)}"
-                f" restart(s) (train.max_restarts: {resilience.max_restarts})",
-                hint="check the workers' logs for why they die (memory limit, preemption), or raise"
-                " `train.max_restarts`; the finished trials are kept in the study",
-            )
+        resilience.may_restart(
+            len(restarts),
+            gone,
+            error,
+            "tune: lost worker(s) {gone} during the tuning",
+            "; the finished trials are kept in the study",
+        )
         now = wait_for_workers(client, len(workers), resilience.wait)
         placed = placed.again(client)
         if lost is not None and lost.params is not None:
