@@ -96,3 +96,15 @@ def test_sketch_of_no_values_has_no_quantile():
     sketch = compute(quantile_sketch(ddf, "x"))
     assert sketch.empty
     assert sketch_quantile(sketch, 0.5) is None
+
+
+@pytest.mark.parametrize("n", [0, 1, 2047, 2048, 2049, 130_001])
+def test_a_partitions_sketch_is_the_weighted_compression_of_unit_weights(n):
+    """`_chunk_sketch` sorts without weights (faster): the same points as `_compress` with weight 1."""
+    from dpipe.ops.stats import SKETCH_SIZE, _chunk_sketch, _compress
+
+    rng = np.random.default_rng(n)
+    values = np.where(rng.random(n) < 0.1, np.nan, rng.integers(0, 50, n).astype(float) + rng.random(n).round(1))
+    kept = values[~np.isnan(values)]
+    v, w = _compress(kept, np.ones(len(kept)), SKETCH_SIZE)
+    pd.testing.assert_frame_equal(_chunk_sketch(pd.Series(values)), pd.DataFrame({"value": v, "weight": w}))
