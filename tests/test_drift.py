@@ -71,6 +71,8 @@ def test_the_profile_is_json_with_fixed_bins_from_the_sketch(profile, reference)
     # Quantile bins: each holds about 1/20 of the values (8000 values: the sketch's rank error).
     assert max(abs(f - 1 / drift.BINS) for f in x["fractions"][1:-1]) < 0.01
     assert x["missing_rate"] == pytest.approx(reference["x"].isna().mean())
+    # Exact counts, from the sketch's total weight (8000 values merged from 4 partitions' sketches).
+    assert (x["count"], x["missing"]) == (reference["x"].count(), reference["x"].isna().sum())
     # A discrete feature gets one bin per value: its edges are values of the data, de-duplicated.
     k = profile["features"]["k"]
     assert all(float(e).is_integer() for e in k["edges"]) and len(set(k["edges"])) == len(k["edges"])

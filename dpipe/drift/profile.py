@@ -96,11 +96,9 @@ def _leaves(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> tuple[list
 
 
 def _numeric_measures(frame: Any, column: str) -> dict[str, Any]:
-    return {
-        "sketch": quantile_sketch(frame, column),
-        "count": frame[column].count(),
-        "missing": frame[column].isna().sum(),
-    }
+    # The sketch's weights add up to the column's count (missing values are not in it), so a
+    # column's count and missing values need no reductions of their own: the rows' count gives them.
+    return {"sketch": quantile_sketch(frame, column)}
 
 
 @dataclass(frozen=True)
@@ -140,7 +138,7 @@ def reference_profile(values: Mapping[str, Any], model_input: ModelInput) -> dic
         if c in model_input.categorical:
             features[c] = _categorical_profile(values["categorical"][c])
         else:
-            features[c] = _numeric_profile(values["numeric"][c])
+            features[c] = _numeric_profile(values["numeric"][c], rows)
     profile: dict[str, Any] = {
         "version": PROFILE_VERSION,
         "rows": rows,
@@ -153,17 +151,19 @@ def reference_profile(values: Mapping[str, Any], model_input: ModelInput) -> dic
         pred = values["prediction"]
         profile["prediction"] = {
             "rows": int(pred["rows"]),
-            "columns": {c: _numeric_profile(m) for c, m in pred["numeric"].items()},
+            "columns": {c: _numeric_profile(m, int(pred["rows"])) for c, m in pred["numeric"].items()},
         }
     return profile
 
 
-def _numeric_profile(m: Mapping[str, Any]) -> dict[str, Any]:
+def _numeric_profile(m: Mapping[str, Any], rows: int) -> dict[str, Any]:
     sketch: pd.DataFrame = m["sketch"]
     order = np.argsort(sketch["value"].to_numpy(), kind="stable")
     points = sketch["value"].to_numpy(dtype="float64")[order]
     weights = sketch["weight"].to_numpy(dtype="float64")[order]
-    count, missing = int(m["count"]), int(m["missing"])
+    # Merges keep the total weight (each point stands for total / size rows): the count, to rounding.
+    count = int(round(float(weights.sum())))
+    missing = rows - count
     edges, ks_edges = _edges(points, weights, BINS), _edges(points, weights, KS_BINS)
     total = weights.sum()
     quantiles = {
