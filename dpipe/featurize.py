@@ -128,7 +128,7 @@ def run_features(
             pre = gate.prepass(read, compute)
             checked = gate.apply(read, pre, quarantine_to=side)
             # Past the checks no row needs its file: small files' partitions become pieces.
-            rows = source.combined(checked.frame)
+            rows = source.combined(checked.frame) if gate.names_files else checked.frame
             lazy = {"quality": checked.lazy, "input": {"rows_read": count_rows(read)}}
             steps: dict[str, Any] = {}
             phases: list[list[str]] = []

@@ -88,7 +88,7 @@ def prepare(plan: Plan, frame: dd.DataFrame, gate: QualityGate, pre: Prepass, *,
         frame = plan.source.combined(frame)
     checked = gate.apply(frame, pre, quarantine_to=quarantine_to)
     lazy: dict[str, Mapping[str, Any]] = {"quality": checked.lazy}
-    joined = plan.source.combined(checked.frame)
+    joined = plan.source.combined(checked.frame) if gate.names_files else checked.frame
     if plan.label_join is not None:
         joined, measured = plan.label_join.apply_measured(joined)
         lazy["label.join"] = measured

@@ -162,10 +162,10 @@ def _numeric_profile(m: Mapping[str, Any], rows: int) -> dict[str, Any]:
     points = sketch["value"].to_numpy(dtype="float64")[order]
     weights = sketch["weight"].to_numpy(dtype="float64")[order]
     # Merges keep the total weight (each point stands for total / size rows): the count, to rounding.
-    count = int(round(float(weights.sum())))
+    total = weights.sum()
+    count = int(round(float(total)))
     missing = rows - count
     edges, ks_edges = _edges(points, weights, BINS), _edges(points, weights, KS_BINS)
-    total = weights.sum()
     quantiles = {
         name: _point(points, weights, q) for name, q in (("min", 0.0), ("p05", 0.05), ("median", 0.5), ("p95", 0.95))
     }
