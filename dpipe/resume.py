@@ -176,11 +176,12 @@ def train_surviving(
     client: Any,
     config: Any,
     placed: P,
-    frames: Callable[[P], tuple[Any, Any, Any, Any]],
+    frames: Callable[[P], tuple[Any, ...]],
     again: Callable[[P], P],
     resilience: Resilience | None,
     *,
     name: str = "model",
+    fit: Callable[..., tuple[Any, dict[str, Any]]] | None = None,
 ) -> tuple[Any, dict[str, Any], P, list[dict[str, Any]]]:
     """:func:`dpipe.train.train_booster` on ``frames(placed)``, going on after a lost worker.
 
@@ -189,11 +190,13 @@ def train_surviving(
     there are), place the rows again (``again``: the lost partitions computed again), and train
     the remaining rounds from the last checkpoint, with its early-stopping state and history.
     Any other error is raised as it is. Returns ``(booster, metrics, placed, restarts)``.
+    ``fit(client, config, *frames(placed))`` trains (default :func:`dpipe.train.train_booster`).
     """
     from dpipe.train import train_booster
 
+    fit = fit or train_booster
     if resilience is None:
-        return (*train_booster(client, config, *frames(placed)), placed, [])
+        return (*fit(client, config, *frames(placed)), placed, [])
     checkpoints = resilience.checkpoints(name)
     first = config.xgb_model.num_boosted_rounds() if config.xgb_model is not None else 0
     attempt = config.replace(checkpoints=checkpoints, checkpoint_every=resilience.every)
@@ -202,7 +205,7 @@ def train_surviving(
         workers = _current(client)
         started = time.perf_counter()
         try:
-            booster, metrics = train_booster(client, attempt, *frames(placed))
+            booster, metrics = fit(client, attempt, *frames(placed))
             return booster, metrics, placed, restarts
         except Exception as exc:  # noqa: BLE001 - judged by whether a worker is gone
             failed = time.perf_counter()

@@ -12,23 +12,25 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import shutil
 from collections.abc import Collection, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from dpipe import cluster as _cluster
+from dpipe import external, stages
 from dpipe import quality as _quality
-from dpipe import stages
 from dpipe.bundle import Bundle
+from dpipe.columns import TRAIN, VALID
 from dpipe.device import require_gpus
 from dpipe.errors import ColumnError
 from dpipe.incremental import bundle_state, check_job, decide
 from dpipe.io import StagedOutput, open_increment, open_sink, open_source
 from dpipe.io.fs import full_uri, resolve
-from dpipe.keep import keep, release
+from dpipe.keep import keep, release, workers_memory
 from dpipe.manifest import cluster_info, run_manifest, source_lineage
 from dpipe.openlineage import run_events
 from dpipe.plan import Plan, plan, require, table_opener
@@ -180,7 +182,8 @@ def run(
     bundle = {"uri": job.output.uri, "format": "bundle", "storage_options": job.output.storage_options}
     with run_events(job.lineage, job=job.name, run_id=run_id, kind="train") as events:
         events.start([p.source, *p.tables.values()], [bundle])
-        with _cluster.connect(job.cluster, client=client, address=scheduler, log=reporter.log) as client, out:
+        connected = _cluster.connect(job.cluster, client=client, address=scheduler, log=reporter.log)
+        with connected as client, out, ExitStack() as cleanup:
             compute = reporter.compute(client)
             if job.train.device == "cuda":
                 # Checked before anything is read: XGBoost would train on the CPU without a word.
@@ -210,16 +213,33 @@ def run(
                 )
             _log_fit(reporter, fitted)
             retrain = Retrain.of(job, decision, p, fitted)
-            with reporter.stage("load", f"transforming and placing {retrain.what} on every worker"):
-                placed = stages.place(
-                    client,
-                    retrain.plan,
-                    retrain.fitted,
-                    retrain.gate or gate,
-                    pre,
-                    kept=kept if retrain.plan.source is p.source else None,
-                    balanced=retrain.gate is None,
-                )
+            where = _training_memory(job, retrain.fitted, client)
+            reporter.log(f"training rows: {where.reason}")
+            if where.external:
+                scratch = external.scratch_dir(job.train.scratch)
+                cleanup.callback(shutil.rmtree, scratch, True)
+                external.require_shared(client, scratch)
+                with reporter.stage("load", f"transforming {retrain.what} and writing them to disk ({scratch})"):
+                    placed = stages.spill(
+                        retrain.plan,
+                        retrain.fitted,
+                        retrain.gate or gate,
+                        pre,
+                        compute,
+                        scratch,
+                        frame=kept if retrain.plan.source is p.source else None,
+                    )
+            else:
+                with reporter.stage("load", f"transforming and placing {retrain.what} on every worker"):
+                    placed = stages.place(
+                        client,
+                        retrain.plan,
+                        retrain.fitted,
+                        retrain.gate or gate,
+                        pre,
+                        kept=kept if retrain.plan.source is p.source else None,
+                        balanced=retrain.gate is None,
+                    )
             # Placed: the kept rows are released (training holds the transformed ones).
             release(kept)
             del kept
@@ -239,7 +259,8 @@ def run(
                 resilience = Resilience.from_spec(
                     job.train, out.staged_uri(CHECKPOINTS), job.output.storage_options, log=reporter.log
                 )
-                with reporter.stage("train", f"xgboost.dask, {rounds}"):
+                how = "XGBoost's external memory, a task per worker" if where.external else "xgboost.dask"
+                with reporter.stage("train", f"{how}, {rounds}"):
                     trained = stages.train(client, placed, config, p.labeler.splitter, resilience)
                 # After a restart the rows lie where they were placed again.
                 placed = trained.placed or placed
@@ -361,6 +382,15 @@ class Retrain:
         return cls(trained_on, fitted, how, what, gate=stages.quality_gate(trained_on), datums=len(source.datums))
 
 
+def _training_memory(job: JobSpec, fitted: stages.Fitted, client: Any) -> external.Decision:
+    """Whether the rows to train on go to disk (``train.memory``; ``auto`` never with folds or
+    tuning, which need them in memory)."""
+    if job.train.memory == "auto" and (job.split.folds is not None or job.tune is not None):
+        return external.Decision(False, "in memory (folds and tuning train on placed rows)")
+    rows = sum(fitted.rows_per_partition)
+    return external.decide(job.train.memory, rows, external.row_width(fitted.model_input), workers_memory(client))
+
+
 def _increment_record(decision: Any, retrain: Retrain, placed: stages.Placed) -> dict[str, Any]:
     """What the manifest says of an incremental run: what it decided and what it trained on."""
     record: dict[str, Any] = {"action": decision.action, "reason": decision.reason}
@@ -370,11 +400,19 @@ def _increment_record(decision: Any, retrain: Retrain, placed: stages.Placed) ->
             retrain=retrain.how,
             trained_on={
                 "datums": retrain.datums,
-                "train": len(placed.train),
-                "valid": None if placed.valid is None else len(placed.valid),
+                "train": _rows(placed, TRAIN),
+                "valid": None if placed.valid is None else _rows(placed, VALID),
             },
         )
     return record
+
+
+def _rows(placed: stages.Placed, side: int) -> int:
+    if placed.shards is not None:
+        return placed.shards.rows(side)
+    frame = placed.train if side == TRAIN else placed.valid
+    assert frame is not None
+    return len(frame)
 
 
 def _next_state(job: JobSpec, decision: Any, p: Plan, fitted: stages.Fitted, run_id: str, manifest: dict) -> RunState:

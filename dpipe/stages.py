@@ -10,6 +10,7 @@ features job stops after :func:`fit`, an incremental run hands :func:`fit` other
     pre = prepass(p, gate, compute)                # only for quarantining `unique` checks
     fitted = fit(p, gate, pre, compute, quarantine_to=out)   # ONE computation per fit phase
     placed = place(client, p, fitted, gate, pre)   # transformed rows in worker memory
+    # (or spill(p, fitted, gate, pre, compute, scratch): on disk, to train beyond memory)
     trained = train(client, placed, TrainConfig.from_spec(job.train), p.labeler.splitter)  # folds too
     assessed = assess(p, fitted, placed, trained, compute)  # test metrics, evaluation, profile
     write(out, p, fitted, placed, trained, compute, manifest, assessed)
@@ -26,7 +27,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
-from dpipe import drift, evaluation, metrics, split
+from dpipe import drift, evaluation, external, metrics, split
 from dpipe.bundle import Bundle
 from dpipe.columns import CV_FOLD, LABEL, SIDE, TEST, TRAIN, VALID
 from dpipe.errors import DataError, SpecError, StateError
@@ -376,6 +377,8 @@ class Placed:
     test: dd.DataFrame | None = None
     #: Every placed row (all sides), to cut other selections from (the folds) without moving data.
     rows: PlacedRows | None = None
+    #: The rows on disk instead (training beyond memory): the sides are lazy reads of them.
+    shards: external.Shards | None = None
 
     @property
     def features(self) -> list[str]:
@@ -393,7 +396,10 @@ class Placed:
 
     def again(self, client: Any) -> Placed:
         """These rows after workers were lost: the partitions no live worker holds computed again
-        (:func:`dpipe.placement.restore`), every side cut again where its rows lie."""
+        (:func:`dpipe.placement.restore`), every side cut again where its rows lie. Shards on
+        disk outlive their writers: nothing to do."""
+        if self.shards is not None:
+            return self
         assert self.rows is not None
         rows = restore(client, self.rows)
         return cut_sides(client, rows, self.model_input, valid=self.valid is not None, test=self.test is not None)
@@ -431,22 +437,45 @@ def place(
     """
     source = source_rows(plan, gate) if frame is None else frame
     frame = source if kept is None else kept
-    _check_files(gate, frame)
-    prepared = prepare(plan, frame, gate, pre)
-    splitter = plan.labeler.splitter
-    keep = [*plan.job.id_columns, LABEL, SIDE, *([CV_FOLD] if splitter.folds else [])]
-    keep += [c for c in _slices(plan, fitted) if c not in keep]
-    select = fitted.model_input.with_passthrough(keep)
-
-    def model_rows(rows: dd.DataFrame) -> dd.DataFrame:
-        transformed = fitted.pipeline.transform(rows)
-        return transformed.map_partitions(select, meta=select(transformed._meta))
-
-    model_frame = model_rows(prepared.frame)
-    rebuild = None if kept is None else model_rows(prepare(plan, source, gate, pre).frame)
+    model_frame = model_rows(plan, fitted, gate, pre, frame)
+    rebuild = None if kept is None else model_rows(plan, fitted, gate, pre, source)
     sizes = list(fitted.rows_per_partition) if balanced else None
     rows = place_rows(client, model_frame, sizes, rebuild=rebuild)
+    splitter = plan.labeler.splitter
     return cut_sides(client, rows, fitted.model_input, valid=not splitter.folds, test=splitter.has_test)
+
+
+def model_rows(plan: Plan, fitted: Fitted, gate: QualityGate, pre: Prepass, frame: dd.DataFrame) -> dd.DataFrame:
+    """The rows to train on, transformed: the model's inputs, with the ids, label, side, fold and
+    slice columns the later stages read."""
+    _check_files(gate, frame)
+    prepared = prepare(plan, frame, gate, pre)
+    keep = [*plan.job.id_columns, LABEL, SIDE, *([CV_FOLD] if plan.labeler.splitter.folds else [])]
+    keep += [c for c in _slices(plan, fitted) if c not in keep]
+    select = fitted.model_input.with_passthrough(keep)
+    transformed = fitted.pipeline.transform(prepared.frame)
+    return transformed.map_partitions(select, meta=select(transformed._meta))
+
+
+def spill(
+    plan: Plan,
+    fitted: Fitted,
+    gate: QualityGate,
+    pre: Prepass,
+    compute: Compute,
+    scratch: str,
+    *,
+    frame: dd.DataFrame | None = None,
+) -> Placed:
+    """Transform the rows to train on and write them to ``scratch`` as shards, one pass, nothing
+    held in memory (training beyond memory: :mod:`dpipe.external`). The sides of the returned
+    :class:`Placed` are lazy reads of the shards."""
+    source = source_rows(plan, gate) if frame is None else frame
+    shards = external.write_shards(model_rows(plan, fitted, gate, pre, source), scratch, compute)
+    splitter = plan.labeler.splitter
+    assert not splitter.folds  # refused by the spec (`train.memory: external`) and never chosen by `auto`
+    test = shards.frame(TEST) if splitter.has_test else None
+    return Placed(shards.frame(TRAIN), shards.frame(VALID), fitted.model_input, test, shards=shards)
 
 
 # -- train -------------------------------------------------------------------------------------
@@ -493,6 +522,28 @@ def train(
         restarts.extend(more)
         return booster, metrics, p
 
+    if placed.shards is not None:
+        shards, model_input = placed.shards, placed.model_input
+
+        def on_disk(p: Placed):
+            return shards.sides.get(TRAIN, ()), shards.sides.get(VALID, ())
+
+        def fit_external(client_: Any, cfg: TrainConfig, train_shards, valid_shards):
+            return external.train_external(
+                client_,
+                cfg,
+                train_shards,
+                valid_shards,
+                features=model_input.features,
+                categorical=model_input.categorical,
+                label=LABEL,
+                meta=shards.meta,
+            )
+
+        booster, metrics, placed, more = train_surviving(
+            client, config, placed, on_disk, again, resilience, name="model", fit=fit_external
+        )
+        return Trained(booster, metrics, restarts=tuple(more), placed=placed)
     if splitter is None or not splitter.folds:
         assert placed.valid is not None
 

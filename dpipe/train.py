@@ -336,7 +336,7 @@ def _train(client, config: TrainConfig, matrices: Matrices):
     from xgboost.collective import Config
 
     from dpipe.resumable import Resumable
-    from dpipe.resume import Progress, merged
+    from dpipe.resume import Progress
 
     dtrain, dvalid = matrices.train, matrices.valid
     evals = [(dtrain, "train")] if config.eval_train or dvalid is None else []
@@ -363,9 +363,18 @@ def _train(client, config: TrainConfig, matrices: Matrices):
         )
     except xgb.core.XGBoostError as exc:
         raise training_error(exc) from exc
-    booster, history = out["booster"], merged(before.history, out["history"])
+    return finish_training(config, out["booster"], out["history"], before, has_valid=dvalid is not None)
+
+
+def finish_training(config: TrainConfig, booster: Any, history: dict, before: Any, *, has_valid: bool):
+    """``(booster, metrics)`` of a finished training call: the booster cut at its best iteration
+    (early stopping), the metrics there and the whole history, after that of ``before`` (the
+    :class:`dpipe.resume.Progress` an interrupted attempt left)."""
+    from dpipe.resume import merged
+
+    history = merged(before.history, history)
     rounds = booster.num_boosted_rounds()
-    stopped = config.early_stopping_rounds and dvalid is not None and "best_iteration" in booster.attributes()
+    stopped = config.early_stopping_rounds and has_valid and "best_iteration" in booster.attributes()
     best = int(booster.attr("best_iteration")) if stopped else rounds - 1
     if best + 1 < rounds:
         booster = booster[: best + 1]

@@ -173,9 +173,11 @@ CHECKPOINT_EVERY = 10
 
 #: The ``train`` settings that change how training survives faults, not what it computes.
 RESILIENCE = ("checkpoint_every", "max_restarts", "restart_wait", "collective_timeout")
+#: The ``train`` settings that choose where the rows are held while training (the same model).
+MEMORY = ("memory", "scratch")
 #: Settings of each section that change how a job runs, not what it computes: left out of the
 #: spec's digest, so changing one does not make an unchanged job run again.
-NOT_COMPUTED = {"train": RESILIENCE, "cluster": ("persist",)}
+NOT_COMPUTED = {"train": (*RESILIENCE, *MEMORY), "cluster": ("persist",)}
 #: Settings added after specs were first digested, left out of the digest at their default so
 #: that adding them changed no existing job's digest.
 LATER_DEFAULTS = {"train": {"device": "cpu"}}
@@ -212,6 +214,14 @@ class TrainSpec(Strict):
     #: Where XGBoost trains: ``cuda`` checks every worker for a GPU and XGBoost's CUDA build
     #: before the job reads anything (:mod:`dpipe.device`); the saved model predicts on any device.
     device: Literal["cpu", "cuda"] = "cpu"
+    #: Where the transformed rows are while XGBoost trains: ``memory`` (placed on the workers,
+    #: ``xgboost.dask``), ``external`` (written to disk as shards, XGBoost's external-memory
+    #: matrices on every worker: data larger than the workers' memory; :mod:`dpipe.external`), or
+    #: ``auto``: external when training in memory would take more than half the workers' memory.
+    memory: Literal["auto", "memory", "external"] = "auto"
+    #: The directory the shards of external-memory training go to, which every worker must read
+    #: (default: Dask's ``temporary-directory``, else the system's; removed after the run).
+    scratch: str | None = None
 
     @field_validator("params")
     @classmethod
@@ -331,6 +341,20 @@ class JobSpec(Strict):
     @classmethod
     def _unique_check_names(cls, checks):
         return check_names_unique(checks)
+
+    @model_validator(mode="after")
+    def _external_memory(self):
+        if self.train.memory != "external":
+            return self
+        if self.split.folds is not None:
+            raise ValueError(
+                "train.memory: external trains one model on the validation side; `split.folds` is not supported with it (use `memory: memory` or `auto`)"
+            )
+        if self.tune is not None:
+            raise ValueError(
+                "train.memory: external is not supported with `tune` (trials keep their matrices in memory); use `memory: auto`"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tunable(self):

@@ -71,18 +71,23 @@ def run(demo_root: Path, out: Path, address: str, **train):
     return dpipe.run(job, scheduler=address, progress=False)
 
 
-@pytest.mark.parametrize("nanny", [True, False], ids=["restarted-worker", "no-replacement"])
-def test_training_goes_on_after_a_killed_worker(nanny, demo_root, tmp_path):
+@pytest.mark.parametrize(
+    "nanny, memory",
+    [(True, "memory"), (False, "memory"), (False, "external")],
+    ids=["restarted-worker", "no-replacement", "external-memory"],
+)
+def test_training_goes_on_after_a_killed_worker(nanny, memory, demo_root, tmp_path):
     with dask_processes(tmp_path, workers=2, nanny=nanny) as (address, _):
         t0 = time.monotonic()
-        steady = run(demo_root, tmp_path / "steady", address)
+        steady = run(demo_root, tmp_path / "steady", address, memory=memory)
         steady_s = time.monotonic() - t0
         out = tmp_path / "killed"
         victim = sorted(worker_pids(address).items())[-1][1]
         killer = KillWhen(checkpointed(out), victim)
         killer.start()
         t0 = time.monotonic()
-        result = run(demo_root, out, address, restart_wait=30 if nanny else 2)
+        # External memory: the shards on disk outlive the worker; the survivor reads them all.
+        result = run(demo_root, out, address, restart_wait=30 if nanny else 2, memory=memory)
         elapsed = time.monotonic() - t0
         killer.join(1)
 
