@@ -47,7 +47,14 @@ from benchmarks.workload import (
 
 # -- 1. dpipe ---------------------------------------------------------------------------------
 def run_dpipe(
-    client, uri: str, out: Path, storage_options: dict | None = None, *, rounds: int = ROUNDS, workload: str = "default"
+    client,
+    uri: str,
+    out: Path,
+    storage_options: dict | None = None,
+    *,
+    rounds: int = ROUNDS,
+    workload: str = "default",
+    train: dict | None = None,
 ) -> dict:
     """``dpipe.run`` on the job spec. Its stages map to the table's as follows: ``plan`` (schema
     and footers) and ``fit`` (the one fit pass, which reads the data) -> ``read+fit``; ``load``
@@ -57,7 +64,7 @@ def run_dpipe(
     import dpipe
 
     job = dpipe_job(uri, str(out), storage_options, workload)
-    job["train"]["num_boost_round"] = rounds
+    job["train"].update(num_boost_round=rounds, **(train or {}))
     result = dpipe.run(dpipe.job_from_dict(job), client=client, progress=False)
     t = result.timings
     stages = {
@@ -66,7 +73,12 @@ def run_dpipe(
         "matrix+train": t["train"],
         "predict": t["write"],
     }
-    return {"stages": stages, "auc": result.metrics["valid"]["auc"], "predictions": str(out / "valid_predictions")}
+    return {
+        "stages": stages,
+        "auc": result.metrics["valid"]["auc"],
+        "predictions": str(out / "valid_predictions"),
+        "memory_mode": result.manifest["training"]["memory"],
+    }
 
 
 # -- 2. hand-written Dask + xgboost.dask ------------------------------------------------------

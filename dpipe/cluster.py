@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+from dpipe import arrow_pool
 from dpipe.errors import ClusterError
 from dpipe.spec import ClusterSpec
 from dpipe.spec.models import SecuritySpec
@@ -40,6 +41,7 @@ def connect(
     spec = spec or ClusterSpec()
     log = log or (lambda msg: None)
     if client is not None:
+        arrow_pool.install(client)
         with client.as_current():
             yield client
         return
@@ -65,6 +67,7 @@ def connect(
             ) from exc
         try:
             _check_workers(remote, address)
+            arrow_pool.install(remote)
             log(f"connected to {address} ({_describe(remote)})" + _dashboard(remote))
             with remote.as_current():
                 yield remote
@@ -79,6 +82,7 @@ def connect(
     except (OSError, ValueError, TypeError) as exc:
         raise ClusterError(f"cluster: cannot start a LocalCluster: {exc}", hint="check the `cluster` section") from exc
     with cluster, Client(cluster, set_as_default=False) as local:
+        arrow_pool.install(local)
         log(f"started LocalCluster ({_describe(local)})" + _dashboard(local))
         with local.as_current():
             yield local

@@ -39,12 +39,14 @@ logger = logging.getLogger(__name__)
 #: Rows of one Parquet row group of a shard, and so of one batch XGBoost's iterator reads: about
 #: 36 MiB of 35 float32 features.
 BATCH_ROWS = 2**18
-#: The share of the workers' memory limit in-memory training may take under ``train.memory: auto``
-#: (the placed rows, XGBoost's quantile matrix from them, and the predictions of the assessment).
-SHARE = 0.5
-#: XGBoost's quantile matrix next to the placed rows: one byte per feature and row (256 bins) for
-#: four bytes of float32 input, and the gradients.
-MATRIX_OVERHEAD = 1.5
+#: The share of the workers' memory, past what each holds idle, that in-memory training may take
+#: under ``train.memory: auto``.
+SHARE = 0.6
+#: What in-memory training holds for each byte of transformed rows: the placed rows, XGBoost's
+#: quantile matrix and gradients, and the copies made while cutting the sides (measured: ~1.9x).
+MATRIX_OVERHEAD = 2.0
+#: What a worker holds before any data: dask.dataframe, pyarrow and XGBoost imported (~230-300 MiB).
+WORKER_BASELINE = 300 * 2**20
 
 
 # -- where -------------------------------------------------------------------------------------
@@ -56,9 +58,10 @@ class Decision:
     reason: str
 
 
-def decide(how: str, rows: int, width: int, memory_limit: int | None) -> Decision:
+def decide(how: str, rows: int, width: int, memory_limit: int | None, workers: int = 1) -> Decision:
     """``train.memory`` (``auto``, ``memory``, ``external``) for ``rows`` transformed rows of
-    ``width`` bytes each on workers with ``memory_limit`` bytes in all (``None``: unlimited)."""
+    ``width`` bytes each on ``workers`` workers with ``memory_limit`` bytes in all (``None``:
+    unlimited)."""
     if how == "external":
         return Decision(True, "on disk (train.memory is external)")
     if how == "memory":
@@ -66,14 +69,16 @@ def decide(how: str, rows: int, width: int, memory_limit: int | None) -> Decisio
     need = int(rows * width * MATRIX_OVERHEAD)
     if memory_limit is None:
         return Decision(False, "in memory: the workers' memory is not limited (train.memory: external spills anyway)")
-    budget = SHARE * memory_limit
+    budget = SHARE * max(memory_limit - workers * WORKER_BASELINE, 0)
     if need > budget:
         return Decision(
             True,
             f"on disk: training in memory needs about {_size(need)}, more than {SHARE:.0%} of the workers'"
-            f" {_size(memory_limit)} (train.memory: memory keeps them there)",
+            f" {_size(memory_limit)} past what they hold idle (train.memory: memory keeps the rows there)",
         )
-    return Decision(False, f"in memory: about {_size(need)}, within {SHARE:.0%} of the workers' {_size(memory_limit)}")
+    return Decision(
+        False, f"in memory: about {_size(need)}, within {SHARE:.0%} of the workers' {_size(memory_limit)} past idle"
+    )
 
 
 def row_width(model_input: Any) -> int:
@@ -173,6 +178,9 @@ _WRITTEN_META = pd.DataFrame(
 
 @dataclass(frozen=True)
 class _WriteShards:
+    #: Dask's key prefix for its tasks (its repr would make keys too long to spill to disk).
+    __name__ = "dpipe-write-shards"
+
     root: str
 
     def __call__(self, pdf: pd.DataFrame, partition_info: Mapping[str, Any] | None = None) -> pd.DataFrame:
@@ -195,6 +203,9 @@ class _WriteShards:
 
 @dataclass(frozen=True)
 class _ReadShard:
+    #: Dask's key prefix for its tasks (its repr would make keys too long to spill to disk).
+    __name__ = "dpipe-read-shard"
+
     meta: pd.DataFrame
 
     def __call__(self, path: str) -> pd.DataFrame:

@@ -446,6 +446,9 @@ def rows_consumer(op: Op) -> str:
 class _Chain:
     """Partition-wise ops applied one after the other to a pandas partition (one task each)."""
 
+    #: Dask's key prefix for its tasks (its repr would make keys too long to spill to disk).
+    __name__ = "dpipe-transform"
+
     ops: tuple[Op, ...]
 
     def describe(self, meta: pd.DataFrame) -> pd.DataFrame:

@@ -39,6 +39,9 @@ class Rows:
     """A row selection by conditions on internal integer columns, e.g. ``Rows(((SIDE, "==", TRAIN),))``
     (a picklable partition function)."""
 
+    #: Dask's key prefix for its tasks (its repr would make keys too long to spill to disk).
+    __name__ = "dpipe-rows"
+
     conditions: tuple[tuple[str, str, int], ...]
 
     def __call__(self, pdf: pd.DataFrame) -> pd.DataFrame:

@@ -284,6 +284,8 @@ def run(
                 manifest["training"] = {
                     "checkpoint_every": job.train.checkpoint_every,
                     "restarts": [dict(r) for r in trained.restarts],
+                    "memory": "external" if where.external else "memory",
+                    "memory_reason": where.reason,
                 }
                 if decision is not None:
                     manifest["incremental"] = _increment_record(decision, retrain, placed)
@@ -387,8 +389,9 @@ def _training_memory(job: JobSpec, fitted: stages.Fitted, client: Any) -> extern
     tuning, which need them in memory)."""
     if job.train.memory == "auto" and (job.split.folds is not None or job.tune is not None):
         return external.Decision(False, "in memory (folds and tuning train on placed rows)")
-    rows = sum(fitted.rows_per_partition)
-    return external.decide(job.train.memory, rows, external.row_width(fitted.model_input), workers_memory(client))
+    rows, width = sum(fitted.rows_per_partition), external.row_width(fitted.model_input)
+    workers = len(client.scheduler_info(n_workers=-1)["workers"])
+    return external.decide(job.train.memory, rows, width, workers_memory(client), workers)
 
 
 def _increment_record(decision: Any, retrain: Retrain, placed: stages.Placed) -> dict[str, Any]:

@@ -34,6 +34,9 @@ class Labeler:
     :data:`~dpipe.split.NO_SIDE`; :func:`dpipe.stages.prepare` drops and counts it).
     """
 
+    #: Dask's key prefix for its tasks (its repr would make keys too long to spill to disk).
+    __name__ = "dpipe-label"
+
     column: str | None
     expr: str | None
     splitter: Splitter
@@ -81,6 +84,9 @@ class Labels:
     """A partition function: the rows with a known label, the label in ``column`` (no split:
     scoring a bundle on rows it never saw)."""
 
+    #: Dask's key prefix for its tasks (its repr would make keys too long to spill to disk).
+    __name__ = "dpipe-label"
+
     labeler: Labeler
     column: str = "label"
 
@@ -93,6 +99,9 @@ class Labels:
 @dataclass
 class ModelInput:
     """The exact columns and dtypes the model sees: float32 numbers and pandas categories."""
+
+    #: Dask's key prefix for its tasks (its repr would make keys too long to spill to disk).
+    __name__ = "dpipe-model-input"
 
     features: list[str]
     categorical: list[str]
@@ -183,6 +192,9 @@ class ModelInput:
 
 @dataclass(frozen=True)
 class _WithPassthrough:
+    #: Dask's key prefix for its tasks (its repr would make keys too long to spill to disk).
+    __name__ = "dpipe-model-rows"
+
     model_input: ModelInput
     keep: tuple[str, ...]
 
@@ -423,6 +435,9 @@ def _finite(x) -> float | None:
 # -- prediction -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Predict:
+    #: Dask's key prefix for its tasks (its repr would make keys too long to spill to disk).
+    __name__ = "dpipe-predict"
+
     model_input: ModelInput
     keep: tuple[str, ...]
 

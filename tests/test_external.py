@@ -37,16 +37,20 @@ def test_dealing_cuts_every_row_once_into_equal_contiguous_shares(rows, n):
     assert all(r.start < r.stop for share in shares for r in share)
 
 
-def test_auto_goes_to_disk_when_training_in_memory_would_take_half_the_workers_memory():
+def test_auto_goes_to_disk_when_training_in_memory_would_not_fit_the_workers_memory():
     width = external.row_width(ModelInput(features=[f"f{i}" for i in range(35)], categorical=[]))
     assert width == 4 * 35 + 16
-    rows = 10_000_000  # 1.56 GB of rows, 2.34 GB to train in memory
-    assert external.decide("auto", rows, width, memory_limit=4 * 2**30).external
-    assert not external.decide("auto", rows, width, memory_limit=8 * 2**30).external
-    assert not external.decide("auto", rows, width, memory_limit=None).external
+    rows = 10_000_000  # 1.56 GB of rows, 3.1 GB to train in memory
+    gib = 2**30
+    assert external.decide("auto", rows, width, memory_limit=4 * gib, workers=2).external
+    assert not external.decide("auto", rows, width, memory_limit=8 * gib, workers=2).external
+    # What the workers hold idle does not count: 16 of them at 8 GiB have 3.3 GiB for the rows.
+    assert external.decide("auto", rows, width, memory_limit=8 * gib, workers=16).external
+    assert not external.decide("auto", rows, width, memory_limit=None, workers=2).external
     assert external.decide("external", 10, width, memory_limit=None).external
     assert not external.decide("memory", rows, width, memory_limit=2**20).external
-    assert "more than 50% of the workers' 4.0 GiB" in external.decide("auto", rows, width, 4 * 2**30).reason
+    reason = external.decide("auto", rows, width, 4 * gib, workers=2).reason
+    assert "needs about 2.9 GiB, more than 60% of the workers' 4.0 GiB past what they hold idle" in reason
 
 
 def test_the_spec_refuses_external_memory_with_folds_or_tuning(demo_root, tmp_path):

@@ -177,3 +177,14 @@ def test_progress_goes_to_the_dpipe_logger_not_to_the_terminal(demo_root, client
     assert any(m.startswith("bundle committed: ") for m in messages)
     out, err = capsys.readouterr()
     assert "[dpipe]" not in out + err  # a library prints nothing; the CLI adds the handler
+
+
+def test_task_keys_are_short_enough_to_spill_to_disk(planned, fitted):
+    """A worker over its memory target spills results to files named after their keys (quoted):
+    keys naming dpipe's partition functions by their reprs were longer than a file name may be."""
+    from urllib.parse import quote
+
+    gate, pre, fit = fitted
+    frame = stages.model_rows(planned, fit, gate, pre, stages.source_rows(planned, gate))
+    keys = [str(k) for part in frame.to_delayed(optimize_graph=True) for k in part.__dask_graph__()]
+    assert max(len(quote(k, safe="")) for k in keys) < 200, max(keys, key=len)

@@ -25,6 +25,9 @@ GROUP = ["slice", "value", "part", "key"]
 class _Chunk:
     """One partition's rows -> its summed table (picklable: it travels to the workers)."""
 
+    #: Dask's key prefix for its tasks (its repr would make keys too long to spill to disk).
+    __name__ = "dpipe-evaluate"
+
     __name__ = "evaluation"  # its tasks' name (dask names them after the function)
     kind: Kind
     label: str

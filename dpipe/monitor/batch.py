@@ -143,6 +143,9 @@ class _Prepare:
     """Copies the categorical source columns (for unseen values) and adds the label, if used;
     unlike training, rows without a label are kept (they count for drift)."""
 
+    #: Dask's key prefix for its tasks (its repr would make keys too long to spill to disk).
+    __name__ = "dpipe-monitor-rows"
+
     raw: tuple[tuple[str, str], ...]
     column: str | None
     expr: str | None

@@ -292,6 +292,9 @@ class PredictionChecks:
     are checks reading a column the scoring data lacks (often the label's): ``skipped`` names them.
     """
 
+    #: Dask's key prefix for its tasks (its repr would make keys too long to spill to disk).
+    __name__ = "dpipe-check-predictions"
+
     checks: tuple[RowCheck, ...]
     mode: str
     skipped: tuple[str, ...] = ()
@@ -348,6 +351,9 @@ def _file(files: tuple[str, ...], partition_info: dict | None) -> str:
 class _Marker:
     """Adds a violation flag per row check and the code of the first quarantine check failed."""
 
+    #: Dask's key prefix for its tasks (its repr would make keys too long to spill to disk).
+    __name__ = "dpipe-check"
+
     checks: tuple[RowCheck, ...]
     duplicated: dict[int, pd.Index] = field(default_factory=dict)
 
@@ -365,6 +371,9 @@ class _Marker:
 @dataclass(frozen=True)
 class _Sampler:
     """The first few offending values of each ``fail`` row check in one partition, with its file."""
+
+    #: Dask's key prefix for its tasks (its repr would make keys too long to spill to disk).
+    __name__ = "dpipe-sample-failures"
 
     checks: tuple[RowCheck, ...]
     files: tuple[str, ...]
@@ -390,6 +399,9 @@ def _samples_frame(rows: list) -> pd.DataFrame:
 @dataclass(frozen=True)
 class _Quarantined:
     """Quarantined rows as written: the original columns, ``__check`` and ``__source_file``."""
+
+    #: Dask's key prefix for its tasks (its repr would make keys too long to spill to disk).
+    __name__ = "dpipe-quarantine"
 
     names: tuple[str, ...]  # every check's name, by index in `checks`
     files: tuple[str, ...]
