@@ -15,6 +15,7 @@ from dpipe import external
 from dpipe.bundle import Bundle
 from dpipe.columns import LABEL, SIDE, TRAIN, VALID
 from dpipe.errors import SpecError, TrainingError
+from dpipe.external import training
 from dpipe.spec import spec_digest
 from dpipe.train import ModelInput
 from tests.conftest import job_dict
@@ -106,12 +107,12 @@ def test_a_batch_is_a_row_group_cut_to_its_range(tmp_path, monkeypatch):
     pq.write_table(
         pa.table({"x": np.arange(10, dtype="float32"), LABEL: np.ones(10, "float32")}), path, row_group_size=4
     )
-    columns = external._Columns(
+    columns = training._Columns(
         ("x",), (), LABEL, pd.DataFrame({"x": pd.Series([], dtype="float32"), LABEL: pd.Series([], dtype="float32")})
     )
-    batches = list(external._batches([external.Range(path, 3, 9)]))
+    batches = list(training._batches([external.Range(path, 3, 9)]))
     assert [(b.group, b.start, b.stop) for b in batches] == [(0, 3, 4), (1, 0, 4), (2, 0, 1)]
-    read = np.concatenate([external._read_batch(b, columns)[0]["x"].to_numpy() for b in batches])
+    read = np.concatenate([training._read_batch(b, columns)[0]["x"].to_numpy() for b in batches])
     assert read.tolist() == list(range(3, 9))
 
 

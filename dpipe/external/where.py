@@ -1,0 +1,93 @@
+"""Where training holds its rows: ``train.memory``'s choice, and the scratch directory of the shards."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from dpipe.errors import TrainingError
+
+#: The share of the workers' memory, past what each holds idle, that in-memory training may take
+#: under ``train.memory: auto``.
+SHARE = 0.6
+#: What in-memory training holds for each byte of transformed rows: the placed rows, XGBoost's
+#: quantile matrix and gradients, and the copies made while cutting the sides (measured: ~1.9x).
+MATRIX_OVERHEAD = 2.0
+#: What a worker holds before any data: dask.dataframe, pyarrow and XGBoost imported (~230-300 MiB).
+WORKER_BASELINE = 300 * 2**20
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether training reads its rows from disk, and why (for the log)."""
+
+    external: bool
+    reason: str
+
+
+def decide(how: str, rows: int, width: int, memory_limit: int | None, workers: int = 1) -> Decision:
+    """``train.memory`` (``auto``, ``memory``, ``external``) for ``rows`` transformed rows of
+    ``width`` bytes each on ``workers`` workers with ``memory_limit`` bytes in all (``None``:
+    unlimited)."""
+    if how == "external":
+        return Decision(True, "on disk (train.memory is external)")
+    if how == "memory":
+        return Decision(False, "in memory (train.memory is memory)")
+    need = int(rows * width * MATRIX_OVERHEAD)
+    if memory_limit is None:
+        return Decision(False, "in memory: the workers' memory is not limited (train.memory: external spills anyway)")
+    budget = SHARE * max(memory_limit - workers * WORKER_BASELINE, 0)
+    if need > budget:
+        return Decision(
+            True,
+            f"on disk: training in memory needs about {_size(need)}, more than {SHARE:.0%} of the workers'"
+            f" {_size(memory_limit)} past what they hold idle (train.memory: memory keeps the rows there)",
+        )
+    return Decision(
+        False, f"in memory: about {_size(need)}, within {SHARE:.0%} of the workers' {_size(memory_limit)} past idle"
+    )
+
+
+def row_width(model_input: Any) -> int:
+    """Bytes of one transformed row in memory: float32 numbers and category codes, and the label,
+    side and id columns that travel with them (counted as 16 bytes)."""
+    return 4 * len(model_input.features) + 16
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def scratch_dir(given: str | None) -> str:
+    """A new directory for one run's shards: under ``given`` (``train.scratch``) or the
+    temporary directory of Dask's configuration (``temporary-directory``), else of the system."""
+    import dask
+
+    base = given or dask.config.get("temporary-directory", None) or tempfile.gettempdir()
+    path = os.path.join(os.path.abspath(os.path.expanduser(base)), f"dpipe-shards-{uuid.uuid4().hex[:12]}")
+    try:
+        os.makedirs(path)
+    except OSError as exc:
+        raise TrainingError(
+            f"train.scratch: cannot create {path!r} for the shards of external-memory training: {exc}",
+            hint="set `train.scratch` to a writable directory every worker can read",
+        ) from exc
+    return path
+
+
+def require_shared(client: Any, path: str) -> None:
+    """Fail unless every worker sees ``path`` (the shards written by one worker are read by another)."""
+    seen = client.run(os.path.isdir, path)
+    blind = sorted(w for w, ok in seen.items() if not ok)
+    if blind:
+        raise TrainingError(
+            f"train.memory: external: worker(s) {blind} cannot see the scratch directory {path!r}",
+            hint="set `train.scratch` to a directory every worker mounts (shared storage), or train in memory",
+        )
