@@ -24,7 +24,7 @@ from dpipe.bundle import Bundle
 from dpipe.errors import ColumnError, SpecError
 from dpipe.incremental import Decision, check_job, decide
 from dpipe.io import BadFileLog, Datum, Increment, StagedOutput, open_sink, open_source
-from dpipe.keep import keep
+from dpipe.keep import keep, within_memory
 from dpipe.manifest import cluster_info, features_manifest
 from dpipe.openlineage import run_events
 from dpipe.ops.base import count_rows
@@ -118,6 +118,7 @@ def run_features(
         events.start([source, *tables.values()], [job.output])
         with _cluster.connect(job.cluster, client=client, address=scheduler, log=reporter.log) as client, sink, staged:
             compute = reporter.compute(client)
+            source = within_memory(source, client, reporter.log)
             gate = QualityGate(list(job.checks), job.quarantine, source.files)
             # More than one pass (a pre-pass, a fit, then the write): read once, keep the rows.
             passes = 1 + int(gate.needs_prepass) + int(not pipeline.fitted)

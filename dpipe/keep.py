@@ -13,6 +13,7 @@ the kept rows, which are gone by then.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,37 @@ def estimate(source: OpenedSource) -> int | None:
     read = len(source.frame.columns)
     share = min(read / columns, 1.0) if columns else 1.0
     return int(stored * share * EXPANSION.get(source.format, PARQUET_EXPANSION))
+
+
+#: What a worker holds before any data (its imports), and how many copies of a partition in memory
+#: a task holds at its peak (read, transformed, written).
+WORKER_BASELINE = 300 * 2**20
+COPIES = 3
+
+
+def piece_cap(client: Any) -> int | None:
+    """The largest piece on storage (Parquet bytes) a worker's task can hold with the others of its
+    threads within half the memory it has past its baseline (``None``: no worker has a limit).
+
+    Combined pieces of ``partition_size`` (256 MiB by default) are a gigabyte in memory: a worker
+    limited to less is restarted by its nanny in a loop.
+    """
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    caps = [
+        (w["memory_limit"] - WORKER_BASELINE) / 2 / max(w.get("nthreads") or 1, 1) / COPIES / PARQUET_EXPANSION
+        for w in workers
+        if w.get("memory_limit")
+    ]
+    return max(int(min(caps)), 1 << 20) if caps else None
+
+
+def within_memory(source: OpenedSource, client: Any, log: Callable[[str], None]) -> OpenedSource:
+    """``source`` with its pieces no larger than :func:`piece_cap` allows."""
+    cap = piece_cap(client)
+    if cap is None or source.combine_to is None or source.combine_to <= cap:
+        return source
+    log(f"pieces of at most {_size(cap)} on storage (of {_size(source.combine_to)}): the workers' memory limit")
+    return dataclasses.replace(source, combine_to=cap)
 
 
 def workers_memory(client: Any) -> int | None:

@@ -30,7 +30,7 @@ from dpipe.errors import ColumnError
 from dpipe.incremental import bundle_state, check_job, decide
 from dpipe.io import StagedOutput, open_increment, open_sink, open_source
 from dpipe.io.fs import full_uri, resolve
-from dpipe.keep import keep, release, workers_memory
+from dpipe.keep import keep, release, within_memory, workers_memory
 from dpipe.manifest import cluster_info, run_manifest, source_lineage
 from dpipe.openlineage import run_events
 from dpipe.plan import Plan, plan, require, table_opener
@@ -189,6 +189,7 @@ def run(
                 # Checked before anything is read: XGBoost would train on the CPU without a word.
                 gpus = require_gpus(client)
                 reporter.log(f"train.device: cuda, {sum(gpus.values())} GPU(s) on {len(gpus)} worker(s)")
+            p = dataclasses.replace(p, source=within_memory(p.source, client, reporter.log))
             gate = stages.quality_gate(p)
             # Read once: every pass until the placement reads the rows kept in memory.
             kept = keep(client, p.source, job.cluster.persist, reporter.log, frame=stages.source_rows(p, gate))

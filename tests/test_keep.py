@@ -158,3 +158,49 @@ def test_a_features_job_reads_its_rows_once(demo_root, tmp_path, client, how):
     during = [p for p in opened(log)[before:] if p.endswith(".parquet")]
     # One pass over the rows (fit), the write reads memory; planning opens what it opens.
     assert set(during) == set(files)
+
+
+class _Workers:
+    """A client whose scheduler reports these workers' memory limits and threads."""
+
+    def __init__(self, *workers: tuple[int, int]):
+        self.workers = {f"tcp://w{i}": {"memory_limit": m, "nthreads": t} for i, (m, t) in enumerate(workers)}
+
+    def scheduler_info(self, n_workers=-1):
+        return {"workers": self.workers}
+
+
+def test_pieces_are_cut_to_what_a_worker_under_a_memory_limit_holds():
+    """Pieces of 256 MiB of Parquet are a gigabyte in pandas: workers limited to 768 MiB were
+    restarted by their nannies in a loop (40M rows, workers at a quarter of the data)."""
+    import dataclasses
+
+    from dpipe.keep import piece_cap, within_memory
+
+    mib = 2**20
+    # (768 - 300) / 2 halves / 3 copies / 4x Parquet's expansion = 19.5 MiB.
+    assert piece_cap(_Workers((768 * mib, 1), (768 * mib, 1))) == int(468 * mib / 24)
+    # The tightest worker decides; threads share a worker's memory.
+    assert piece_cap(_Workers((12 * 2**30, 1), (768 * mib, 2))) == int(468 * mib / 48)
+    assert piece_cap(_Workers((0, 1))) is None
+    assert piece_cap(_Workers((200 * mib, 1))) == mib  # never below 1 MiB
+    opened = _opened(combine_to=256 * mib)
+    logged: list[str] = []
+    capped = within_memory(opened, _Workers((768 * mib, 1)), logged.append)
+    assert capped.combine_to == int(468 * mib / 24) and "the workers' memory limit" in logged[0]
+    assert within_memory(opened, _Workers((64 * 2**30, 1)), logged.append) is opened
+    never = dataclasses.replace(opened, combine_to=None)
+    assert within_memory(never, _Workers((768 * mib, 1)), logged.append) is never
+
+
+def _opened(**fields):
+    import dask.dataframe as dd
+    import pandas as pd
+    import pyarrow as pa
+
+    from dpipe.io.connector import OpenedSource
+
+    frame = dd.from_pandas(pd.DataFrame({"a": [1]}), npartitions=1)
+    return OpenedSource(
+        uri="x", format="parquet", frame=frame, schema=pa.schema([("a", pa.int64())]), files=["f"], **fields
+    )
