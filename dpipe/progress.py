@@ -39,6 +39,9 @@ class Reporter:
     def log(self, message: str) -> None:
         logger.info(message)
 
+    def warn(self, message: str) -> None:
+        logger.warning(message)
+
     @contextmanager
     def stage(self, name: str, what: str = "") -> Iterator[None]:
         """Log the start and end of a stage and add its seconds to :attr:`timings`."""

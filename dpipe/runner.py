@@ -216,6 +216,8 @@ def run(
             retrain = Retrain.of(job, decision, p, fitted)
             where = _training_memory(job, retrain.fitted, client)
             reporter.log(f"training rows: {where.reason}")
+            if where.warning:
+                reporter.warn(f"train.memory: {where.warning}")
             if where.external:
                 scratch = external.scratch_dir(job.train.scratch)
                 cleanup.callback(shutil.rmtree, scratch, True)

@@ -50,6 +50,10 @@ def test_auto_goes_to_disk_when_training_in_memory_would_not_fit_the_workers_mem
     assert not external.decide("auto", rows, width, memory_limit=None, workers=2).external
     assert external.decide("external", 10, width, memory_limit=None).external
     assert not external.decide("memory", rows, width, memory_limit=2**20).external
+    # XGBoost's ~30 bytes a row stay in memory on disk too: 2 workers of 768 MiB cannot hold 40M rows.
+    assert external.decide("external", 40_000_000, width, 1536 * 2**20, workers=2).warning
+    assert "over 95% of its 768.0 MiB limit" in external.decide("auto", 40_000_000, width, 1536 * 2**20, 2).warning
+    assert external.decide("external", 2_000_000, width, 1536 * 2**20, workers=2).warning is None
     reason = external.decide("auto", rows, width, 4 * gib, workers=2).reason
     assert "needs about 2.9 GiB, more than 60% of the workers' 4.0 GiB past what they hold idle" in reason
 

@@ -18,6 +18,10 @@ SHARE = 0.6
 MATRIX_OVERHEAD = 2.0
 #: What a worker holds before any data: dask.dataframe, pyarrow and XGBoost imported (~230-300 MiB).
 WORKER_BASELINE = 300 * 2**20
+#: What XGBoost keeps in memory for each row even with its matrix on disk: gradient pairs, the
+#: training and validation prediction caches, labels, and each row's tree position (a 40M-row run on
+#: two workers limited to 768 MiB each crossed their limits while training).
+XGBOOST_ROW_BYTES = 30
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,8 @@ class Decision:
 
     external: bool
     reason: str
+    #: A warning that even on disk the workers may not hold what XGBoost keeps per row.
+    warning: str | None = None
 
 
 def decide(how: str, rows: int, width: int, memory_limit: int | None, workers: int = 1) -> Decision:
@@ -33,7 +39,7 @@ def decide(how: str, rows: int, width: int, memory_limit: int | None, workers: i
     ``width`` bytes each on ``workers`` workers with ``memory_limit`` bytes in all (``None``:
     unlimited)."""
     if how == "external":
-        return Decision(True, "on disk (train.memory is external)")
+        return Decision(True, "on disk (train.memory is external)", _tight(rows, memory_limit, workers))
     if how == "memory":
         return Decision(False, "in memory (train.memory is memory)")
     need = int(rows * width * MATRIX_OVERHEAD)
@@ -45,9 +51,26 @@ def decide(how: str, rows: int, width: int, memory_limit: int | None, workers: i
             True,
             f"on disk: training in memory needs about {_size(need)}, more than {SHARE:.0%} of the workers'"
             f" {_size(memory_limit)} past what they hold idle (train.memory: memory keeps the rows there)",
+            _tight(rows, memory_limit, workers),
         )
     return Decision(
         False, f"in memory: about {_size(need)}, within {SHARE:.0%} of the workers' {_size(memory_limit)} past idle"
+    )
+
+
+def _tight(rows: int, memory_limit: int | None, workers: int) -> str | None:
+    """A warning when XGBoost's per-row state and a worker's baseline exceed 95% of its limit
+    (where its nanny restarts it), even with the matrix on disk."""
+    if not memory_limit:
+        return None
+    each = memory_limit / max(workers, 1)
+    need = rows / max(workers, 1) * XGBOOST_ROW_BYTES + WORKER_BASELINE
+    if need <= 0.95 * each:
+        return None
+    return (
+        f"even on disk, XGBoost keeps about {XGBOOST_ROW_BYTES} bytes a row in memory: about {_size(need)} a"
+        f" worker with its imports, over 95% of its {_size(each)} limit (its nanny restarts it there); give"
+        " the workers more memory, or fewer workers more each"
     )
 
 
