@@ -40,6 +40,24 @@ def install(client: Any) -> None:
     client.register_plugin(SystemArrowPool(), name=NAME)
 
 
+def trim(client: Any) -> None:
+    """Hand the freed heap of every worker back to the system (glibc's ``malloc_trim``): what the
+    load's reads and writes freed is still the worker's memory for Dask and the kernel, and
+    external-memory training needs it (a no-op off glibc)."""
+    client.run(_malloc_trim)
+
+
+def _malloc_trim() -> int:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        return int(ctypes.CDLL(name).malloc_trim(0)) if name else 0
+    except (OSError, AttributeError):
+        return 0
+
+
 def backends(client: Any) -> dict[str, str]:
     """Each worker's pyarrow memory pool backend (for tests and logs)."""
     return client.run(_backend)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dpipe import arrow_pool
 from dpipe.external.shards import Range, Shard, _as_meta, deal
 
 
@@ -66,6 +67,7 @@ def train_external(
     )
     with client.as_current():
         route_xgboost_logs(client)
+        arrow_pool.trim(client)
         args = client.sync(_get_rabit_args, client, len(workers), _get_dask_config(), coll)
         futures = [
             client.submit(
