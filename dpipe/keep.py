@@ -55,10 +55,12 @@ def decide(how: str, source: OpenedSource, memory_limit: int | None) -> Decision
     if size > budget:
         return Decision(
             False,
-            f"about {_size(size)} in memory is more than {SHARE:.0%} of the workers' {_size(memory_limit)}:"
+            f"about {size_text(size)} in memory is more than {SHARE:.0%} of the workers' {size_text(memory_limit)}:"
             " every pass reads the storage",
         )
-    return Decision(True, f"about {_size(size)} in memory, within {SHARE:.0%} of the workers' {_size(memory_limit)}")
+    return Decision(
+        True, f"about {size_text(size)} in memory, within {SHARE:.0%} of the workers' {size_text(memory_limit)}"
+    )
 
 
 def estimate(source: OpenedSource) -> int | None:
@@ -100,7 +102,7 @@ def within_memory(source: OpenedSource, client: Any, log: Callable[[str], None])
     cap = piece_cap(client)
     if cap is None or source.combine_to is None or source.combine_to <= cap:
         return source
-    log(f"pieces of at most {_size(cap)} on storage (of {_size(source.combine_to)}): the workers' memory limit")
+    log(f"pieces of at most {size_text(cap)} on storage (of {size_text(source.combine_to)}): the workers' memory limit")
     return dataclasses.replace(source, combine_to=cap)
 
 
@@ -135,7 +137,8 @@ def release(frame: dd.DataFrame | None) -> None:
         future.release()  # idempotent: the frame's own release, when collected, does nothing
 
 
-def _size(n: float) -> str:
+def size_text(n: float) -> str:
+    """Bytes as text: ``1.5 GiB``."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -6,6 +6,7 @@ imports XGBoost, which ``import dpipe`` does not.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import xgboost as xgb
@@ -50,6 +51,17 @@ class Resumable(xgb.callback.TrainingCallback):
         self.every = every
         super().__init__()
         self._since = 0 if progress.best_iteration is None else progress.rounds - 1 - progress.best_iteration
+
+    @classmethod
+    def of(cls, config: Any, *, validated: bool) -> Resumable:
+        """The callback of one training call of ``config`` (a :class:`dpipe.train.TrainConfig`):
+        going on from its ``progress``, early stopping only when there are ``validated`` rows."""
+        return cls(
+            dataclasses.replace(config.progress or Progress()),
+            early_stopping_rounds=config.early_stopping_rounds if validated else None,
+            checkpoints=config.checkpoints,
+            every=config.checkpoint_every,
+        )
 
     def after_iteration(self, model: Any, epoch: int, evals_log: dict) -> bool:
         rounds = model.num_boosted_rounds()

@@ -355,12 +355,7 @@ def _train(client, config: TrainConfig, matrices: Matrices):
     if dvalid is not None:
         evals.append((dvalid, "valid"))
     before = config.progress or Progress()
-    carried = Resumable(
-        dataclasses.replace(before),
-        early_stopping_rounds=config.early_stopping_rounds if dvalid is not None else None,
-        checkpoints=config.checkpoints,
-        every=config.checkpoint_every,
-    )
+    carried = Resumable.of(config, validated=dvalid is not None)
     try:
         out = xgb.dask.train(
             client,

@@ -3,7 +3,6 @@ joined by XGBoost's collective tracker."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -50,12 +49,7 @@ def train_external(
     shares_train = deal(train, len(workers))
     shares_valid = deal(valid, len(workers)) if valid is not None else [None] * len(workers)
     before = config.progress or Progress()
-    carried = Resumable(
-        dataclasses.replace(before),
-        early_stopping_rounds=config.early_stopping_rounds if valid is not None else None,
-        checkpoints=config.checkpoints,
-        every=config.checkpoint_every,
-    )
+    carried = Resumable.of(config, validated=valid is not None)
     coll = Config(timeout=config.collective_timeout) if config.collective_timeout is not None else Config()
     task = _WorkerTrain(
         params=dict(config.params),

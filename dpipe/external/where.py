@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dpipe.errors import TrainingError
+from dpipe.keep import size_text
 
 #: The share of the workers' memory, past what each holds idle, that in-memory training may take
 #: under ``train.memory: auto``.
@@ -49,12 +50,13 @@ def decide(how: str, rows: int, width: int, memory_limit: int | None, workers: i
     if need > budget:
         return Decision(
             True,
-            f"on disk: training in memory needs about {_size(need)}, more than {SHARE:.0%} of the workers'"
-            f" {_size(memory_limit)} past what they hold idle (train.memory: memory keeps the rows there)",
+            f"on disk: training in memory needs about {size_text(need)}, more than {SHARE:.0%} of the workers'"
+            f" {size_text(memory_limit)} past what they hold idle (train.memory: memory keeps the rows there)",
             _tight(rows, memory_limit, workers),
         )
     return Decision(
-        False, f"in memory: about {_size(need)}, within {SHARE:.0%} of the workers' {_size(memory_limit)} past idle"
+        False,
+        f"in memory: about {size_text(need)}, within {SHARE:.0%} of the workers' {size_text(memory_limit)} past idle",
     )
 
 
@@ -68,8 +70,8 @@ def _tight(rows: int, memory_limit: int | None, workers: int) -> str | None:
     if need <= 0.95 * each:
         return None
     return (
-        f"even on disk, XGBoost keeps about {XGBOOST_ROW_BYTES} bytes a row in memory: about {_size(need)} a"
-        f" worker with its imports, over 95% of its {_size(each)} limit (its nanny restarts it there); give"
+        f"even on disk, XGBoost keeps about {XGBOOST_ROW_BYTES} bytes a row in memory: about {size_text(need)} a"
+        f" worker with its imports, over 95% of its {size_text(each)} limit (its nanny restarts it there); give"
         " the workers more memory, or fewer workers more each"
     )
 
@@ -78,14 +80,6 @@ def row_width(model_input: Any) -> int:
     """Bytes of one transformed row in memory: float32 numbers and category codes, and the label,
     side and id columns that travel with them (counted as 16 bytes)."""
     return 4 * len(model_input.features) + 16
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def scratch_dir(given: str | None) -> str:
