@@ -103,10 +103,10 @@ class _ReadShard:
     def __call__(self, path: str) -> pd.DataFrame:
         import pyarrow.parquet as pq
 
-        return _as_meta(pq.read_table(path).to_pandas(), self.meta)
+        return as_meta(pq.read_table(path).to_pandas(), self.meta)
 
 
-def _as_meta(pdf: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
+def as_meta(pdf: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
     """Arrow's pandas frame with the transformed frame's exact dtypes: a categorical column read
     back holds the categories of its file's dictionary, not every fitted one."""
     for c in meta.columns:

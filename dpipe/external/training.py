@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from dpipe import arrow_pool
-from dpipe.external.shards import Range, Shard, _as_meta, deal
+from dpipe.external.shards import Range, Shard, as_meta, deal
 
 
 def train_external(
@@ -214,7 +214,7 @@ def _read_batch(batch: _Batch, columns: _Columns) -> tuple[pd.DataFrame, np.ndar
     names = [*columns.features, columns.label]
     table = pq.ParquetFile(batch.path).read_row_group(batch.group, columns=names)
     table = table.slice(batch.start, batch.stop - batch.start)
-    pdf = _as_meta(table.to_pandas(), columns.meta)
+    pdf = as_meta(table.to_pandas(), columns.meta)
     X = {}
     for c in columns.features:
         s = pdf[c]
