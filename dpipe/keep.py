@@ -75,9 +75,9 @@ def estimate(source: OpenedSource) -> int | None:
     return int(stored * share * EXPANSION.get(source.format, PARQUET_EXPANSION))
 
 
-#: What a worker holds before any data (its imports), and how many copies of a partition in memory
-#: a task holds at its peak (read, transformed, written).
+#: What a worker holds before any data: dask.dataframe, pyarrow and XGBoost imported (~230-300 MiB).
 WORKER_BASELINE = 300 * 2**20
+#: How many copies of a partition in memory a task holds at its peak (read, transformed, written).
 COPIES = 3
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dpipe.errors import TrainingError
-from dpipe.keep import size_text
+from dpipe.keep import WORKER_BASELINE, size_text
 
 #: The share of the workers' memory, past what each holds idle, that in-memory training may take
 #: under ``train.memory: auto``.
@@ -17,8 +17,6 @@ SHARE = 0.6
 #: What in-memory training holds for each byte of transformed rows: the placed rows, XGBoost's
 #: quantile matrix and gradients, and the copies made while cutting the sides (measured: ~1.9x).
 MATRIX_OVERHEAD = 2.0
-#: What a worker holds before any data: dask.dataframe, pyarrow and XGBoost imported (~230-300 MiB).
-WORKER_BASELINE = 300 * 2**20
 #: What XGBoost keeps in memory for each row even with its matrix on disk: gradient pairs, the
 #: training and validation prediction caches, labels, and each row's tree position (a 40M-row run on
 #: two workers limited to 768 MiB each crossed their limits while training).
