@@ -217,7 +217,8 @@ class TrainSpec(Strict):
     #: Where the transformed rows are while XGBoost trains: ``memory`` (placed on the workers,
     #: ``xgboost.dask``), ``external`` (written to disk as shards, XGBoost's external-memory
     #: matrices on every worker: data larger than the workers' memory; :mod:`dpipe.external`), or
-    #: ``auto``: external when training in memory would take more than half the workers' memory.
+    #: ``auto``: external when training in memory would take more than 60% of the workers' memory
+    #: past what they hold idle.
     memory: Literal["auto", "memory", "external"] = "auto"
     #: The directory the shards of external-memory training go to, which every worker must read
     #: (default: Dask's ``temporary-directory``, else the system's; removed after the run).
