@@ -312,7 +312,7 @@ def _validate(args) -> int:
 
         print(f"{args.spec}: valid; {check_features(job)}")
     elif not args.offline and isinstance(job, JobSpec):
-        from dpipe.runner import plan
+        from dpipe.plan import plan
 
         p = plan(job)
         print(

@@ -231,7 +231,7 @@ def plan_features(job: FeaturesJobSpec, batch: Batch | None = None) -> FeaturesP
         source = batch.increment.source
     else:
         source = open_source(job.source, where="source", bad_file_log=bad_files)
-    meta = source.frame._meta
+    meta = source.meta
     check_columns(job, meta)
     pipeline, bundle_uri = _pipeline(job)
     if job.incremental.enabled:

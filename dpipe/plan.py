@@ -82,8 +82,8 @@ class Plan:
         needed |= set(self.label_join.spec.left_keys) if self.label_join else self.label_inputs
         for check in job.checks:
             needed |= set(check.columns_read)
-        columns = [c for c in self.source.frame.columns if c in needed]
-        return None if len(columns) == len(self.source.frame.columns) else columns
+        columns = [c for c in self.source.columns if c in needed]
+        return None if len(columns) == len(self.source.columns) else columns
 
 
 def plan(
@@ -102,7 +102,7 @@ def plan(
     open_table = open_table or table_opener()
     if source is None:
         source = open_source(job.source, where="source", bad_file_log=bad_file_log)
-    meta = source.frame._meta
+    meta = source.meta
     _quality.check_columns(job, meta)
     require(meta, job.id_columns, "id_columns")
     tables: dict[str, Any] = {}
@@ -114,7 +114,7 @@ def plan(
     if job.label.column:
         require(meta, [job.label.column], "label.column")
     # The default split key is every source column, never the label table's.
-    split_key = job.split.key or list(source.frame._meta.columns)
+    split_key = job.split.key or list(source.meta.columns)
     require(meta, split_key, "split.key")
     reserved = sorted(set(meta.columns) & set(INTERNAL))
     if reserved:

@@ -655,7 +655,7 @@ def prediction_source(
     starts."""
     b.pipeline.bind(table_opener(storage_options))
     src = open_source(spec, where="source")
-    require(src.frame._meta, ids, "id_columns")
+    require(src.meta, ids, "id_columns")
     missing = [c for c in also if c not in src.frame.columns]
     if missing:
         raise ColumnError(
@@ -666,7 +666,7 @@ def prediction_source(
     columns = [c for c in src.frame.columns if c in needed]
     if len(columns) < len(src.frame.columns):
         src = open_source(spec, where="source", columns=columns)
-    meta = b.pipeline.describe(src.frame._meta)
+    meta = b.pipeline.describe(src.meta)
     missing = [c for c in b.model_input.features if c not in meta.columns]
     if missing:
         raise ColumnError(

@@ -7,10 +7,8 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask
-import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
@@ -19,6 +17,9 @@ from dpipe.errors import ColumnError, DataError, TrainingError
 from dpipe.expr import Expression
 from dpipe.split import Splitter
 from dpipe.xgboost_logs import route_xgboost_logs
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
 
 PREDICTION = "prediction"
 
@@ -461,4 +462,6 @@ def predict_frame(booster, df: dd.DataFrame, model_input: ModelInput, keep: list
     """
     fn = _Predict(model_input, tuple(keep))
     meta = fn(df._meta, booster)
+    import dask
+
     return df.map_partitions(fn, dask.delayed(booster, pure=True), meta=meta, align_dataframes=False)

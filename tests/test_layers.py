@@ -129,3 +129,27 @@ def test_loading_and_validating_a_job_imports_no_dataframe_library(job):
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_planning_a_job_reads_schemas_without_importing_dask_dataframe(tmp_path):
+    """`dpipe validate` plans the job from the files' footers: building the Dask frame (and
+    importing dask.dataframe, about a second) waits until a stage reads it."""
+    data = tmp_path / "events" / "month=01"
+    data.mkdir(parents=True)
+    code = (
+        "import json, sys\n"
+        "import pandas as pd\n"
+        f"pd.DataFrame({{'x': [1.0, 2.0, 3.0, 4.0], 'y': [0, 1, 0, 1]}}).to_parquet({str(data / 'a.parquet')!r})\n"
+        "import dpipe\n"
+        "from dpipe.plan import plan\n"
+        "job = dpipe.job_from_dict({'name': 'p', 'source': {'uri': "
+        f"{str(tmp_path / 'events')!r}, 'format': 'parquet'}}, 'label': {{'column': 'y'}},"
+        f" 'output': {{'uri': {str(tmp_path / 'out')!r}}}}})\n"
+        "p = plan(job)\n"
+        "planned = 'dask.dataframe' in sys.modules\n"
+        "rows = len(p.source.frame.compute())\n"
+        "print(json.dumps([planned, p.source.columns, p.model_input.features, rows]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [False, ["x", "y", "month"], ["x", "month"], 4]

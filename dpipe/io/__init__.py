@@ -12,7 +12,7 @@ See ``docs/connectors.md`` for writing one.
 """
 
 from dpipe.io.arrow import arrow_to_pandas, empty_frame
-from dpipe.io.connector import BadFileLog, Datum, Increment, OpenedSource, Sink, Source, Written, increment
+from dpipe.io.connector import BadFileLog, Datum, Deferred, Increment, OpenedSource, Sink, Source, Written, increment
 from dpipe.io.fs import full_uri, is_local, resolve, storage_errors
 from dpipe.io.listing import Listing, list_files
 from dpipe.io.registry import (
@@ -32,6 +32,7 @@ from dpipe.io.sinks import ParquetFolderSink, StagedOutput, parquet_task, write_
 __all__ = [
     "BadFileLog",
     "Datum",
+    "Deferred",
     "Increment",
     "Listing",
     "OpenedSource",

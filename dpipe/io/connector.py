@@ -15,7 +15,7 @@ import hashlib
 import json
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import pyarrow as pa
 
@@ -40,6 +40,36 @@ class Datum:
         return {"id": self.id, "size": self.size, "version": self.version}
 
 
+@dataclass(frozen=True)
+class Deferred:
+    """A Dask frame not built yet: ``build()`` makes it, ``meta`` is its empty pandas frame.
+
+    A connector may give one as :attr:`OpenedSource.frame`, so that planning, which needs only
+    the columns and their types, does not import ``dask.dataframe`` (about a second) at all.
+    """
+
+    build: Callable[[], Any]
+    meta: Any
+
+
+class _FrameField:
+    """The ``frame`` field: stores a frame or a :class:`Deferred`, and builds the latter on first read."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            raise AttributeError("frame")  # no default: the field is required
+        value = obj.__dict__[self.slot]
+        if isinstance(value, Deferred):
+            value = obj.__dict__[self.slot] = value.build()
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.slot] = value
+
+
 @dataclass(frozen=True, eq=False)
 class OpenedSource:
     """A source opened lazily: the Dask frame and exactly what it reads.
@@ -51,7 +81,11 @@ class OpenedSource:
 
     uri: str
     format: str
-    frame: Any
+    #: The Dask frame, or a :class:`Deferred` one (built when first read).
+    if TYPE_CHECKING:  # a required field to type checkers; at run time, the field's descriptor
+        frame: Any
+    else:
+        frame: Any = _FrameField()
     schema: pa.Schema
     files: list[str]
     datums: tuple[Datum, ...] = ()
@@ -73,8 +107,14 @@ class OpenedSource:
     read_pieces: Callable[[list[int]], Any] | None = None
 
     @property
+    def meta(self) -> Any:
+        """The frame's empty pandas frame (its columns and types), without building a deferred frame."""
+        value = self.__dict__["_frame"]
+        return value.meta if isinstance(value, Deferred) else value._meta
+
+    @property
     def columns(self) -> list[str]:
-        return list(self.frame.columns)
+        return list(self.meta.columns)
 
     @property
     def nbytes(self) -> int | None:

@@ -19,17 +19,16 @@ now the connector protocol, and an opened source is a :class:`~dpipe.io.OpenedSo
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Collection, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import dask
-import dask.dataframe as dd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
 from dpipe.errors import ColumnError, DataError, SpecError
 from dpipe.io.arrow import empty_frame
-from dpipe.io.connector import BadFileLog, Datum, Increment, OpenedSource, Source, diff_datums
+from dpipe.io.connector import BadFileLog, Datum, Deferred, Increment, OpenedSource, Source, diff_datums
 from dpipe.io.filters import filter_columns, filter_expression, partition_filters
 from dpipe.io.fs import resolve, storage_errors
 from dpipe.io.listing import Listing, list_files
@@ -47,6 +46,9 @@ from dpipe.io.parts import (
 from dpipe.io.registry import read
 from dpipe.io.schema import FileSchema, column_types, inspect_files, parquet_schema, text_schema, unify
 from dpipe.spec.source import CSVSourceSpec, FileSourceSpec, JSONSourceSpec, ParquetSourceSpec
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
 
 __all__ = [
     "BadFileLog",
@@ -152,7 +154,7 @@ class FileSource:
             _part_bytes(infos[t.fragment.path], t.part, listing.datums_by_path[t.fragment.path].size) for t in tasks
         ]
         meta = empty_frame(schema, selected)
-        frame = _from_map(read_fragment, tasks, meta, f"dpipe-read-{spec.format}")
+        frame = Deferred(functools.partial(_from_map, read_fragment, tasks, meta, f"dpipe-read-{spec.format}"), meta)
 
         def read_pieces(starts: list[int]) -> dd.DataFrame:
             groups = [FragmentGroup(tuple(tasks[a:b])) for a, b in zip(starts, starts[1:])]
@@ -280,6 +282,9 @@ def _from_map(read: Any, parts: list, meta: Any, label: str) -> dd.DataFrame:
     # `read` takes `columns=`, so Dask pushes projections (`frame[["a", "b"]]`) into it. Its
     # strings are Arrow strings already: no conversion layer (a task per partition where the
     # read has several consumers, as it has in a job's fit pass).
+    import dask
+    import dask.dataframe as dd
+
     with dask.config.set({"dataframe.convert-string": False}):
         return dd.from_map(read, parts, meta=meta, label=label, enforce_metadata=False)
 

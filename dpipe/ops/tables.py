@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
@@ -25,6 +24,9 @@ class _Table(Protocol):
 
     @property
     def frame(self) -> Any: ...  # a Dask DataFrame
+
+    @property
+    def meta(self) -> pd.DataFrame: ...  # the frame's empty pandas frame
 
     @property
     def nbytes(self) -> int | None: ...
@@ -142,7 +144,7 @@ class Join(Op):
         return types
 
     def _right_meta(self) -> pd.DataFrame:
-        return self._project(self._require_bound().frame._meta)
+        return self._project(self._require_bound().meta)
 
     def describe(self, meta):
         self._require_bound()
@@ -199,6 +201,8 @@ class Join(Op):
         if self._broadcast():
             # One partition: merged blockwise into every left partition, no shuffle of the left.
             right = right.repartition(npartitions=1)
+        import dask.dataframe as dd
+
         merged = dd.merge(left, right, how="left", on=tmp, indicator=_MATCH)
         # Prediction scores every row it is given: only training drops unmatched rows.
         training = LABEL in df.columns
