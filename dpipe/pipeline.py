@@ -14,7 +14,6 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import dask
 import pandas as pd
 
 from dpipe.collect import Collected, Collector, Compute
@@ -196,7 +195,7 @@ class FeaturePipeline:
         fit_rows: Callable[[Any], Any] | None = None,
         extras: Extras | None = None,
         extra_inputs: Collection[str] = frozenset(),
-        compute: Compute = dask.compute,
+        compute: Compute | None = None,
         partials: Mapping[str, Mapping[str, Any]] | None = None,
         derive: bool = True,
     ) -> FitReport:
@@ -222,7 +221,7 @@ class FeaturePipeline:
         extra_inputs
             Columns the extras read, so they wait for the ops that produce them.
         compute
-            The function that computes a phase (``dask.compute`` or ``client.compute``-based);
+            The function that computes a phase (default ``dask.compute``; or ``client.compute``-based);
             injected so tests can count computations.
         partials
             Computed statistics of earlier rows (a previous :attr:`FitReport.stats`), by op
@@ -243,6 +242,10 @@ class FeaturePipeline:
         >>> report = pipe.fit(ddf, extras=lambda f: {"rows": {"n": f.map_partitions(len).sum()}})
         >>> report.extras["rows"]["n"]
         """
+        if compute is None:
+            import dask
+
+            compute = dask.compute
         fit_rows = fit_rows or (lambda frame: frame)
         schedule = self._schedule(set(extra_inputs), derive=derive)
         needs, op_phases, extras_phase = schedule.needs, schedule.phases, schedule.extras_phase
