@@ -73,7 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run a job spec: train a model bundle, or write features to a sink (kind: features)")
+    p = sub.add_parser(
+        "run",
+        help="run a job spec: train a model bundle, write features to a sink (kind: features), or"
+        " predict, register or monitor with a trained model (kind: predict | register | monitor)",
+    )
     p.add_argument("spec", help="job spec (YAML)")
     add_scheduler(p, "run on an existing Dask scheduler, e.g. tcp://127.0.0.1:8786 (tls://... with --tls-*)")
     p.add_argument(
@@ -250,20 +254,36 @@ def _run(args) -> int:
     job = _with_tls(load_job(args.spec, overrides=args.overrides), args)
     incremental = True if args.incremental else None
     result = run(job, scheduler=args.scheduler, progress=not args.quiet, force=args.force, incremental=incremental)
+    if hasattr(result, "drifted"):  # a predict, register or monitor job
+        from dpipe.monitor_cli import DRIFT_EXIT
+
+        print(json.dumps(result.to_dict(), indent=2, default=str) if args.json else result.summary())
+        return DRIFT_EXIT if result.drifted else 0
     if args.json and not hasattr(result, "bundle_uri"):
-        summary = {"job": result.job, "output_uri": result.output_uri, "rows": result.rows, "output": result.output}
+        summary = {
+            "job": result.job,
+            "kind": "features",
+            "output_uri": result.output_uri,
+            "rows": result.rows,
+            "output": result.output,
+            "skipped": result.skipped,
+        }
         print(json.dumps({**summary, "timings": result.timings}, indent=2, default=str))
     elif args.json:
         print(
             json.dumps(
                 {
                     "job": result.job,
+                    "kind": "train",
                     "bundle_uri": result.bundle_uri,
                     "metrics": _short_metrics(result.metrics),
                     "rows": result.rows,
                     "timings": result.timings,
+                    "skipped": result.skipped,
+                    "registered": result.registered,
                 },
                 indent=2,
+                default=str,
             )
         )
     else:

@@ -23,7 +23,7 @@ from dpipe import cluster as _cluster
 from dpipe.bundle import Bundle
 from dpipe.errors import ColumnError, SpecError
 from dpipe.incremental import Decision, check_job, decide
-from dpipe.io import BadFileLog, Datum, Increment, StagedOutput, open_sink, open_source
+from dpipe.io import BadFileLog, Datum, Increment, StagedOutput, already_committed, open_sink, open_source
 from dpipe.keep import keep, within_memory
 from dpipe.manifest import cluster_info, features_manifest
 from dpipe.openlineage import run_events
@@ -99,7 +99,7 @@ def run_features(
     txn = content_key(job, source)
     if force:
         txn = f"{txn}:forced:{uuid.uuid4().hex[:12]}"  # a commit of its own, even on the same input
-    elif _already_committed(sink, txn):
+    elif already_committed(sink, txn):
         reporter.log(
             f"unchanged: {job.output.uri} already holds the commit of this spec and input (txn {txn});"
             " nothing to do (--force runs it again)"
@@ -320,12 +320,6 @@ def _capture(compute: Callable[..., tuple], collections: tuple, values: tuple, o
     results = compute(*collections, *values)
     out.extend(results[: len(collections)])
     return tuple(results[len(collections) :])
-
-
-def _already_committed(sink: Any, txn: str) -> bool:
-    """Whether the sink says a commit of ``txn`` is there (sinks that cannot tell: no)."""
-    has_commit = getattr(sink, "has_commit", None)
-    return bool(has_commit(txn)) if callable(has_commit) else False
 
 
 def _quarantine_output(job: FeaturesJobSpec, batch: Batch | None = None) -> StagedOutput | None:

@@ -26,9 +26,9 @@ from dpipe import quality as _quality
 from dpipe.bundle import Bundle
 from dpipe.columns import TRAIN, VALID
 from dpipe.device import require_gpus
-from dpipe.errors import ColumnError
+from dpipe.errors import ColumnError, SpecError
 from dpipe.incremental import bundle_state, check_job, decide
-from dpipe.io import StagedOutput, open_increment, open_sink, open_source
+from dpipe.io import StagedOutput, already_committed, open_increment, open_sink, open_source
 from dpipe.io.fs import full_uri, resolve
 from dpipe.keep import keep, release, within_memory, workers_memory
 from dpipe.manifest import cluster_info, run_manifest, source_lineage
@@ -42,6 +42,7 @@ from dpipe.spec.base import REDACTED, redact, redact_url
 from dpipe.spec.connectors import BaseSinkSpec
 from dpipe.spec.lineage import LineageSpec
 from dpipe.spec.source import BaseSourceSpec, source_of
+from dpipe.spec.tasks import MonitorJobSpec, PredictJobSpec, RegisterJobSpec, TaskJob
 from dpipe.state import STATE, RunState, fit_key, new_run_id
 from dpipe.train import TrainConfig, predict_frame
 
@@ -93,11 +94,13 @@ class PredictResult:
     timings: dict
     #: What the commit created (a table version, a snapshot), and ``duplicate`` for a retried run.
     output: dict = field(default_factory=dict)
+    #: Why nothing was computed (the output holds this commit already), else ``None``.
+    skipped: str | None = None
 
 
 # -- run --------------------------------------------------------------------------------------
 def run(
-    job: JobSpec | FeaturesJobSpec,
+    job: JobSpec | FeaturesJobSpec | TaskJob,
     client=None,
     *,
     scheduler: str | None = None,
@@ -106,9 +109,10 @@ def run(
     incremental: bool | None = None,
     max_datums: int | None = None,
 ) -> Any:
-    """Run a job: train and commit its model bundle to ``job.output.uri`` (a :class:`RunResult`),
-    or, for ``kind: features``, write its rows to the sink ``job.output`` (a
-    :class:`~dpipe.featurize.FeaturesResult`).
+    """Run a job: train and commit its model bundle to ``job.output.uri`` (a :class:`RunResult`);
+    for ``kind: features``, write its rows to the sink ``job.output`` (a
+    :class:`~dpipe.featurize.FeaturesResult`); for ``predict``, ``register`` and ``monitor``, see
+    :func:`dpipe.tasks.run_task` (a :class:`~dpipe.tasks.TaskResult`).
 
     Parameters
     ----------
@@ -137,6 +141,12 @@ def run(
     >>> result = dpipe.run(dpipe.load_job("jobs/quickstart.yaml"))
     >>> result.metrics["valid"]["auc"]
     """
+    if isinstance(job, (PredictJobSpec, RegisterJobSpec, MonitorJobSpec)):
+        if incremental or max_datums is not None:
+            raise SpecError(f"job {job.name!r}: a {job.kind} job has no new-data-only runs; drop --incremental")
+        from dpipe.tasks import run_task
+
+        return run_task(job, client, scheduler=scheduler, progress=progress, force=force)
     if incremental is not None:
         job = job.model_copy(update={"incremental": job.incremental.model_copy(update={"enabled": incremental})})
     if isinstance(job, FeaturesJobSpec):
@@ -518,6 +528,7 @@ def predict(
     progress: bool = True,
     lineage: LineageSpec | Mapping[str, Any] | None = None,
     registry: str | None = None,
+    force: bool = False,
 ) -> PredictResult:
     """Score ``source`` with a bundle and commit the predictions to ``output`` once.
 
@@ -528,7 +539,9 @@ def predict(
     re-fitted. ``id_columns`` default to the job's ``id_columns``. The commit carries the bundle
     and exactly what was read (a table's commit metadata, or ``_dpipe_manifest.json``).
     ``lineage`` says where the OpenLineage events go (a job's ``lineage:`` section; default: the
-    bundle's job's, else JSON files in ``$DPIPE_HOME/openlineage``).
+    bundle's job's, else JSON files in ``$DPIPE_HOME/openlineage``). When ``output`` holds the
+    commit of this bundle, input and output already (a sink that tracks its commits: Delta,
+    Iceberg, SQL), nothing is computed unless ``force``.
 
     Examples
     --------
@@ -560,6 +573,19 @@ def predict(
         if callable(check):
             check(preds._meta)
     reporter.log(f"source: {len(src.files)} partition(s) from {spec.uri}")
+    txn = _predict_txn(bundle, b, src, sink)
+    if not force and already_committed(sink, txn):
+        reporter.log(f"unchanged: {sink.uri} already holds the predictions of this bundle and input (txn {txn})")
+        return PredictResult(
+            sink.uri,
+            None,
+            columns=list(preds.columns),
+            timings=dict(reporter.timings),
+            output={"uri": sink.uri, "txn": txn, "duplicate": True, "skipped": True},
+            skipped="the output holds these predictions already",
+        )
+    if force:
+        txn = f"{txn}:forced:{new_run_id()}"
     run_id = new_run_id()
     events_spec = _predict_lineage(lineage, b)
     connected = _cluster.connect(None, client=client, address=scheduler, log=reporter.log)
@@ -586,7 +612,6 @@ def predict(
                     "checks": [c.name for c in checks.checks],
                     "skipped": list(checks.skipped),
                 }
-            txn = _predict_txn(bundle, b, src, sink)
             written = sink.commit(metadata={"manifest": redact(manifest)}, txn=txn)
         events.complete(outputs=[{**written.lineage(), "schema": preds._meta}])
     state = "already committed (nothing appended)" if written.duplicate else "committed"

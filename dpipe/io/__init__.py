@@ -12,7 +12,18 @@ See ``docs/connectors.md`` for writing one.
 """
 
 from dpipe.io.arrow import arrow_to_pandas, empty_frame
-from dpipe.io.connector import BadFileLog, Datum, Deferred, Increment, OpenedSource, Sink, Source, Written, increment
+from dpipe.io.connector import (
+    BadFileLog,
+    Datum,
+    Deferred,
+    Increment,
+    OpenedSource,
+    Sink,
+    Source,
+    Written,
+    already_committed,
+    increment,
+)
 from dpipe.io.fs import full_uri, is_local, resolve, storage_errors
 from dpipe.io.listing import Listing, list_files
 from dpipe.io.registry import (
@@ -41,6 +52,7 @@ __all__ = [
     "Source",
     "StagedOutput",
     "Written",
+    "already_committed",
     "arrow_to_pandas",
     "empty_frame",
     "full_uri",

@@ -318,3 +318,9 @@ class Sink(Protocol):
     def __enter__(self) -> Any: ...
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None: ...
+
+
+def already_committed(sink: Any, txn: str) -> bool:
+    """Whether ``sink`` holds a commit of ``txn`` already (a sink that cannot tell: no)."""
+    has_commit = getattr(sink, "has_commit", None)
+    return bool(has_commit(txn)) if callable(has_commit) else False

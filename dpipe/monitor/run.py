@@ -13,7 +13,7 @@ from dpipe import drift
 from dpipe.bundle import Bundle
 from dpipe.errors import SpecError
 from dpipe.io import StagedOutput
-from dpipe.io.fs import full_uri, resolve
+from dpipe.io.fs import full_uri, resolve, storage_errors
 from dpipe.manifest import source_lineage
 from dpipe.monitor.batch import Batch, plan_batch, read_profile
 from dpipe.monitor.judge import crossings, monitor_spec
@@ -41,6 +41,8 @@ class MonitorResult:
     #: Where ``drift.json`` and ``drift.html`` were committed (``None``: not written).
     output_uri: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    #: Why nothing was measured (``output`` holds this very report already), else ``None``.
+    skipped: str | None = None
 
     @property
     def worst(self) -> dict[str, Any] | None:
@@ -71,6 +73,7 @@ def monitor(
     progress: bool = True,
     format: str | None = None,
     storage_options: dict | None = None,
+    force: bool = False,
 ) -> MonitorResult:
     """Compare a batch of new data with the reference profile of a model bundle.
 
@@ -91,6 +94,9 @@ def monitor(
     labels
         Compute the metrics against the training validation metrics from the job's label:
         ``None`` when the batch has the label's columns, ``True`` requires them.
+    force
+        Measure even when ``output`` holds the report of this bundle, batch (exactly what is
+        read) and thresholds already; without it such a rerun reads no row and returns that report.
 
     Examples
     --------
@@ -114,6 +120,13 @@ def monitor(
         src_spec = source_of(source, format=format, storage_options=storage_options)
         batch = plan_batch(b, profile, src_spec, labels, storage_options)
     reporter.log(f"source: {len(batch.source.files)} partition(s) from {redact_url(src_spec.uri)}; {batch.labels}")
+    if output is not None and not force:
+        done = _unchanged(
+            output, storage_options, b, spec, source_lineage(batch.source, uri=src_spec.uri, format=src_spec.format)
+        )
+        if done is not None:
+            reporter.log(f"unchanged: {output} holds the report of this bundle, batch and thresholds")
+            return _result(done, output, reporter, skipped="the output holds this report already")
     with (
         _cluster.connect(None, client=client, address=scheduler, log=reporter.log) as client,
         reporter.stage("measure", "reading the batch once: features, predictions and counts"),
@@ -124,16 +137,41 @@ def monitor(
     uri = _write(output, report, storage_options) if output is not None else None
     if uri is not None:
         reporter.log(f"drift report committed: {uri}")
-    features = [{"name": name, **stats} for name, stats in compared["features"].items()]
+    return _result(report, uri, reporter)
+
+
+def _result(report: dict[str, Any], uri: str | None, reporter: Reporter, skipped: str | None = None) -> MonitorResult:
     return MonitorResult(
         drifted=bool(report["crossed"]),
         crossed=list(report["crossed"]),
-        features=features,
-        rows=compared["rows"],
+        features=[{"name": name, **stats} for name, stats in report["features"].items()],
+        rows=report["rows"],
         report=report,
         output_uri=uri,
         timings=dict(reporter.timings),
+        skipped=skipped,
     )
+
+
+def _unchanged(
+    output: str, storage_options: dict | None, b: Bundle, spec: MonitorSpec, read: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The report committed at ``output`` when it judged this bundle's run, exactly the data
+    ``read`` and the same thresholds, else ``None``."""
+    fs, path = resolve(output, storage_options, where="output")
+    try:
+        with storage_errors("output", output):
+            saved = json.loads(fs.cat_file(f"{path.rstrip('/')}/{DRIFT_JSON}"))
+    except (FileNotFoundError, ValueError):
+        return None
+    same = (
+        isinstance(saved, dict)
+        and saved.get("bundle_run_id") == b.manifest.get("run_id")
+        and saved.get("input") == redact(json.loads(json.dumps(read, default=str)))
+        and saved.get("thresholds") == spec.thresholds.active()
+        and saved.get("ignore") == list(spec.ignore)
+    )
+    return saved if same else None
 
 
 def _metrics(b: Bundle, compared: Mapping[str, Any]) -> dict[str, Any] | None:

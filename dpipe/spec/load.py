@@ -20,6 +20,7 @@ from dpipe.spec.base import redact
 from dpipe.spec.features import CUSTOM_TAG, OP_MODELS, OP_NAMES
 from dpipe.spec.models import LATER_DEFAULTS, NOT_COMPUTED, AnyJob, FeaturesJobSpec, JobSpec
 from dpipe.spec.quality import CHECK_MODELS, CHECK_NAMES
+from dpipe.spec.tasks import TASK_KINDS
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -46,7 +47,8 @@ def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> Any
 
     ``${VAR}`` (or ``${VAR:-default}``) in any string is replaced by the environment variable, so
     secrets need not live in the file. The job name defaults to the file name. ``kind: features``
-    gives a :class:`FeaturesJobSpec`, anything else a training :class:`JobSpec`.
+    gives a :class:`FeaturesJobSpec`; ``predict``, ``register`` and ``monitor`` the models of
+    :mod:`dpipe.spec.tasks`; no ``kind`` a training :class:`JobSpec`.
 
     Examples
     --------
@@ -94,7 +96,7 @@ def load_entry(path: str | os.PathLike, role: str = "sink") -> Any:
 
 
 #: Job models by ``kind``.
-JOB_KINDS: dict[str, type[BaseModel]] = {"train": JobSpec, "features": FeaturesJobSpec}
+JOB_KINDS: dict[str, type[BaseModel]] = {"train": JobSpec, "features": FeaturesJobSpec, **TASK_KINDS}
 
 
 def job_from_dict(data: dict, overrides: list[str] | None = None, origin: str = "<spec>") -> Any:
@@ -110,7 +112,8 @@ def job_from_dict(data: dict, overrides: list[str] | None = None, origin: str = 
         raise SpecError(
             f"{origin}: kind: unknown job kind {kind!r}; expected one of {list(JOB_KINDS)}"
             + (f" (did you mean {close[0]!r}?)" if close else ""),
-            hint="`train` (the default) trains a model; `features` writes transformed data to a sink",
+            hint="`train` (the default) trains a model; `features` writes transformed data to a sink; `predict`,"
+            " `register` and `monitor` score with, register and watch a trained model",
         )
     try:
         return model.model_validate(data)
