@@ -454,7 +454,7 @@ def _demo_data(args) -> int:
 #: Modules that add their own commands: each has ``add_commands(sub, add_common) -> {name: handler}``
 #: (``sub`` is the subparsers object, ``add_common`` adds ``--verbose``; a handler takes the parsed
 #: arguments and returns the exit status). Keep their top-level imports light: every command loads them.
-_COMMAND_MODULES: tuple[str, ...] = ("dpipe.registry.cli", "dpipe.monitor_cli", "dpipe.report.cli")
+_COMMAND_MODULES: tuple[str, ...] = ("dpipe.registry.cli", "dpipe.monitor_cli", "dpipe.report.cli", "dpipe.flow.cli")
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "run": _run,

@@ -159,10 +159,14 @@ def _unchanged(
     """The report committed at ``output`` when it judged this bundle's run, exactly the data
     ``read`` and the same thresholds, else ``None``."""
     fs, path = resolve(output, storage_options, where="output")
+    report = f"{path.rstrip('/')}/{DRIFT_JSON}"
+    with storage_errors("output", output):
+        if not fs.exists(report):
+            return None
+        raw = fs.cat_file(report)
     try:
-        with storage_errors("output", output):
-            saved = json.loads(fs.cat_file(f"{path.rstrip('/')}/{DRIFT_JSON}"))
-    except (FileNotFoundError, ValueError):
+        saved = json.loads(raw)
+    except ValueError:
         return None
     same = (
         isinstance(saved, dict)

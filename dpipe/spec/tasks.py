@@ -27,12 +27,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from dpipe.spec.base import Strict
 from dpipe.spec.connectors import SinkSpec
 from dpipe.spec.lineage import LineageSpec
 from dpipe.spec.models import ClusterSpec
+from dpipe.spec.monitor import ThresholdsSpec
 from dpipe.spec.registry import RegistrySpec
 from dpipe.spec.source import SourceSpec
 
@@ -112,6 +113,13 @@ class MonitorJobSpec(Strict):
     #: Judge the metrics against the validation metrics (default: when the batch has the label).
     labels: bool | None = None
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_statistics(cls, value: dict[str, float | None] | None) -> dict[str, float | None] | None:
+        if value is not None:
+            ThresholdsSpec.model_validate(value)  # unknown statistics and out-of-range limits fail here
+        return value
 
 
 #: The job kinds of this module, by ``kind``.
