@@ -57,7 +57,7 @@ class StepResult:
 
     name: str
     kind: str
-    status: str = "pending"  # succeeded | skipped | failed | blocked | kept
+    status: str = "pending"  # succeeded | skipped | failed | blocked | kept | not run
     attempts: int = 0
     seconds: float = 0.0
     output: str | None = None
@@ -159,15 +159,13 @@ def run_flow(
     from dpipe.flow.alerts import raise_alerts
 
     log = log or logger.info
-    names = flow.downstream(start) if start is not None else list(flow.steps)
     if start is not None and start not in flow.steps:
         raise SpecError(f"--from: no step {start!r}; the steps are {list(flow.steps)}")
+    names = flow.downstream(start) if start is not None else list(flow.steps)
     previous = last_state(flow)
-    results = {n: StepResult(n, s.kind) for n, s in flow.steps.items()}
+    results = {n: StepResult(n, s.kind, status="pending" if n in names else "not run") for n, s in flow.steps.items()}
     outputs: dict[str, str] = {}
-    for name in flow.steps:
-        if name in names:
-            continue
+    for name in flow.upstream(names):
         before = previous.get(name) or {}
         if before.get("status") not in DONE or not before.get("output"):
             raise SpecError(
@@ -301,6 +299,7 @@ class _Runner:
                 why = _failure(code, log_path)
             except subprocess.TimeoutExpired:
                 _stop(child)
+                child.communicate()  # what is left in its pipe, which is closed then
                 printed, code = "", 1
                 why = f"timed out after {step.spec.timeout:.0f}s and was stopped"
             finally:
@@ -404,7 +403,7 @@ def _save_state(flow: Flow, previous: dict[str, dict[str, Any]], result: FlowRes
     """``state.json``: each step's last result; a step that did not run keeps its earlier one."""
     steps = dict(previous)
     for name, step in result.steps.items():
-        if step.status == "kept":
+        if step.status in ("kept", "not run"):
             continue
         if step.status == "blocked" and name in steps:
             continue

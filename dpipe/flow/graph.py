@@ -84,6 +84,17 @@ class Flow:
                 found.add(step.name)
         return [s for s in self.steps if s in found]
 
+    def upstream(self, names: list[str]) -> list[str]:
+        """Every step that one of ``names`` needs, directly or not, and is not among them."""
+        found: set[str] = set()
+        todo = [need for n in names for need in self.steps[n].needs]
+        while todo:
+            need = todo.pop()
+            if need not in found:
+                found.add(need)
+                todo.extend(self.steps[need].needs)
+        return [s for s in self.steps if s in found and s not in names]
+
     def resolve(self, step: Step, outputs: Mapping[str, str]) -> dict[str, Any]:
         """The step's job with each ``${steps.X.output}`` replaced by ``outputs[X]`` (variables
         stay: the job is loaded where they are set)."""

@@ -265,11 +265,28 @@ def _model_at(raw_loc: tuple, root: type[BaseModel] = JobSpec):
         return OP_MODELS.get(raw_loc[2]) if len(raw_loc) == 3 else None
     if raw_loc[0] == "checks":
         return CHECK_MODELS.get(raw_loc[2]) if len(raw_loc) == 3 else None
-    if len(raw_loc) != 1:
-        return None
-    field = root.model_fields.get(str(raw_loc[0]))
-    ann = field.annotation if field else None
-    return ann if isinstance(ann, type) and hasattr(ann, "model_fields") else None
+    node: Any = root
+    for part in raw_loc:
+        if isinstance(node, type) and hasattr(node, "model_fields"):
+            field = node.model_fields.get(str(part))
+            node = field.annotation if field else None
+        else:
+            node = _item_type(node)
+        if node is None:
+            return None
+    return node if isinstance(node, type) and hasattr(node, "model_fields") else None
+
+
+def _item_type(annotation: Any) -> Any:
+    """The type of a ``dict[str, X]``'s values or a ``list[X]``'s items (``X | None`` too), else ``None``."""
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (dict, list):
+        return args[-1] if args else None
+    if len(args) == 1:  # X | None
+        return _item_type(args[0])
+    return None
 
 
 def redacted(job: Any) -> dict:
