@@ -115,6 +115,21 @@ def test_a_shifted_batch_crosses_thresholds_and_names_the_feature(bundle, batche
     assert "DRIFT" in page and "age" in page
 
 
+def test_a_hashed_column_has_no_unseen_values(data, batches, client, tmp_path):
+    """A hash bucket's categories are bucket numbers, not source values: every value has one."""
+    spec = job_dict(data, tmp_path / "hashed")
+    spec["features"] = [
+        *spec["features"][:-1],
+        {"op": "hash_bucket", "columns": ["country"], "n_buckets": 8},
+        {"op": "categorical", "columns": ["device", "plan"]},
+    ]
+    spec["train"] = {**spec["train"], "num_boost_round": 4, "early_stopping_rounds": None}
+    hashed = dpipe.run(dpipe.job_from_dict(spec), client, progress=False).bundle_uri
+    result = monitor(hashed, str(batches["same"]), client=client, progress=False)
+    assert result.report["features"]["country"]["unseen_rate"] is None
+    assert not any(c["statistic"] == "unseen_rate" for c in result.crossed), result.summary()
+
+
 def test_the_batch_is_read_once_in_one_computation(bundle, data, client, tmp_path):
     log = tmp_path / "opens.log"
     events = data / "events"  # three files

@@ -103,7 +103,7 @@ def plan_batch(b: Bundle, profile: dict, spec: Any, labels: bool | None, storage
     columns = [c for c in available if c in read]
     if len(columns) < len(available):
         src = open_source(spec, where="source", columns=columns)
-    raw = {c: _RAW + c for c in b.model_input.categorical if c in needed}
+    raw = {c: _RAW + c for c in _vocabularies(b) if c in needed}
     prepare = _Prepare(tuple(raw.items()), column, expr, use_labels)
     rows = src.combined()
     frame = rows.map_partitions(prepare, meta=prepare(rows._meta))
@@ -126,6 +126,19 @@ def plan_batch(b: Bundle, profile: dict, spec: Any, labels: bool | None, storage
         raw=raw,
     )
     return Batch(src, measures, said, objective)
+
+
+def _vocabularies(b: Bundle) -> list[str]:
+    """The categorical features whose categories are values of their source column: a column
+    that a `categorical` op (or no op) last wrote. A hash bucket or a code computed otherwise has
+    categories that are not source values, so a source value outside them is not "unseen"."""
+    from dpipe.ops.encoding import Categorical
+
+    written: dict[str, bool] = {}
+    for op in b.pipeline.ops:
+        for column in op.output_columns():
+            written[column] = isinstance(op, Categorical)
+    return [c for c in b.model_input.categorical if written.get(c, True)]
 
 
 def _check_types(b: Bundle, meta: pd.DataFrame, uri: str) -> None:
