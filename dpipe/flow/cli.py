@@ -28,6 +28,14 @@ def add_commands(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]
     q = verbs.add_parser("run", help="run the flow's steps on one cluster, each after the steps it needs")
     _flow_args(q)
     q.add_argument("--from", dest="start", metavar="STEP", help="run this step and every step after it")
+    q.add_argument(
+        "--step",
+        dest="steps",
+        action="append",
+        default=[],
+        metavar="STEP",
+        help="run only this step (repeatable); the steps it needs are taken from their last run",
+    )
     q.add_argument("--force", action="store_true", help="run every job even when it would find nothing to do")
     q.add_argument("--no-alerts", action="store_true", help="do not raise the flow's alerts")
     q.add_argument("--json", action="store_true", help="print the run's summary as JSON on stdout")
@@ -79,7 +87,15 @@ def _flow(args: argparse.Namespace) -> int:
         return _show(flow, args)
     from dpipe.flow.engine import DRIFT_EXIT, run_flow
 
-    result = run_flow(flow, scheduler=args.scheduler, start=args.start, force=args.force, alerts=not args.no_alerts)
+    result = run_flow(
+        flow,
+        scheduler=args.scheduler,
+        start=args.start,
+        steps=args.steps or None,
+        force=args.force,
+        alerts=not args.no_alerts,
+        log=(lambda msg: None) if args.quiet else None,
+    )
     print(json.dumps(result.to_dict(), indent=2, default=str) if args.json else result.summary())
     if result.failed:
         return 1

@@ -99,7 +99,9 @@ class FlowResult:
 
     @property
     def drifted(self) -> bool:
-        return any(s.drifted for s in self.steps.values())
+        """Whether a monitor step of this run found drift (one that found nothing new to judge,
+        skipped, does not raise its alert again)."""
+        return any(s.drifted and s.status == "succeeded" for s in self.steps.values())
 
     @property
     def status(self) -> str:
@@ -146,6 +148,7 @@ def run_flow(
     *,
     scheduler: str | None = None,
     start: str | None = None,
+    steps: list[str] | None = None,
     force: bool = False,
     alerts: bool = True,
     log: Callable[[str], None] | None = None,
@@ -153,27 +156,28 @@ def run_flow(
     """Run ``flow``'s steps on one cluster (``scheduler``, ``cluster.address``, or a LocalCluster
     started for the run), and raise its alerts.
 
-    ``start`` (``--from``) runs that step and every step after it, reading the outputs of the
-    others from their last results. ``force`` makes every job run even when it would skip.
+    ``start`` (``--from``) runs that step and every step after it; ``steps`` (``--step``) runs
+    exactly those (what an orchestrator's task does). The steps they need and do not run are
+    taken as their last results left them. ``force`` makes every job run even when it would skip.
     """
     from dpipe.flow.alerts import raise_alerts
 
     log = log or logger.info
-    if start is not None and start not in flow.steps:
-        raise SpecError(f"--from: no step {start!r}; the steps are {list(flow.steps)}")
-    names = flow.downstream(start) if start is not None else list(flow.steps)
+    names = _selected(flow, start, steps)
     previous = last_state(flow)
     results = {n: StepResult(n, s.kind, status="pending" if n in names else "not run") for n, s in flow.steps.items()}
     outputs: dict[str, str] = {}
     for name in flow.upstream(names):
         before = previous.get(name) or {}
-        if before.get("status") not in DONE or not before.get("output"):
+        if before.get("status") not in DONE:
             raise SpecError(
-                f"--from {start}: step {name!r}, which it needs, has no successful run to take its output from",
-                hint=f"run the whole flow once (`dpipe flow run {flow.path}`), or start from an earlier step",
+                f"flow {flow.name!r}: step {name!r} is needed but has not succeeded in an earlier run"
+                + (f" ({before['status']})" if before.get("status") else ""),
+                hint=f"run it first (`dpipe flow run {flow.path} --from {name}`), or run the whole flow",
             )
-        results[name] = StepResult(name, flow.steps[name].kind, status="kept", output=before["output"])
-        outputs[name] = before["output"]
+        results[name] = StepResult(name, flow.steps[name].kind, status="kept", output=before.get("output"))
+        if before.get("output"):
+            outputs[name] = before["output"]
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     folder = state_folder(flow) / "runs" / run_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -189,10 +193,23 @@ def run_flow(
     result = FlowResult(flow.name, run_id, results, started, dt.datetime.now(dt.UTC).isoformat(), str(folder))
     summary = folder / "summary.json"
     summary.write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    _save_state(flow, previous, result)
+    _save_state(flow, result)
     if alerts:
         raise_alerts(flow.spec.alerts, result, summary, log)
     return result
+
+
+def _selected(flow: Flow, start: str | None, steps: list[str] | None) -> list[str]:
+    for name in [start] if start is not None else steps or []:
+        if name not in flow.steps:
+            raise SpecError(f"flow {flow.name!r}: no step {name!r}; the steps are {list(flow.steps)}")
+    if start is not None and steps:
+        raise SpecError("give either a step to start from (--from) or the steps to run (--step), not both")
+    if start is not None:
+        return flow.downstream(start)
+    if steps:
+        return [n for n in flow.steps if n in steps]
+    return list(flow.steps)
 
 
 def _schedule(
@@ -313,7 +330,7 @@ class _Runner:
     def _succeeded(
         self, step: Step, result: StepResult, printed: str, drifted: bool, outputs: Mapping[str, str]
     ) -> None:
-        data = _printed_json(printed)
+        data = printed_json(printed)
         result.result = data
         result.output = self.flow.output_of(step, outputs) or data.get("output")
         details = data.get("details")
@@ -367,7 +384,7 @@ def _failure(code: int, log_path: Path) -> str:
     return f"exit status {code}" + (f": {tail[0].strip()[:300]}" if tail else "")
 
 
-def _printed_json(printed: str) -> dict[str, Any]:
+def printed_json(printed: str) -> dict[str, Any]:
     """The JSON object ``dpipe run --json`` printed last."""
     start = printed.find("{")
     if start < 0:
@@ -399,22 +416,38 @@ def _cluster(flow: Flow, scheduler: str | None, log: Callable[[str], None]) -> I
         yield client.scheduler.address, workers
 
 
-def _save_state(flow: Flow, previous: dict[str, dict[str, Any]], result: FlowResult) -> None:
-    """``state.json``: each step's last result; a step that did not run keeps its earlier one."""
-    steps = dict(previous)
-    for name, step in result.steps.items():
-        if step.status in ("kept", "not run"):
-            continue
-        if step.status == "blocked" and name in steps:
-            continue
-        steps[name] = {
-            "status": step.status,
-            "output": step.output if step.status in DONE else (previous.get(name) or {}).get("output"),
-            "run_id": result.run_id,
-            "finished_at": step.finished_at,
-            "error": step.error,
-        }
-    path = state_folder(flow) / "state.json"
-    staged = path.with_suffix(".json.tmp")
-    staged.write_text(json.dumps({"flow": flow.name, "run_id": result.run_id, "steps": steps}, indent=2))
-    staged.replace(path)
+def _save_state(flow: Flow, result: FlowResult) -> None:
+    """``state.json``: each step's last result; a step that did not run keeps its earlier one.
+
+    Read again and written under a lock, so that runs of single steps at the same time (an
+    orchestrator's tasks) each add theirs.
+    """
+    folder = state_folder(flow)
+    with _locked(folder / "state.lock"):
+        steps = last_state(flow)
+        for name, step in result.steps.items():
+            if step.status in ("kept", "not run") or (step.status == "blocked" and name in steps):
+                continue
+            steps[name] = {
+                "status": step.status,
+                "output": step.output if step.status in DONE else (steps.get(name) or {}).get("output"),
+                "run_id": result.run_id,
+                "finished_at": step.finished_at,
+                "error": step.error,
+            }
+        staged = folder / f"state.json.{uuid.uuid4().hex[:8]}.tmp"
+        staged.write_text(json.dumps({"flow": flow.name, "run_id": result.run_id, "steps": steps}, indent=2))
+        staged.replace(folder / "state.json")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` between processes (``flock``), held for the block."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
