@@ -19,8 +19,10 @@ from dpipe.spec import job_from_dict
 from tests.conftest import ROOT, job_dict
 
 # Training jobs over the demo events data; jobs/flights.yaml has its own test (tests/integration/test_flights.py),
-# features jobs (jobs/*-features.yaml) theirs below.
-JOBS = sorted(p for p in (ROOT / "jobs").glob("*.yaml") if p.stem != "flights" and not p.stem.endswith("-features"))
+# features jobs (jobs/*-features.yaml) theirs below, and flows (jobs/*-flow.yaml) tests/flow.
+JOBS = sorted(
+    p for p in (ROOT / "jobs").glob("*.yaml") if p.stem != "flights" and not p.stem.endswith(("-features", "-flow"))
+)
 
 
 def cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
