@@ -54,6 +54,9 @@ FORBIDDEN = {
         *_RUNNERS,
     ),
     "dpipe.resumable": ("dpipe.ops", "dpipe.pipeline", "dpipe.quality", "dpipe.plan", "dpipe.placement", *_RUNNERS),
+    # Flows run jobs as processes: they read specs and start (or reach) a cluster, nothing else.
+    "dpipe.flow": ("dpipe.io", *_ABOVE_IO, "dpipe.stages", "dpipe.runner", "dpipe.bundle", *_COMPUTE),
+    "dpipe.integrations": ("dpipe.io", *_ABOVE_IO, "dpipe.stages", "dpipe.runner", "dpipe.bundle"),
 }
 
 #: (importing module, imported module): the few crossings that are part of the design.
