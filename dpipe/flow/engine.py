@@ -239,6 +239,8 @@ def _schedule(
                     inputs = {producer: outputs[producer] for producer, _ in step.reads}
                     running[pool.submit(runner.run, step, outputs, results[name], inputs)] = name
             if not running:
+                if waiting:  # cannot happen with a checked flow: say so rather than spin
+                    raise RuntimeError(f"flow {flow.name!r}: steps {waiting} wait for steps that will not run")
                 continue
             done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
             for future in done:
