@@ -111,7 +111,7 @@ def test_every_command_has_help():
     parser = cli._parser()
     commands = parser._subparsers._group_actions[0].choices
     expected = {"run", "watch", "validate", "predict", "lineage", "show", "inspect", "demo-data"}
-    expected |= {"report", "register", "registry", "monitor"}
+    expected |= {"report", "register", "registry", "monitor", "flow"}
     assert set(commands) == set(cli._COMMANDS) == expected
     for name, sub in commands.items():
         assert sub.format_help().startswith(f"usage: dpipe {name}"), name
