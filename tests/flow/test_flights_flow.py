@@ -25,12 +25,13 @@ def flights_sample(tmp_path_factory) -> Path:
 
 
 def _flow_with_alerts(tmp_path: Path, alerts: list[dict]) -> Path:
-    """The example flow with its job files where they are and these alerts."""
+    """The example flow with its job files where they are, these alerts, and fewer boosting rounds."""
     flow = yaml.safe_load((ROOT / "jobs" / "flights-flow.yaml").read_text())
     for step in flow["steps"].values():
         if isinstance(step["job"], str):
             step["job"] = str(ROOT / "jobs" / step["job"])
     flow["alerts"] = alerts
+    flow["steps"]["train"]["set"] = {"train.num_boost_round": 60, "train.early_stopping_rounds": 10}
     path = tmp_path / "flights-flow.yaml"
     path.write_text(yaml.safe_dump(flow, sort_keys=False))
     return path
