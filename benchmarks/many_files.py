@@ -8,6 +8,8 @@ month folders. Measured, on one LocalCluster:
 
 * **plan**: ``dpipe.plan.plan`` of the benchmark job: one listing, every footer read (in threads),
   the unified schema; no cluster;
+* **validate**: ``dpipe validate`` of the same job in a fresh process, imports included (what a
+  user waits for);
 * **run**: ``dpipe.run`` of the job (10 rounds), with each stage's seconds; placement computes
   the partitions with one call per worker, not one per partition.
 
@@ -19,10 +21,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -69,7 +74,7 @@ def main(argv=None) -> int:
     from dpipe.plan import plan
 
     report: dict = {"files": args.files, "rows_per_file": args.rows_per_file, "load_average": os.getloadavg()}
-    plans, runs, stages = [], [], []
+    plans, validates, runs, stages = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="dpipe-bench-files-") as tmp:
         t0 = time.perf_counter()
         events = write_files(Path(tmp), args.files, args.rows_per_file)
@@ -82,6 +87,17 @@ def main(argv=None) -> int:
             plans.append(time.perf_counter() - t0)
             assert len(planned.source.files) == args.files
             print(f"plan {r}: {plans[-1]:.2f} s", file=sys.stderr)
+        # `dpipe validate` of the same job, as a user runs it: a fresh process (imports included).
+        spec = Path(tmp) / "job.yaml"
+        spec.write_text(yaml.safe_dump(_job(events, Path(tmp) / "model-v").model_dump(mode="json", by_alias=True)))
+        for r in range(args.repeat):
+            t0 = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, "-m", "dpipe", "validate", str(spec)], capture_output=True, text=True
+            )
+            validates.append(time.perf_counter() - t0)
+            assert done.returncode == 0, done.stderr
+            print(f"validate {r}: {validates[-1]:.2f} s", file=sys.stderr)
         with cluster(args.layout) as client:
             for r in range(args.runs):
                 t0 = time.perf_counter()
@@ -94,14 +110,14 @@ def main(argv=None) -> int:
     def spread(values):
         return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
-    report.update(plan_s=spread(plans), load_average_after=os.getloadavg())
-    rows = [("plan (no cluster)", report["plan_s"])]
+    report.update(plan_s=spread(plans), validate_s=spread(validates), load_average_after=os.getloadavg())
+    rows = [("plan (no cluster)", report["plan_s"]), ("dpipe validate (process)", report["validate_s"])]
     if runs:
         report.update(run_s=spread(runs), stages_s={k: spread([s[k] for s in stages]) for k in stages[0]})
         rows += [("dpipe run", report["run_s"])] + [(f"  {k}", v) for k, v in report["stages_s"].items()]
     print(
         f"\n{args.files:,} files x {args.rows_per_file} rows, {args.layout}; median (min-max) of"
-        f" {args.repeat} plan(s), {args.runs} run(s)"
+        f" {args.repeat} plan(s) and validate(s), {args.runs} run(s)"
     )
     for name, s in rows:
         print(f"{name:<24}{s['median']:>10.2f} s ({s['min']:.2f}-{s['max']:.2f})")
