@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from dpipe.errors import SpecError
 from dpipe.spec.flow import FlowSpec, StepSpec
-from dpipe.spec.load import SpecLoader, apply_override, job_from_dict, problems_error, spec_error_from
+from dpipe.spec.load import apply_override, job_from_dict, problems_error, read_yaml, spec_error_from
 
 #: ``${steps.NAME.output}``: a step's output where a later step reads it.
 REFERENCE = re.compile(r"\$\{steps\.([^.}]+)\.([^}]+)\}")
@@ -126,12 +125,7 @@ class Flow:
 def load_flow(path: str | os.PathLike, *, vars: Mapping[str, str] | None = None) -> Flow:
     """Read and check a flow spec; ``vars`` (``--var``) win over the environment and ``vars:``."""
     path = Path(path)
-    try:
-        data = yaml.load(path.read_text(), Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
-    except FileNotFoundError as exc:
-        raise SpecError(f"flow spec {str(path)!r} not found", hint="check the path") from exc
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc
+    data = read_yaml(path, "flow spec")
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a flow spec is a mapping with `steps:`", hint="see docs/flows.md")
     data.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem))
@@ -226,13 +220,9 @@ def _job_data(step: StepSpec, name: str, flow_path: Path) -> tuple[dict[str, Any
         if not job_path.is_absolute():
             job_path = flow_path.parent / job_path
         try:
-            data = yaml.load(job_path.read_text(), Loader=SpecLoader)  # noqa: S506 - a SafeLoader
-        except FileNotFoundError as exc:
-            raise SpecError(
-                f"{origin}: job spec {str(job_path)!r} not found", hint="paths are relative to the flow file"
-            ) from exc
-        except yaml.YAMLError as exc:
-            raise SpecError(f"{origin}: {job_path} is not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc
+            data = read_yaml(job_path, "job spec")
+        except SpecError as exc:
+            raise SpecError(f"{origin}: {exc.message}", hint="job files are found relative to the flow file") from exc
         if not isinstance(data, dict):
             raise SpecError(f"{origin}: {job_path} is not a job spec (a mapping of sections)")
         data.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "_", job_path.stem))

@@ -55,23 +55,29 @@ def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> Any
     >>> job = load_job("jobs/quickstart.yaml", overrides=["train.num_boost_round=50"])
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError as exc:
-        raise SpecError(f"job spec {str(path)!r} not found", hint="check the path") from exc
-    try:
-        data = yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"{path}: not valid YAML{where}: {problem}") from exc
+    data = read_yaml(path, "job spec")
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a job spec is a mapping of sections, got {type(data).__name__}")
     data.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem))
     return job_from_dict(data, overrides=overrides, origin=str(path))
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The YAML document in the spec file ``path`` (``what`` it is: "job spec", "flow spec"...),
+    read with :class:`SpecLoader`; a missing file or bad YAML is a :class:`SpecError` naming it."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise SpecError(f"{what} {str(path)!r} not found", hint="check the path") from exc
+    try:
+        return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{path}: not valid YAML{where}: {problem}") from exc
 
 
 def load_entry(path: str | os.PathLike, role: str = "sink") -> Any:
@@ -82,12 +88,7 @@ def load_entry(path: str | os.PathLike, role: str = "sink") -> Any:
     from dpipe.spec.source import sink_spec, source_spec
 
     path = Path(path)
-    try:
-        data = yaml.load(path.read_text(), Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
-    except FileNotFoundError as exc:
-        raise SpecError(f"{role} spec {str(path)!r} not found", hint="check the path") from exc
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc
+    data = read_yaml(path, f"{role} spec")
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a {role} spec is a mapping such as {{format: delta, uri: lake/scores}}")
     data = _interpolate_env(data, str(path))

@@ -40,14 +40,9 @@ from dpipe.spec.source import SourceSpec
 _NAME = Field(default="job", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
 
 
-class PredictJobSpec(Strict):
-    """Score ``source`` with ``bundle`` and commit the predictions to ``output`` exactly once.
+class _ReadsWithBundle(Strict):
+    """The keys of a job that reads a source with a trained bundle (``predict``, ``monitor``)."""
 
-    A rerun with the same bundle, the same input and the same output commits nothing and
-    computes nothing (``dpipe run --force`` scores again).
-    """
-
-    kind: Literal["predict"]
     name: str = _NAME
     #: A bundle's URI, or ``models:/NAME@ALIAS`` / ``models:/NAME/N`` in ``registry``.
     bundle: str = Field(min_length=1)
@@ -56,10 +51,20 @@ class PredictJobSpec(Strict):
     #: fsspec options of the bundle (and of a ``registry`` URL).
     storage_options: dict[str, Any] = Field(default_factory=dict)
     source: SourceSpec
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+
+
+class PredictJobSpec(_ReadsWithBundle):
+    """Score ``source`` with ``bundle`` and commit the predictions to ``output`` exactly once.
+
+    A rerun with the same bundle, the same input and the same output commits nothing and
+    computes nothing (``dpipe run --force`` scores again).
+    """
+
+    kind: Literal["predict"]
     output: SinkSpec
     #: Columns written beside the prediction (default: the training job's ``id_columns``).
     id_columns: list[str] | None = None
-    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     lineage: LineageSpec | None = None
 
 
@@ -93,7 +98,7 @@ class RegisterJobSpec(Strict):
         return self
 
 
-class MonitorJobSpec(Strict):
+class MonitorJobSpec(_ReadsWithBundle):
     """Compare ``source`` with ``bundle``'s training profile; commit the report to ``output``.
 
     The run succeeds whether or not a threshold is crossed: its result says which were (``dpipe
@@ -101,18 +106,12 @@ class MonitorJobSpec(Strict):
     """
 
     kind: Literal["monitor"]
-    name: str = _NAME
-    bundle: str = Field(min_length=1)
-    registry: str | None = Field(default=None, min_length=1)
-    storage_options: dict[str, Any] = Field(default_factory=dict)
-    source: SourceSpec
     #: A folder for ``drift.json`` and ``drift.html`` (replaced whole); none: the result only.
     output: str | None = Field(default=None, min_length=1)
     #: Limits by statistic (``psi: 0.25``, ``ks: null``); default: the training job's ``monitor:``.
     thresholds: dict[str, float | None] | None = None
     #: Judge the metrics against the validation metrics (default: when the batch has the label).
     labels: bool | None = None
-    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
 
     @field_validator("thresholds")
     @classmethod
