@@ -29,6 +29,8 @@ REFERENCE = re.compile(r"\$\{steps\.([^.}]+)\.([^}]+)\}")
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 #: ``models:/NAME`` at the start of a value: a registered model.
 MODEL_URI = re.compile(r"^models:/([^/@]+)")
+#: What a step makes, in words.
+WHAT = {"bundle": "a model bundle", "table": "a table", "model": "a registered model", "report": "a drift report"}
 #: What a step makes, by its job's kind.
 MAKES = {"train": "bundle", "features": "table", "predict": "table", "register": "model", "monitor": "report"}
 
@@ -326,14 +328,17 @@ def _mismatch(loc: str, container: Any, made: Output, producer: str) -> str | No
         return f"step {producer!r} makes nothing another step can read"
     if reads_table:
         if made.kind != "table":
-            return f"reads step {producer!r}'s output as a table, but it is a model {made.kind}; a source reads the output of a features or predict step"
+            return (
+                f"reads step {producer!r}'s output as a table, but it is {WHAT[made.kind]}; a source reads"
+                " the output of a features or predict step"
+            )
         given = container.get("format") if isinstance(container, dict) else None
         if given is not None and given != made.format:
             return f"reads step {producer!r}'s output as {given}, but the step writes {made.format}"
         if given is None and made.format not in ("parquet", None):
             return f"step {producer!r} writes {made.format}: add `format: {made.format}` beside this `uri`"
     if reads_model and made.kind not in ("bundle", "model"):
-        return f"reads step {producer!r}'s output as a model bundle, but it is a {made.kind}"
+        return f"reads step {producer!r}'s output as a model bundle, but it is {WHAT[made.kind]}"
     return None
 
 
