@@ -9,13 +9,17 @@ own environment (see docs/flows.md).
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from dpipe.errors import DpipeError
+
+logger = logging.getLogger(__name__)
 
 
 class StepFailed(DpipeError):
@@ -43,21 +47,26 @@ def run_job(
     command += [f"--set={item}" for item in overrides or []]
     command += ["--force"] if force else []
     env = {**os.environ, **(vars or {}), "PYTHONUNBUFFERED": "1"}
-    log = log or print
+    log = log or logger.info
     child = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     errors: list[str] = []
-    assert child.stderr is not None and child.stdout is not None
-    for line in child.stderr:
+    stdout, stderr = child.stdout, child.stderr
+    assert stdout is not None and stderr is not None
+    printed: list[str] = []
+    # The result is read while the log streams: a large one must not fill its pipe meanwhile.
+    reader = threading.Thread(target=lambda: printed.append(stdout.read()), daemon=True)
+    reader.start()
+    for line in stderr:
         log(line.rstrip())
         if line.startswith("dpipe: error:"):
             errors.append(line.removeprefix("dpipe: error:").strip())
-    printed = child.stdout.read()
     code = child.wait()
+    reader.join()
     if code not in (0, DRIFT_EXIT):
         raise StepFailed(f"dpipe run {spec}: {errors[-1] if errors else f'exit status {code}'}")
-    return printed_json(printed)
+    return printed_json("".join(printed))
 
 
 def run_step(
