@@ -59,8 +59,6 @@ class Step:
     needs: tuple[str, ...]
     #: The steps whose outputs the job references, with where (``source.uri``).
     reads: tuple[tuple[str, str], ...] = ()
-    #: The model names the step registers (a ``register`` job, or training with ``registry.name``).
-    registers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -197,7 +195,6 @@ def check_flow(spec: FlowSpec, path: Path, values: Mapping[str, str]) -> Flow:
             makes=makes[name],
             needs=tuple(dict.fromkeys(n for n in needs if n in spec.steps and n != name)),
             reads=tuple(reads),
-            registers=registers[name],
         )
     order, cycle = _order(steps)
     if cycle:

@@ -31,7 +31,6 @@ def run_job(
     *,
     vars: Mapping[str, str] | None = None,
     scheduler: str | None = None,
-    overrides: list[str] | None = None,
     force: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -44,7 +43,6 @@ def run_job(
 
     command = [sys.executable, "-m", "dpipe", "run", spec, "--json"]
     command += ["--scheduler", scheduler] if scheduler else []
-    command += [f"--set={item}" for item in overrides or []]
     command += ["--force"] if force else []
     env = {**os.environ, **(vars or {}), "PYTHONUNBUFFERED": "1"}
     log = log or logger.info
