@@ -98,12 +98,19 @@ def restore(client, placed: PlacedRows) -> PlacedRows:
     return PlacedRows(futures, where, workers, placed.meta, placed.parts, placed.sizes)
 
 
+def lost_pieces(client, placed: PlacedRows) -> set[int]:
+    """The placed pieces no live worker holds (their worker is gone or came back empty)."""
+    return _lost(client, placed.futures, placed.where, live_workers(client))
+
+
 def _lost(client, futures: list[Any], where: list[str], workers: list[str]) -> set[int]:
     """The partitions whose worker is gone, or that no worker holds (a worker restarted on the
     same address comes back empty)."""
     alive = set(workers)
-    held = client.who_has(futures)
-    return {i for i, (f, w) in enumerate(zip(futures, where)) if w not in alive or not held.get(f.key)}
+    # A piece whose data was lost and whose task cannot run again (the rows it was computed from
+    # were released) is cancelled by the scheduler: lost too.
+    held = client.who_has([f for f in futures if not f.cancelled()])
+    return {i for i, (f, w) in enumerate(zip(futures, where)) if f.cancelled() or w not in alive or not held.get(f.key)}
 
 
 def side(client, placed: PlacedRows, rows: Rows) -> dd.DataFrame:
@@ -147,6 +154,58 @@ def side(client, placed: PlacedRows, rows: Rows) -> dd.DataFrame:
         counts.append(moved)
         holders.append(empty[0])
     return dd.from_delayed(pieces, meta=placed.meta, verify_meta=False)
+
+
+def onto(client, frame: dd.DataFrame, worker: str) -> tuple[dd.DataFrame, list[Any]]:
+    """``frame``'s partitions, computed from placed ones, all onto ``worker``: a partition another
+    worker holds is copied there once; one it holds is not copied (a one-worker training layout,
+    :mod:`dpipe.layout`). Returns the frame and its futures."""
+    from distributed import wait
+
+    aligned = frame.map_partitions(_aligned, meta=frame._meta)
+    futures = client.compute(aligned.to_delayed(optimize_graph=True), workers=[worker], allow_other_workers=False)
+    while True:
+        try:
+            with client.as_current():
+                wait(futures, timeout=2.0)
+            break
+        except TimeoutError:
+            # A task pinned to a lost worker would wait for it forever.
+            if worker not in live_workers(client):
+                raise TrainingError(f"worker {worker} was lost while the training rows were copied onto it") from None
+    for f in futures:
+        if f.status == "error":
+            f.result()  # raises the task's own error
+    return dd.from_delayed(futures, meta=frame._meta, verify_meta=False), futures
+
+
+def _aligned(part: pd.DataFrame | pd.Series) -> pd.DataFrame | pd.Series:
+    """``part`` with every buffer XGBoost reads aligned: it refuses misaligned ones ("Input
+    pointer misalignment"), and distributed deserialises a copied partition's arrays at any byte
+    offset of its message. Numbers are copied only where needed; categories are rebuilt (they
+    are small), as :class:`dpipe.train.ModelInput` does."""
+    if isinstance(part, pd.Series):
+        return _aligned_column(part) if _misaligned(part) else part
+    bad = [c for c in part.columns if _misaligned(part[c])]
+    if not bad:
+        return part
+    return part.assign(**{c: _aligned_column(part[c]) for c in bad})
+
+
+def _misaligned(column: pd.Series) -> bool:
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return True  # its categories may be, and they are small
+    # Other extension arrays (nullable numbers: values and mask) count as misaligned.
+    return not isinstance(column.dtype, np.dtype) or not column.to_numpy(copy=False).flags.aligned
+
+
+def _aligned_column(column: pd.Series) -> pd.Series:
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        cats = column.dtype.categories
+        dtype = pd.CategoricalDtype(pd.Index(cats.tolist(), dtype=cats.dtype), ordered=column.dtype.ordered)
+        codes = np.require(column.cat.codes.to_numpy(), requirements="A")
+        return pd.Series(pd.Categorical.from_codes(codes, dtype=dtype), index=column.index, name=column.name)
+    return column.copy(deep=True)
 
 
 def spread_train_valid(

@@ -275,6 +275,8 @@ def run(
                 how = "XGBoost's external memory, a task per worker" if where.external else "xgboost.dask"
                 with reporter.stage("train", f"{how}, {rounds}"):
                     trained = stages.train(client, placed, config, p.labeler.splitter, resilience)
+                if trained.layout is not None:
+                    reporter.log(f"trained on {trained.layout.reason}")
                 # After a restart the rows lie where they were placed again.
                 placed = trained.placed or placed
                 out.remove(CHECKPOINTS)
@@ -299,6 +301,7 @@ def run(
                     "restarts": [dict(r) for r in trained.restarts],
                     "memory": "external" if where.external else "memory",
                     "memory_reason": where.reason,
+                    "layout": None if trained.layout is None else trained.layout.to_dict(),
                 }
                 if decision is not None:
                     manifest["incremental"] = _increment_record(decision, retrain, placed)

@@ -28,13 +28,14 @@ import numpy as np
 import pandas as pd
 
 from dpipe import drift, evaluation, external, metrics, split
+from dpipe import layout as _layout
 from dpipe.bundle import Bundle
 from dpipe.columns import CV_FOLD, LABEL, SIDE, TEST, TRAIN, VALID
 from dpipe.errors import DataError, SpecError, StateError
 from dpipe.io import write_parquet
 from dpipe.ops.base import count_rows
 from dpipe.pipeline import FeaturePipeline
-from dpipe.placement import PlacedRows, Rows, place_rows, restore, side
+from dpipe.placement import PlacedRows, Rows, lost_pieces, place_rows, restore, side
 from dpipe.plan import Plan
 from dpipe.quality import Prepass, QualityGate
 from dpipe.report.view import TUNING
@@ -496,6 +497,8 @@ class Trained:
     fold_valid: tuple[dd.DataFrame, ...] = ()
     restarts: tuple[Mapping[str, Any], ...] = ()
     placed: Placed | None = None
+    #: Which workers trained (``train.layout``); ``None`` on disk (a task per worker).
+    layout: _layout.Layout | None = None
 
 
 def train(
@@ -517,10 +520,25 @@ def train(
     def again(p: Placed) -> Placed:
         return p.again(client)
 
+    layout = training_layout(client, placed, config) if placed.shards is None else None
+    config = _with_threads(config, layout)
+
     def surviving(p: Placed, cfg: TrainConfig, frames, name: str):
-        booster, metrics, p, more = train_surviving(client, cfg, p, frames, again, resilience, name=name)
+        one = layout is not None and layout.one
+        fit = None
+        if one:
+            gathered = _layout.OneWorker(client, frames)
+            frames, fit = gathered.frames, gathered.fit
+        booster, metrics, p, more = train_surviving(client, cfg, p, frames, again, resilience, name=name, fit=fit)
         restarts.extend(more)
-        return booster, metrics, p
+        lost = lost_pieces(client, p.rows) if one and p.rows is not None else set()
+        if lost:
+            # Training on one worker went on without the others, but the stages after it read
+            # the rows they held.
+            if resilience is not None:
+                resilience.log(f"train: {len(lost)} piece(s) of placed rows lost with their worker; placing them again")
+            p = again(p)
+        return _own_threads(client, booster, layout), metrics, p
 
     if placed.shards is not None:
         shards, model_input = placed.shards, placed.model_input
@@ -552,7 +570,7 @@ def train(
             return p.train[f], p.train[LABEL], p.valid[f], p.valid[LABEL]
 
         booster, metrics, placed = surviving(placed, config, sides, "model")
-        return Trained(booster, metrics, restarts=tuple(restarts), placed=placed)
+        return Trained(booster, metrics, restarts=tuple(restarts), placed=placed, layout=layout)
     folds, cut = [], {}
     for i in range(splitter.folds):
 
@@ -575,7 +593,33 @@ def train(
         checked = [placed.fold(client, splitter, i)[1] for i in range(splitter.folds)]
     cv = cross_validation([m for _, m in folds])
     metrics = {**metrics, "valid": {m: v["mean"] for m, v in cv["metrics"].items()}, "cv": cv}
-    return Trained(booster, metrics, tuple(b for b, _ in folds), tuple(checked), tuple(restarts), placed)
+    return Trained(booster, metrics, tuple(b for b, _ in folds), tuple(checked), tuple(restarts), placed, layout)
+
+
+def training_layout(client: Any, placed: Placed, config: TrainConfig) -> _layout.Layout:
+    """``config.layout`` decided for the placed rows on this cluster (:mod:`dpipe.layout`)."""
+    rows = sum(placed.rows.sizes) if placed.rows is not None and placed.rows.sizes else 0
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    device = str(config.params.get("device", "cpu"))
+    return _layout.decide(
+        config.layout, workers, rows=rows, width=external.row_width(placed.model_input), device=device
+    )
+
+
+def _with_threads(config: TrainConfig, layout: _layout.Layout | None) -> TrainConfig:
+    """One worker trains with its host's threads, unless ``train.params`` sets them."""
+    if layout is None or not layout.one or {"nthread", "n_jobs"} & set(config.params):
+        return config
+    return config.replace(params={**config.params, "nthread": layout.threads})
+
+
+def _own_threads(client: Any, booster: Any, layout: _layout.Layout | None) -> Any:
+    """A booster trained with a host's threads predicts, in the stages after it, with a
+    worker's own (as ``xgboost.dask`` leaves it)."""
+    if layout is not None and layout.one and layout.threads:
+        threads = min(int(n) for n in client.nthreads().values())
+        booster.set_param({"nthread": threads})
+    return booster
 
 
 def cross_validation(fold_metrics: list[Mapping[str, Any]]) -> dict[str, Any]:

@@ -173,8 +173,9 @@ CHECKPOINT_EVERY = 10
 
 #: The ``train`` settings that change how training survives faults, not what it computes.
 RESILIENCE = ("checkpoint_every", "max_restarts", "restart_wait", "collective_timeout")
-#: The ``train`` settings that choose where the rows are held while training (the same model).
-MEMORY = ("memory", "scratch")
+#: The ``train`` settings that choose where the rows are held while training (the same model, up
+#: to the bins of XGBoost's sketch, which merges per-worker sketches across workers).
+MEMORY = ("memory", "scratch", "layout")
 #: Settings of each section that change how a job runs, not what it computes: left out of the
 #: spec's digest, so changing one does not make an unchanged job run again.
 NOT_COMPUTED = {"train": (*RESILIENCE, *MEMORY), "cluster": ("persist",)}
@@ -223,6 +224,11 @@ class TrainSpec(Strict):
     #: The directory the shards of external-memory training go to, which every worker must read
     #: (default: Dask's ``temporary-directory``, else the system's; removed after the run).
     scratch: str | None = None
+    #: Which workers XGBoost trains on (:mod:`dpipe.layout`): ``all`` (each worker holding rows,
+    #: ``xgboost.dask``'s way), ``one`` (the rows copied onto one worker, which trains with every
+    #: thread of its host), or ``auto``: one when every worker shares a host, training is on the
+    #: CPU and the rows fit in 60% of one worker's memory past what it holds idle; all otherwise.
+    layout: Literal["auto", "one", "all"] = "auto"
 
     @field_validator("params")
     @classmethod

@@ -20,10 +20,13 @@ import pytest
 
 import dpipe
 from tests.conftest import dask_processes, job_dict
+from tests.test_layout import training_task
 
 #: Long enough that training is still going when the first checkpoint lands; early stopping off,
-#: so both runs train every round.
+#: so both runs train every round. Every worker trains (``xgboost.dask``'s own layout): the
+#: one-worker layout has tests of its own below.
 TRAIN = {
+    "layout": "all",
     "num_boost_round": 150,
     "early_stopping_rounds": None,
     "checkpoint_every": 5,
@@ -33,19 +36,22 @@ TRAIN = {
 
 
 class KillWhen(threading.Thread):
-    """SIGKILL process ``pid`` (or send it ``sig``) as soon as ``ready()`` holds (polled every 10 ms)."""
+    """SIGKILL process ``pid`` (or send it ``sig``) as soon as ``ready()`` holds (polled every 10 ms).
+    ``pid`` may be a function, asked once ``ready()`` holds, returning the pid or ``None`` (not yet)."""
 
-    def __init__(self, ready, pid: int, timeout: float = 180.0, sig: int = signal.SIGKILL):
+    def __init__(self, ready, pid, timeout: float = 180.0, sig: int = signal.SIGKILL):
         super().__init__(daemon=True)
         self.ready, self.pid, self.timeout, self.sig = ready, pid, timeout, sig
         self.killed_at: float | None = None
+        self.killed: int | None = None
 
     def run(self) -> None:
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
-            if self.ready():
-                os.kill(self.pid, self.sig)
-                self.killed_at = time.monotonic()
+            pid = (self.pid() if callable(self.pid) else self.pid) if self.ready() else None
+            if pid is not None:
+                os.kill(pid, self.sig)
+                self.killed, self.killed_at = pid, time.monotonic()
                 return
             time.sleep(0.01)
 
@@ -130,6 +136,46 @@ def test_training_goes_on_without_a_hung_worker(demo_root, tmp_path):
     for values in result.metrics["history"]["valid"].values():
         assert len(values) == TRAIN["num_boost_round"]
     print(f"restart after a hung worker: {restart}")
+
+
+@pytest.mark.parametrize("which", ["training", "idle"])
+def test_training_on_one_worker_goes_on_after_a_killed_worker(which, demo_root, tmp_path):
+    """The rows gathered onto one worker, which trains with both threads: killing it restarts
+    training from the last checkpoint on the other; killing the other does not stop training,
+    and the rows it held are placed again for the stages after it."""
+    from distributed import Client
+
+    with (
+        dask_processes(tmp_path, workers=2, nanny=True) as (address, _),
+        Client(address, set_as_default=False) as watcher,
+    ):
+        pids = worker_pids(address)
+        out = tmp_path / "killed"
+
+        def victim() -> int | None:
+            busy = [w for w, keys in watcher.processing().items() if any(training_task(k) for k in keys)]
+            if len(busy) != 1:
+                return None
+            return pids[busy[0]] if which == "training" else next(p for w, p in pids.items() if w != busy[0])
+
+        killer = KillWhen(checkpointed(out), victim)
+        killer.start()
+        result = run(demo_root, out, address, layout="one")
+        killer.join(1)
+
+    assert killer.killed is not None, "no worker was killed"
+    training = manifest(out)["training"]
+    assert training["layout"]["workers"] == "one" and training["layout"]["threads"] == 2
+    if which == "training":
+        (restart,) = training["restarts"]
+        assert restart["lost_workers"] == [next(w for w, p in pids.items() if p == killer.killed)]
+        assert restart["from_round"] >= 5 and restart["from_round"] % 5 == 0
+    else:
+        assert training["restarts"] == []
+    assert result.metrics["rounds_trained"] == TRAIN["num_boost_round"]
+    for values in result.metrics["history"]["valid"].values():
+        assert len(values) == TRAIN["num_boost_round"]
+    assert result.rows["valid"] > 0 and result.metrics["valid"]["auc"] > 0.6
 
 
 # -- ETL: a worker killed as a stage starts ----------------------------------------------------
