@@ -23,31 +23,45 @@ from typing import Any
 LOGGER = "dpipe.xgboost"
 _WAIT = 10.0  # seconds to wait for every executor thread to take a task (busy ones are skipped)
 _registered = threading.local()
+#: The workers (address, threads) each client has routed already: a training run asks for every
+#: matrix and every training call, and one routing is a round trip through the scheduler's
+#: queues (~0.5 s). A restarted worker comes back under another address and is routed again.
+_routed: dict[str, frozenset[tuple[str, int]]] = {}
 
 
 def route_xgboost_logs(client: Any) -> None:
     """Register the ``dpipe.xgboost`` log callback on every executor thread of ``client``'s workers."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    seen = frozenset((address, int(info["nthreads"])) for address, info in workers.items())
+    if not seen <= _routed.get(client.id, frozenset()) and _register(client, workers):
+        _routed[client.id] = seen
+    if logging.getLogger(LOGGER).isEnabledFor(logging.DEBUG):
+        client.run(_debug_level)
+        client.forward_logging(LOGGER, level=logging.DEBUG)
+
+
+def _register(client: Any, workers: dict[str, Any]) -> bool:
+    """Route every executor thread of ``workers``; whether every one took its task."""
     from distributed import Event, Queue, wait
 
     name = f"dpipe-xgboost-logs-{uuid.uuid4().hex}"
-    workers = client.scheduler_info(n_workers=-1)["workers"]
     futures = [
         client.submit(_register_in_thread, name, pure=False, workers=[address], allow_other_workers=False)
         for address, info in workers.items()
         for _ in range(info["nthreads"])
     ]
     started, event = Queue(name, client=client), Event(name, client=client)
+    every = True
     try:
         for _ in futures:
             started.get(timeout=_WAIT)
     except TimeoutError:
+        every = False
         logging.getLogger(LOGGER).debug("a busy executor thread keeps XGBoost's own log callback")
     finally:
         event.set()
         wait(futures)
-    if logging.getLogger(LOGGER).isEnabledFor(logging.DEBUG):
-        client.run(_debug_level)
-        client.forward_logging(LOGGER, level=logging.DEBUG)
+    return every
 
 
 def _debug_level() -> None:

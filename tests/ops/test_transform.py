@@ -83,6 +83,20 @@ def test_datetime_parts_keep_wall_clock_of_timezone_aware_columns():
     assert out["t_epoch_seconds"][0] == pd.Timestamp("2024-03-30 22:30", tz="UTC").timestamp()
 
 
+def test_datetime_parts_of_date_objects_are_those_of_their_text():
+    """Arrow's date32 reads as ``datetime.date`` objects: converted, not parsed as text, with the same parts."""
+    import datetime as dt
+
+    days = [dt.date(2024, 2, 29), None, dt.date(2023, 12, 31)]
+    parts = ["year", "dayofyear", "weekday", "epoch_seconds"]
+    op = build_op(spec("datetime_parts", columns=["d"], parts=parts), "f")
+    objects = op.transform(pd.DataFrame({"d": pd.Series(days, dtype=object)}))
+    text = op.transform(pd.DataFrame({"d": pd.Series([str(d) if d else None for d in days], dtype=STRING)}))
+    for part in parts:
+        pd.testing.assert_series_equal(objects[f"d_{part}"], text[f"d_{part}"], obj=part)
+    assert objects["d_dayofyear"].tolist()[::2] == [60, 365]
+
+
 def test_datetime_parts_name_the_column_of_bad_strings():
     df = pd.DataFrame({"when": ["2024-01-01", "soon", None]})
     op = build_op(spec("datetime_parts", columns=["when"], parts=["month"]), "features[4]")
