@@ -671,7 +671,9 @@ def assess(plan: Plan, fitted: Fitted, placed: Placed, trained: Trained, compute
     names = _metric_names(plan)
     predicted = [c for c in valid.columns if c not in keep]
     lazy: dict[str, Any] = {
-        "profile": drift.reference_measures(placed.train, fitted.model_input, prediction=valid[predicted])
+        "profile": drift.reference_measures(
+            placed.train, fitted.model_input, prediction=valid[predicted], prepared=True
+        )
     }
     if "test" in sides:
         lazy["test"] = metrics.measures(sides["test"], names, objective=job.train.objective)

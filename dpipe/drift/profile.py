@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from dpipe.ops.base import count_rows, to_builtin
-from dpipe.ops.stats import quantile_sketch
+from dpipe.ops.stats import quantile_sketches, split_sketches
 from dpipe.train import ModelInput
 
 #: The profile's file in a model bundle.
@@ -21,23 +21,28 @@ BINS = 20
 KS_BINS = 100
 
 
-def reference_measures(frame: Any, model_input: ModelInput, *, prediction: Any = None) -> dict[str, Any]:
+def reference_measures(
+    frame: Any, model_input: ModelInput, *, prediction: Any = None, prepared: bool = False
+) -> dict[str, Any]:
     """Lazy statistics of the model-input rows ``frame`` (and of ``prediction``) for a profile.
 
     Nothing is computed: every leaf is a lazy Dask object, to compute in one pass with the other
     measures of a run. ``frame`` holds the feature columns (more are ignored); ``prediction``
     is a Dask Series or a DataFrame of prediction columns (the validation rows'), or ``None``.
+    ``prepared``: ``frame``'s features are the model's input already (placed rows).
 
     Examples
     --------
     >>> values = dask.compute(reference_measures(train_rows, model_input, prediction=preds))[0]
     >>> profile = reference_profile(values, model_input)
     """
-    rows = frame.map_partitions(model_input, meta=model_input(frame._meta))
+    # ``prepared``: the rows are the model's input already (placed rows): read as they are,
+    # without ModelInput's copies.
+    rows = frame[model_input.features] if prepared else frame.map_partitions(model_input, meta=model_input(frame._meta))
     numeric = [c for c in model_input.features if c not in model_input.categorical]
     out: dict[str, Any] = {
         "rows": count_rows(rows),
-        "numeric": {c: _numeric_measures(rows, c) for c in numeric},
+        "numeric": quantile_sketches(rows, numeric) if numeric else None,
         "categorical": {
             c: {"counts": _category_counts(rows, c), "missing": rows[c].isna().sum()} for c in model_input.categorical
         },
@@ -45,10 +50,7 @@ def reference_measures(frame: Any, model_input: ModelInput, *, prediction: Any =
     if prediction is not None:
         preds = prediction.to_frame() if getattr(prediction, "ndim", 2) == 1 else prediction
         preds = preds.astype("float32")
-        out["prediction"] = {
-            "rows": count_rows(preds),
-            "numeric": {c: _numeric_measures(preds, c) for c in preds.columns},
-        }
+        out["prediction"] = {"rows": count_rows(preds), "numeric": quantile_sketches(preds, list(preds.columns))}
     return out
 
 
@@ -95,12 +97,6 @@ def _leaves(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> tuple[list
     return paths, leaves
 
 
-def _numeric_measures(frame: Any, column: str) -> dict[str, Any]:
-    # The sketch's weights add up to the column's count (missing values are not in it), so a
-    # column's count and missing values need no reductions of their own: the rows' count gives them.
-    return {"sketch": quantile_sketch(frame, column)}
-
-
 @dataclass(frozen=True)
 class _CategoryCounts:
     column: str
@@ -133,12 +129,16 @@ def reference_profile(values: Mapping[str, Any], model_input: ModelInput) -> dic
     same for each prediction column under ``prediction``.
     """
     rows = int(values["rows"])
+    numeric = [c for c in model_input.features if c not in model_input.categorical]
+    # The sketches' weights add up to each column's count (missing values are not in them), so a
+    # column's count and missing values need no reductions of their own: the rows' count gives them.
+    sketches = split_sketches(values["numeric"], numeric) if numeric else {}
     features: dict[str, Any] = {}
     for c in model_input.features:
         if c in model_input.categorical:
             features[c] = _categorical_profile(values["categorical"][c])
         else:
-            features[c] = _numeric_profile(values["numeric"][c], rows)
+            features[c] = _numeric_profile(sketches[c], rows)
     profile: dict[str, Any] = {
         "version": PROFILE_VERSION,
         "rows": rows,
@@ -149,15 +149,18 @@ def reference_profile(values: Mapping[str, Any], model_input: ModelInput) -> dic
     }
     if values.get("prediction") is not None:
         pred = values["prediction"]
+        columns = list(dict.fromkeys(pred["numeric"]["column"]))
         profile["prediction"] = {
             "rows": int(pred["rows"]),
-            "columns": {c: _numeric_profile(m, int(pred["rows"])) for c, m in pred["numeric"].items()},
+            "columns": {
+                c: _numeric_profile(sketch, int(pred["rows"]))
+                for c, sketch in split_sketches(pred["numeric"], columns).items()
+            },
         }
     return profile
 
 
-def _numeric_profile(m: Mapping[str, Any], rows: int) -> dict[str, Any]:
-    sketch: pd.DataFrame = m["sketch"]
+def _numeric_profile(sketch: pd.DataFrame, rows: int) -> dict[str, Any]:
     order = np.argsort(sketch["value"].to_numpy(), kind="stable")
     points = sketch["value"].to_numpy(dtype="float64")[order]
     weights = sketch["weight"].to_numpy(dtype="float64")[order]

@@ -137,6 +137,34 @@ def quantile_sketch(df, column: str):
     return df[column].reduction(chunk=_chunk_sketch, combine=_merge_sketch, aggregate=_merge_sketch, meta=meta)
 
 
+def quantile_sketches(df, columns: list[str]):
+    """Lazy :func:`quantile_sketch` of each of ``columns`` in ONE reduction (a task per partition,
+    not one per partition and column); :func:`split_sketches` gives each column's sketch."""
+    meta = pd.DataFrame(
+        {"column": pd.Series(dtype=object), "value": pd.Series(dtype="float64"), "weight": pd.Series(dtype="float64")}
+    )
+    return df[list(columns)].reduction(
+        chunk=_chunk_sketches, combine=_merge_sketches, aggregate=_merge_sketches, meta=meta
+    )
+
+
+def split_sketches(sketches: pd.DataFrame, columns: list[str]) -> dict[str, pd.DataFrame]:
+    """Each column's sketch (``value``, ``weight``) of computed :func:`quantile_sketches`."""
+    empty = pd.DataFrame({"value": pd.Series(dtype="float64"), "weight": pd.Series(dtype="float64")})
+    groups = {c: g[["value", "weight"]].reset_index(drop=True) for c, g in sketches.groupby("column", sort=False)}
+    return {c: groups.get(c, empty) for c in columns}
+
+
+def _chunk_sketches(pdf: pd.DataFrame) -> pd.DataFrame:
+    parts = [_chunk_sketch(pdf[c]).assign(column=c) for c in pdf.columns]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["column", "value", "weight"])
+
+
+def _merge_sketches(parts: pd.DataFrame) -> pd.DataFrame:
+    merged = [_merge_sketch(g).assign(column=c) for c, g in parts.groupby("column", sort=False)]
+    return pd.concat(merged, ignore_index=True) if merged else parts
+
+
 def sketch_quantile(sketch: pd.DataFrame, q: float, *, method: QuantileMethod = "linear") -> float | None:
     """The ``q`` quantile of a computed sketch, computed like ``numpy.quantile(..., method=method)``.
 

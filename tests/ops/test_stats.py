@@ -8,7 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpipe.ops.stats import SKETCH_SIZE, moments, quantile_sketch, sketch_quantile, value_counts
+from dpipe.ops.stats import (
+    SKETCH_SIZE,
+    moments,
+    quantile_sketch,
+    quantile_sketches,
+    sketch_quantile,
+    split_sketches,
+    value_counts,
+)
 
 
 def compute(lazy):
@@ -89,6 +97,23 @@ def test_sketch_rank_error_is_small_on_skewed_data(npartitions):
     assert sketch["weight"].sum() == pytest.approx(len(x))
     for q in (0.01, 0.1, 0.5, 0.9, 0.99):
         assert rank_error(x, sketch_quantile(sketch, q), q) < 0.005, q
+
+
+@pytest.mark.parametrize("npartitions", [1, 25])  # 25 > split_every: a combine level runs
+def test_sketches_of_many_columns_in_one_reduction_are_each_columns_sketch(npartitions):
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"a": rng.lognormal(0, 2, 50_000), "b": rng.normal(0, 1, 50_000), "c": np.nan})
+    df.loc[::7, "b"] = np.nan
+    df.loc[:100, "c"] = np.arange(101.0)  # below the sketch's size: exact
+    ddf = dd.from_pandas(df, npartitions=npartitions)
+
+    lazy = quantile_sketches(ddf, ["a", "b", "c"])
+    assert len(lazy.dask) < 4 * npartitions + 10  # one task per partition, not one per column too
+    together = split_sketches(compute(lazy), ["a", "b", "c", "missing"])
+
+    for c in ("a", "b", "c"):
+        pd.testing.assert_frame_equal(together[c], compute(quantile_sketch(ddf, c)).reset_index(drop=True), obj=c)
+    assert together["missing"].empty
 
 
 def test_sketch_of_no_values_has_no_quantile():
