@@ -520,7 +520,7 @@ def train(
     def again(p: Placed) -> Placed:
         return p.again(client)
 
-    layout = training_layout(client, placed, config) if placed.shards is None else None
+    layout = training_layout(client, config) if placed.shards is None else None
     config = _with_threads(config, layout)
 
     def surviving(p: Placed, cfg: TrainConfig, frames, name: str):
@@ -596,14 +596,9 @@ def train(
     return Trained(booster, metrics, tuple(b for b, _ in folds), tuple(checked), tuple(restarts), placed, layout)
 
 
-def training_layout(client: Any, placed: Placed, config: TrainConfig) -> _layout.Layout:
-    """``config.layout`` decided for the placed rows on this cluster (:mod:`dpipe.layout`)."""
-    rows = sum(placed.rows.sizes) if placed.rows is not None and placed.rows.sizes else 0
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    device = str(config.params.get("device", "cpu"))
-    return _layout.decide(
-        config.layout, workers, rows=rows, width=external.row_width(placed.model_input), device=device
-    )
+def training_layout(client: Any, config: TrainConfig) -> _layout.Layout:
+    """``config.layout`` on this cluster (:mod:`dpipe.layout`)."""
+    return _layout.decide(config.layout, client.scheduler_info(n_workers=-1)["workers"])
 
 
 def _with_threads(config: TrainConfig, layout: _layout.Layout | None) -> TrainConfig:

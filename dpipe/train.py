@@ -266,8 +266,8 @@ class TrainConfig:
     progress: Any = None
     #: Seconds a collective operation waits for the other workers (``None``: XGBoost's default).
     collective_timeout: int | None = None
-    #: Which workers train: ``auto``, ``one`` or ``all`` (:mod:`dpipe.layout`).
-    layout: str = "auto"
+    #: Which workers train: ``all`` or ``one`` (:mod:`dpipe.layout`).
+    layout: str = "all"
 
     @classmethod
     def from_spec(cls, spec: Any) -> TrainConfig:
@@ -278,7 +278,7 @@ class TrainConfig:
             early_stopping_rounds=spec.early_stopping_rounds,
             eval_train=spec.eval_train,
             collective_timeout=spec.collective_timeout,
-            layout=getattr(spec, "layout", "auto"),
+            layout=getattr(spec, "layout", "all"),
         )
 
     def replace(self, **changes: Any) -> TrainConfig:

@@ -11,8 +11,6 @@ from dpipe.errors import SpecError
 from dpipe.layout import decide, target
 from tests.conftest import job_dict
 
-GiB = 2**30
-
 
 def training_task(key) -> bool:
     """Whether a task is one of XGBoost's training tasks (``xgboost.dask.train`` runs one per
@@ -20,44 +18,17 @@ def training_task(key) -> bool:
     return str(key).startswith("fn-")
 
 
-def workers(*hosts: str, threads: int = 1, memory: int = 12 * GiB) -> dict[str, dict]:
-    return {
-        f"tcp://{host}:{4000 + i}": {"host": host, "nthreads": threads, "memory_limit": memory}
-        for i, host in enumerate(hosts)
-    }
+def workers(*hosts: str, threads: int = 1) -> dict[str, dict]:
+    return {f"tcp://{host}:{4000 + i}": {"host": host, "nthreads": threads} for i, host in enumerate(hosts)}
 
 
-def test_auto_trains_on_one_worker_with_every_thread_of_one_host():
-    layout = decide("auto", workers("127.0.0.1", "127.0.0.1", "127.0.0.1", threads=2), rows=2_000_000, width=156)
-    assert layout.one and layout.threads == 6
-    assert "share one host" in layout.reason
-
-
-@pytest.mark.parametrize(
-    "how, info, rows, device, why",
-    [
-        ("all", workers("a", "a"), 1000, "cpu", "train.layout is all"),
-        ("auto", workers("a"), 1000, "cpu", "one worker: it holds every row"),
-        ("auto", workers("a", "b"), 1000, "cpu", "run on 2 hosts"),
-        ("auto", workers("a", "a"), 1000, "cuda", "each worker's GPU"),
-        # 40M rows of 156 bytes with XGBoost's matrix: more than 60% of a 12 GiB worker.
-        ("auto", workers("a", "a"), 40_000_000, "cpu", "more than 60% of its 12.0 GiB limit"),
-    ],
-)
-def test_auto_keeps_every_worker_where_one_would_not_do(how, info, rows, device, why):
-    layout = decide(how, info, rows=rows, width=156, device=device)
-    assert not layout.one and layout.threads is None
-    assert why in layout.reason
-
-
-def test_unlimited_workers_train_on_one_whatever_the_size():
-    assert decide("auto", workers("a", "a", memory=0), rows=10**9, width=156).one
-
-
-def test_one_is_obeyed_across_hosts_with_the_largest_hosts_threads():
-    info = {**workers("a", "a"), **workers("b", threads=8)}
-    layout = decide("one", info, rows=10**9, width=156)
-    assert layout.one and layout.threads == 8
+def test_all_is_the_default_and_one_takes_the_threads_of_the_largest_host():
+    info = {**workers("a", "a", threads=2), **workers("b", threads=8)}
+    assert not decide("all", info).one
+    one = decide("one", info)
+    assert one.one and one.threads == 8 and "train.layout: one" in one.reason
+    # One worker holds every row already: nothing to gather.
+    assert not decide("one", workers("a")).one
 
 
 def test_the_target_is_the_live_worker_holding_most_rows():
@@ -72,6 +43,7 @@ def test_layout_is_a_spec_setting_that_does_not_change_the_content_key(demo_root
 
     base = job_dict(demo_root, tmp_path / "out")
     one = dpipe.job_from_dict({**base, "train": {**base["train"], "layout": "one"}})
+    assert dpipe.job_from_dict(base).train.layout == "all"
     assert spec_digest(one) == spec_digest(dpipe.job_from_dict(base))
     with pytest.raises(SpecError, match="layout"):
         dpipe.job_from_dict({**base, "train": {**base["train"], "layout": "some"}})
@@ -90,7 +62,7 @@ def _trained_on(client, demo_root, out, layout: str):
 
 
 def test_one_worker_trains_with_both_threads_and_learns_what_every_worker_learns(client, demo_root, tmp_path):
-    one, on_one = _trained_on(client, demo_root, tmp_path / "one", "auto")
+    one, on_one = _trained_on(client, demo_root, tmp_path / "one", "one")
     every, on_every = _trained_on(client, demo_root, tmp_path / "all", "all")
 
     assert len(on_one) == 1 and len(on_every) == 2

@@ -277,8 +277,7 @@ def test_trials_reuse_one_pair_of_matrices_and_the_best_model_is_returned(client
 def test_a_trial_in_segments_stops_early_where_one_training_does(client, placed, base, tmp_path):
     """Early stopping carried across checkpoints: the same rounds, history and best iteration."""
     fast = base.replace(params={**base.params, "eta": 1.0, "max_depth": 8}, num_boost_round=60, early_stopping_rounds=4)
-    # Tuning trains on every worker (its matrices stay where the rows are): so does this model.
-    whole = stages.train(client, placed[1], fast.replace(layout="all"))
+    whole = stages.train(client, placed[1], fast)
     assert whole.metrics["rounds_trained"] < 60  # it does stop early
     spec = TuneSpec.model_validate(
         {

@@ -225,10 +225,9 @@ class TrainSpec(Strict):
     #: (default: Dask's ``temporary-directory``, else the system's; removed after the run).
     scratch: str | None = None
     #: Which workers XGBoost trains on (:mod:`dpipe.layout`): ``all`` (each worker holding rows,
-    #: ``xgboost.dask``'s way), ``one`` (the rows copied onto one worker, which trains with every
-    #: thread of its host), or ``auto``: one when every worker shares a host, training is on the
-    #: CPU and the rows fit in 60% of one worker's memory past what it holds idle; all otherwise.
-    layout: Literal["auto", "one", "all"] = "auto"
+    #: ``xgboost.dask``'s way) or ``one`` (the rows copied onto one worker, which trains with every
+    #: thread of its host; no all-reduce between workers).
+    layout: Literal["all", "one"] = "all"
 
     @field_validator("params")
     @classmethod

@@ -23,10 +23,9 @@ from tests.conftest import dask_processes, job_dict
 from tests.test_layout import training_task
 
 #: Long enough that training is still going when the first checkpoint lands; early stopping off,
-#: so both runs train every round. Every worker trains (``xgboost.dask``'s own layout): the
+#: so both runs train every round. Every worker trains (``train.layout: all``, the default): the
 #: one-worker layout has tests of its own below.
 TRAIN = {
-    "layout": "all",
     "num_boost_round": 150,
     "early_stopping_rounds": None,
     "checkpoint_every": 5,
