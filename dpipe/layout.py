@@ -47,14 +47,12 @@ def decide(how: str, workers: dict[str, dict[str, Any]]) -> Layout:
 
 
 def _threads(workers: dict[str, dict[str, Any]]) -> int:
-    """The threads of every worker on the host with the most of them."""
-    return max(host_threads(workers, w) for w in workers)
-
-
-def host_threads(workers: dict[str, dict[str, Any]], worker: str) -> int:
-    """The threads of every worker on ``worker``'s host: what one training process there uses."""
-    host = workers[worker].get("host")
-    return sum(int(w.get("nthreads") or 1) for w in workers.values() if w.get("host") == host)
+    """The threads of every worker on the host with the most of them (what one training process
+    there uses)."""
+    per_host: dict[Any, int] = {}
+    for w in workers.values():
+        per_host[w.get("host")] = per_host.get(w.get("host"), 0) + int(w.get("nthreads") or 1)
+    return max(per_host.values())
 
 
 def target(workers: list[str], where: list[str], sizes: list[int] | None) -> str:
@@ -93,16 +91,10 @@ class OneWorker:
         rows = placed.rows
         assert rows is not None
         self.worker = target(live_workers(self.client), rows.where, rows.sizes)
-        self.futures = []
-        out: list[Any] = []
-        for frame in self.frames_of(placed):
-            if frame is None:
-                out.append(None)
-                continue
-            copied, futures = onto(self.client, frame, self.worker)
-            self.futures += futures
-            out.append(copied)
-        return tuple(out)
+        frames = self.frames_of(placed)
+        copied, self.futures = onto(self.client, [f for f in frames if f is not None], self.worker)
+        it = iter(copied)
+        return tuple(None if f is None else next(it) for f in frames)
 
     def fit(self, client: Any, config: Any, *frames: Any) -> tuple[Any, dict[str, Any]]:
         from dpipe.errors import TrainingError

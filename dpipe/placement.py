@@ -156,27 +156,31 @@ def side(client, placed: PlacedRows, rows: Rows) -> dd.DataFrame:
     return dd.from_delayed(pieces, meta=placed.meta, verify_meta=False)
 
 
-def onto(client, frame: dd.DataFrame, worker: str) -> tuple[dd.DataFrame, list[Any]]:
-    """``frame``'s partitions, computed from placed ones, all onto ``worker``: a partition another
-    worker holds is copied there once; one it holds is not copied (a one-worker training layout,
-    :mod:`dpipe.layout`). Returns the frame and its futures."""
+def onto(client, frames: list[dd.DataFrame], worker: str) -> tuple[list[dd.DataFrame], list[Any]]:
+    """``frames``' partitions, computed from placed ones, all onto ``worker`` in one computation: a
+    partition another worker holds is copied there once; one it holds is not copied (a one-worker
+    training layout, :mod:`dpipe.layout`). Returns the frames and all their futures."""
     from distributed import wait
 
-    aligned = frame.map_partitions(_aligned, meta=frame._meta)
-    futures = client.compute(aligned.to_delayed(optimize_graph=True), workers=[worker], allow_other_workers=False)
+    parts = [frame.map_partitions(_aligned, meta=frame._meta).to_delayed(optimize_graph=True) for frame in frames]
+    flat = client.compute([p for ps in parts for p in ps], workers=[worker], allow_other_workers=False)
     while True:
         try:
             with client.as_current():
-                wait(futures, timeout=2.0)
+                wait(flat, timeout=2.0)
             break
         except TimeoutError:
             # A task pinned to a lost worker would wait for it forever.
             if worker not in live_workers(client):
                 raise TrainingError(f"worker {worker} was lost while the training rows were copied onto it") from None
-    for f in futures:
+    for f in flat:
         if f.status == "error":
             f.result()  # raises the task's own error
-    return dd.from_delayed(futures, meta=frame._meta, verify_meta=False), futures
+    out, start = [], 0
+    for frame, ps in zip(frames, parts):
+        out.append(dd.from_delayed(flat[start : start + len(ps)], meta=frame._meta, verify_meta=False))
+        start += len(ps)
+    return out, flat
 
 
 def _aligned(part: pd.DataFrame | pd.Series) -> pd.DataFrame | pd.Series:

@@ -73,3 +73,21 @@ def test_one_worker_trains_with_both_threads_and_learns_what_every_worker_learns
     # The same rows and the same model up to the bins of the sketch (one worker's against two merged).
     assert one.rows == every.rows
     assert abs(one.metrics["valid"]["auc"] - every.metrics["valid"]["auc"]) <= 0.01
+
+
+def test_folds_train_each_model_on_one_worker(client, demo_root, tmp_path):
+    base = job_dict(demo_root, tmp_path / "cv")
+    job = dpipe.job_from_dict(
+        {
+            **base,
+            "split": {"folds": 3, "valid_fraction": None, "seed": 3, "key": ["event_id"]},
+            "train": {**base["train"], "layout": "one", "num_boost_round": 10},
+        }
+    )
+    from distributed import get_task_stream
+
+    with get_task_stream(client) as stream:
+        result = dpipe.run(job, client=client, progress=False)
+    trainings = [t["worker"] for t in stream.data if training_task(t["key"])]
+    assert len(trainings) == 4  # three folds and the final model, each one task on one worker
+    assert result.metrics["cv"]["folds"] == 3 and result.metrics["valid"]["auc"] > 0.6
