@@ -73,8 +73,8 @@ class OneWorker:
     and copies the frames that ``frames_of`` cuts onto it; ``fit`` trains on them
     (:func:`dpipe.train.train_booster`). Dask would move XGBoost's training task to another worker
     after a loss, where it would wait forever for rows pinned to the lost one: ``fit`` watches the
-    worker and cancels the copied rows (and with them the training) when it is gone, so the
-    caller's restart (:func:`dpipe.resume.train_surviving`) takes over.
+    worker and, once it is gone, cancels what the training call waits for (:func:`_leaves`), so
+    the call fails and the caller's restart (:func:`dpipe.resume.train_surviving`) takes over.
     """
 
     #: Seconds between two looks at the training worker.
@@ -115,14 +115,44 @@ class OneWorker:
             self.futures = []
 
     def _watch(self, done: threading.Event, lost: threading.Event) -> None:
+        """Until ``done``: once the training worker is gone, set ``lost`` and cancel the leaves of
+        the copied rows' graph (again at each look: XGBoost may still be adding to it)."""
+        from distributed import Future
+
         from dpipe.placement import live_workers
 
         while not done.wait(self.POLL_S):
             try:
-                gone = self.worker not in live_workers(self.client)
+                if not lost.is_set() and self.worker in live_workers(self.client):
+                    continue
+                lost.set()
+                keys = [f.key for f in self.futures]
+                leaves = self.client.run_on_scheduler(_leaves, keys, self.client.id)
+                if leaves:
+                    self.client.cancel([Future(k, self.client) for k in leaves])
             except Exception:  # noqa: BLE001 - the scheduler itself is gone: the training call fails anyway
                 return
-            if gone:
-                lost.set()
-                self.client.cancel(self.futures)
-                return
+
+
+def _leaves(keys: list[Any], client: str, dask_scheduler: Any = None) -> list[Any]:
+    """(On the scheduler.) The tasks downstream of ``keys`` that no task depends on and that
+    ``client`` wants: XGBoost's result, or the partitions it is still gathering.
+
+    Cancelling these, not ``keys``, is what stops the training call: the scheduler cancels a key's
+    dependents with it and fails an assertion on one that no client wants (an intermediate
+    reduction task of XGBoost's), which drops the client's connection and with it every future."""
+    assert dask_scheduler is not None
+    tasks = dask_scheduler.tasks
+    seen: set[Any] = set()
+    stack = [tasks[k] for k in keys if k in tasks]
+    leaves = []
+    while stack:
+        ts = stack.pop()
+        if ts.key in seen:
+            continue
+        seen.add(ts.key)
+        if ts.dependents:
+            stack.extend(ts.dependents)
+        elif any(cs.client_key == client for cs in ts.who_wants or ()):
+            leaves.append(ts.key)
+    return leaves

@@ -152,7 +152,13 @@ def dask_processes(
     # The workers must import this checkout's dpipe, not whichever one is installed (an editable
     # install may point at another working tree).
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": tmp, "env": env}
+    # Each process's log goes to a file beside the scheduler file, for a failed test's post-mortem.
+    logs = contextlib.ExitStack()
+
+    def quiet(name: str) -> dict:
+        log = logs.enter_context(open(tmp / f"{name}.log", "wb"))
+        return {"stdout": subprocess.DEVNULL, "stderr": log, "cwd": tmp, "env": env}
+
     scheduler = subprocess.Popen(
         [
             sys.executable,
@@ -168,13 +174,13 @@ def dask_processes(
             str(scheduler_file),
             *scheduler_args,
         ],
-        **quiet,
+        **quiet("scheduler"),
     )
     procs = [scheduler]
     worker_procs = []
     try:
         _wait_for(scheduler_file.exists, 60, "dask scheduler", scheduler)
-        for _ in range(workers):
+        for i in range(workers):
             worker_procs.append(
                 subprocess.Popen(
                     [
@@ -193,7 +199,7 @@ def dask_processes(
                         *([] if nanny else ["--no-nanny"]),
                         *worker_args,
                     ],
-                    **quiet,
+                    **quiet(f"worker-{i}"),
                 )
             )
         procs += worker_procs
@@ -210,6 +216,7 @@ def dask_processes(
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()  # reaped, or its Popen warns when collected (in whichever test runs then)
+        logs.close()
 
 
 @pytest.fixture(scope="session")
