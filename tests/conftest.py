@@ -156,7 +156,7 @@ def dask_processes(
     logs = contextlib.ExitStack()
 
     def quiet(name: str) -> dict:
-        log = logs.enter_context(open(tmp / f"{name}.log", "wb"))
+        log = logs.enter_context(open(tmp / f"{name}.log", "wb"))  # noqa: SIM115 - closed by logs
         return {"stdout": subprocess.DEVNULL, "stderr": log, "cwd": tmp, "env": env}
 
     scheduler = subprocess.Popen(
