@@ -69,7 +69,7 @@ def test_delta_source_with_its_label_in_postgres_then_scoring_duckdb_into_postgr
     assert postgres.sql("SELECT min(prediction) >= 0 AND max(prediction) <= 1 FROM scores") == "t"
     again = dpipe.predict(str(tmp_path / "bundle"), source, sink, client=client, progress=False)
     assert again.output["duplicate"] and int(postgres.sql("SELECT count(*) FROM scores")) == expected
-    committed = json.loads(postgres.sql("SELECT metadata FROM _dpipe_commits WHERE target LIKE '%scores%'"))
+    committed = json.loads(postgres.sql("SELECT metadata FROM _dpipe_commits WHERE target = 'scores'"))
     assert committed["manifest"]["input"]["lineage"]["kind"] == "duckdb"
 
 
