@@ -282,7 +282,7 @@ def run(
                 out.remove(CHECKPOINTS)
             sides = "validation and test rows" if placed.test is not None else "validation rows"
             with reporter.stage("assess", f"scoring the {sides}, profiling the training rows"):
-                assessed = stages.assess(retrain.plan, retrain.fitted, placed, trained, compute)
+                assessed = stages.assess(retrain.plan, retrain.fitted, placed, trained, compute, client=client)
             if placed.test is not None:
                 trained = dataclasses.replace(trained, metrics={**trained.metrics, "test": dict(assessed.test)})
             _log_training(reporter, trained)

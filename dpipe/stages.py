@@ -646,18 +646,32 @@ class Assessed:
     test: Mapping[str, float | None]
     evaluation: Mapping[str, Any] | None
     profile: Mapping[str, Any]
+    #: The validation rows' predictions (ids, label, prediction) held on the workers, for the
+    #: bundle's ``valid_predictions`` (:func:`write`): scored once, not again to write them.
+    valid_predictions: dd.DataFrame | None = None
 
 
-def assess(plan: Plan, fitted: Fitted, placed: Placed, trained: Trained, compute: Compute) -> Assessed:
+def assess(
+    plan: Plan, fitted: Fitted, placed: Placed, trained: Trained, compute: Compute, *, client: Any = None
+) -> Assessed:
     """Score the placed validation and test rows and measure everything in ONE pass over rows
     already in worker memory: the test side's exact metrics (:mod:`dpipe.metrics`), the curves,
     confusion and slices of each side (:mod:`dpipe.evaluation`), and the training rows' reference
     profile with the validation predictions' (:mod:`dpipe.drift`). With folds, the validation
-    predictions are each fold model's on the rows it validated on (out of fold)."""
+    predictions are each fold model's on the rows it validated on (out of fold).
+
+    With a ``client`` and a bundle that keeps the validation predictions, they are kept on the
+    workers (:attr:`Assessed.valid_predictions`) for :func:`write`."""
     job = plan.job
     # The placed rows hold the model's inputs and the other slice columns (:func:`place`).
     keep = [LABEL, *job.report.slices]
-    valid = valid_predictions(placed, trained, fitted.model_input, keep)
+    kept = None
+    if client is not None and job.output.valid_predictions:
+        ids = [c for c in job.id_columns if c not in keep]
+        kept = client.persist(valid_predictions(placed, trained, fitted.model_input, [*ids, *keep]))
+        valid = kept.drop(columns=ids)
+    else:
+        valid = valid_predictions(placed, trained, fitted.model_input, keep)
     sides = {"valid": valid.rename(columns={LABEL: "label"})}
     if placed.test is not None:
         test = predict_frame(trained.booster, placed.test, fitted.model_input, keep)
@@ -693,7 +707,10 @@ def assess(plan: Plan, fitted: Fitted, placed: Placed, trained: Trained, compute
             job.train.objective, finished, threshold=job.report.threshold, slices=list(job.report.slices)
         )
     test_metrics = metrics.finish(values["test"], names) if "test" in values else {}
-    return Assessed(test_metrics, document, drift.reference_profile(values["profile"], fitted.model_input))
+    profile = drift.reference_profile(values["profile"], fitted.model_input)
+    if kept is not None:
+        kept = kept[[*job.id_columns, LABEL, *(c for c in kept.columns if c not in (*keep, *job.id_columns))]]
+    return Assessed(test_metrics, document, profile, kept)
 
 
 def _kind(objective: str) -> Any:
@@ -732,7 +749,11 @@ def write(
     job = plan.job
     keep = [*job.id_columns, LABEL]
     if job.output.valid_predictions:
-        preds = valid_predictions(placed, trained, fitted.model_input, keep)
+        preds = (
+            assessed.valid_predictions
+            if assessed is not None and assessed.valid_predictions is not None
+            else valid_predictions(placed, trained, fitted.model_input, keep)
+        )
         write_parquet(preds.rename(columns={LABEL: "label"}), out, "valid_predictions", compute=compute)
     if job.output.test_predictions and placed.test is not None:
         preds = predict_frame(trained.booster, placed.test, fitted.model_input, keep)
