@@ -6,6 +6,8 @@ import dataclasses
 import json
 import logging
 
+import numpy as np
+import pandas as pd
 import pytest
 import xgboost as xgb
 
@@ -156,6 +158,30 @@ def test_write_stages_a_bundle_that_loads(planned, fitted, placed, job, client, 
     bundle = dpipe.bundle.Bundle.load(uri)
     assert bundle.manifest == {"job": "stage-test"}
     assert bundle.model_input.features == fit.model_input.features
+
+
+def test_assess_scores_the_validation_rows_once_for_itself_and_the_bundle(planned, fitted, placed, job, client, tmp_path):
+    from distributed import futures_of
+
+    from dpipe.progress import Reporter
+
+    _, _, fit = fitted
+    output = planned.job.output.model_copy(update={"valid_predictions": True})
+    planned = dataclasses.replace(planned, job=planned.job.model_copy(update={"output": output}))
+    trained = stages.train(client, placed, TrainConfig.from_spec(job.train).replace(num_boost_round=5))
+    compute = Reporter(progress=False).compute(client)
+    assessed = stages.assess(planned, fit, placed, trained, compute, client=client)
+    # Scored into worker memory once; the bundle's file is written from there.
+    assert len(futures_of(assessed.valid_predictions)) == placed.valid.npartitions
+    with StagedOutput(str(tmp_path / "bundle"), marker="manifest.json") as out:
+        stages.write(out, planned, fit, placed, trained, compute, {"job": "stage-test"}, assessed)
+        out.commit()
+    written = pd.read_parquet(tmp_path / "bundle" / "valid_predictions").sort_values("event_id")
+    again = client.compute(stages.valid_predictions(placed, trained, fit.model_input, ["event_id", LABEL])).result()
+    again = again.rename(columns={LABEL: "label"}).sort_values("event_id")
+    assert list(written.columns) == list(again.columns) == ["event_id", "label", "prediction"]
+    np.testing.assert_array_equal(written.to_numpy(), again.to_numpy())
+    assert assessed.evaluation["sides"]["valid"]["rows"] == len(again)
 
 
 def test_run_result_manifest_is_what_manifest_json_holds(demo_root, client, tmp_path):
