@@ -160,7 +160,9 @@ def test_write_stages_a_bundle_that_loads(planned, fitted, placed, job, client, 
     assert bundle.model_input.features == fit.model_input.features
 
 
-def test_assess_scores_the_validation_rows_once_for_itself_and_the_bundle(planned, fitted, placed, job, client, tmp_path):
+def test_assess_scores_the_validation_rows_once_for_itself_and_the_bundle(
+    planned, fitted, placed, job, client, tmp_path
+):
     from distributed import futures_of
 
     from dpipe.progress import Reporter
