@@ -68,6 +68,16 @@ def task_seconds(stream: list[dict], top: int = 25) -> dict:
     return {k: round(v, 3) for k, v in ranked}
 
 
+def fresh_workers(client, system: str, warm: Path | None, work: Path, workload: str) -> None:
+    """Restart the workers, then (with ``warm``) run ``system`` on it untimed: every timed run of a
+    Dask system starts from the same memory (worker processes keep much of what an earlier run
+    freed: 7.7 GB after dpipe's 40M-row run, which the next system's peak counted) with its
+    imports and first-use costs paid."""
+    client.restart()
+    if warm is not None:
+        run_once(system, client, str(warm), work / "warm", rounds=2, workload=workload)
+
+
 def run_once(
     system: str,
     client,
@@ -192,15 +202,13 @@ def compare(
     data_bytes, projected = dataset_bytes(root), dataset_bytes(root, columns_read(workload))
     try:
         with cluster(layout) as client:
-            if warm is not None:  # imports and first-use costs on the workers, untimed
-                for s in systems:
-                    if s in _systems.DASK_SYSTEMS:
-                        run_once(s, client, str(warm), work / "warm", rounds=2, workload=workload)
             for i in range(repeat):
                 # Alternate, so drift on a shared machine hits every system, and rotate who goes
                 # first: the first run after the warm-up is often the slowest.
                 for s in systems[i % len(systems) :] + systems[: i % len(systems)]:
                     log(f"run {i + 1}/{repeat}: {s} ({rows:,} rows, {layout})")
+                    if s in _systems.DASK_SYSTEMS:
+                        fresh_workers(client, s, warm, work, workload)
                     profile = (
                         profile_dir / f"{s}-rows{rows}.html"
                         if profile_dir and i == 0 and s in _systems.DASK_SYSTEMS
