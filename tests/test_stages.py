@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 import json
 import logging
 
@@ -216,3 +217,30 @@ def test_task_keys_are_short_enough_to_spill_to_disk(planned, fitted):
     frame = stages.model_rows(planned, fit, gate, pre, stages.source_rows(planned, gate))
     keys = [str(k) for part in frame.to_delayed(optimize_graph=True) for k in part.__dask_graph__()]
     assert max(len(quote(k, safe="")) for k in keys) < 200, max(keys, key=len)
+
+
+def test_a_run_leaves_no_rows_on_the_cluster(demo_root, client, tmp_path):
+    """Whatever reference cycles keep alive until a garbage collection (switched off here: XGBoost's
+    ``DaskDMatrix`` is in one, with its futures of every partition), no rows stay on the workers
+    once the run returns."""
+    import gc
+
+    job = job_from_dict(
+        job_dict(
+            demo_root,
+            tmp_path / "bundle",
+            train={"num_boost_round": 5},
+            output={"uri": str(tmp_path / "bundle"), "valid_predictions": True},
+        )
+    )
+    gc.collect()
+    gc.disable()
+    try:
+        dpipe.run(job, client=client, progress=False)
+        deadline = time.monotonic() + 10
+        while any(client.has_what().values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        held = {k for keys in client.has_what().values() for k in keys}
+    finally:
+        gc.enable()
+    assert not held
