@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 import json
 import logging
+import time
 
 import numpy as np
 import pandas as pd
