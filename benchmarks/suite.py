@@ -69,7 +69,7 @@ def task_seconds(stream: list[dict], top: int = 25) -> dict:
 
 
 def fresh_workers(client, system: str, warm: Path | None, work: Path, workload: str) -> None:
-    """Restart the workers, then (with ``warm``) run ``system`` on it untimed: every timed run of a
+    """Restart the workers, then (with ``warm``) run ``system`` on ``warm`` untimed: every timed run of a
     Dask system starts from the same memory (worker processes keep much of what an earlier run
     freed: 7.7 GB after dpipe's 40M-row run, which the next system's peak counted) with its
     imports and first-use costs paid."""
