@@ -709,7 +709,7 @@ def assess(
     test_metrics = metrics.finish(values["test"], names) if "test" in values else {}
     profile = drift.reference_profile(values["profile"], fitted.model_input)
     if kept is not None:
-        kept = kept[[*job.id_columns, LABEL, *(c for c in kept.columns if c not in (*keep, *job.id_columns))]]
+        kept = kept[[*job.id_columns, LABEL, *predicted]]
     return Assessed(test_metrics, document, profile, kept)
 
 
